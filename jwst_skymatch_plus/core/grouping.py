@@ -1,0 +1,133 @@
+"""Which exposures share one sky level.
+
+Grouping works on flat metadata dictionaries (``{"meta.observation.visit_number":
+"001", ...}``, as returned by ``ModelLibrary.read_metadata``), so it runs
+without opening any data.
+
+A grouping is a ``+``-joined list of tokens:
+
+``visit``
+    Program, observation and visit number (the default: the exposures of one
+    visit share a pointing sequence and overlap heavily).
+``exposure``
+    Every exposure file on its own.
+``group_id``
+    jwst's exposure group (program, observation, visit, visit group, sequence,
+    activity and exposure number): the detectors read out together, e.g. the
+    NIRCam short-wavelength chips of one exposure.
+``module``, ``detector``, ``filter``, ``channel``
+    Split further by that instrument keyword (e.g. ``visit+module`` keeps the
+    NIRCam A and B modules apart).
+``meta.<path>``
+    Any metadata keyword, e.g. ``meta.observation.visit_group``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = ["GROUPING_TOKENS", "exposure_label", "group_exposures", "group_key", "parse_grouping"]
+
+_VISIT_KEYS = (
+    "meta.observation.program_number",
+    "meta.observation.observation_number",
+    "meta.observation.visit_number",
+)
+_GROUP_ID_KEYS = (
+    *_VISIT_KEYS,
+    "meta.observation.visit_group",
+    "meta.observation.sequence_id",
+    "meta.observation.activity_id",
+    "meta.observation.exposure_number",
+)
+_INSTRUMENT_KEYS = {
+    "module": "meta.instrument.module",
+    "detector": "meta.instrument.detector",
+    "filter": "meta.instrument.filter",
+    "channel": "meta.instrument.channel",
+}
+GROUPING_TOKENS = ("visit", "exposure", "group_id", *_INSTRUMENT_KEYS)
+
+
+def parse_grouping(grouping: str) -> tuple[str, ...]:
+    """Split and validate a grouping specification.
+
+    Raises
+    ------
+    ValueError
+        For an unknown token.
+
+    """
+    tokens = tuple(t.strip() for t in str(grouping).split("+") if t.strip())
+    if not tokens:
+        raise ValueError("grouping is empty")
+    for t in tokens:
+        if t not in GROUPING_TOKENS and not t.startswith("meta."):
+            raise ValueError(
+                f"Unknown grouping token {t!r}; use {', '.join(GROUPING_TOKENS)} or a 'meta.' keyword path"
+            )
+    return tokens
+
+
+def _value(meta: Mapping, key: str):
+    value = meta.get(key)
+    return "" if value is None else str(value)
+
+
+def group_key(meta: Mapping, grouping: str | Sequence[str], index: int) -> tuple:
+    """Key that is equal for exposures of the same group.
+
+    Parameters
+    ----------
+    meta : mapping
+        Flat metadata of one exposure.
+    grouping : str or sequence of str
+        Grouping specification (see module docs).
+    index : int
+        Position of the exposure (used by the ``exposure`` token).
+
+    """
+    tokens = parse_grouping(grouping) if isinstance(grouping, str) else tuple(grouping)
+    key: list = []
+    for t in tokens:
+        if t == "visit":
+            key.extend(_value(meta, k) for k in _VISIT_KEYS)
+        elif t == "exposure":
+            key.append(("exposure", index))
+        elif t == "group_id":
+            gid = meta.get("meta.group_id")
+            key.append(str(gid) if gid else tuple(_value(meta, k) for k in _GROUP_ID_KEYS))
+        elif t in _INSTRUMENT_KEYS:
+            key.append(_value(meta, _INSTRUMENT_KEYS[t]))
+        else:
+            key.append(_value(meta, t))
+    return tuple(key)
+
+
+def group_exposures(metas: Sequence[Mapping], grouping: str = "visit") -> list[list[int]]:
+    """Partition exposures into groups, in order of first appearance.
+
+    Parameters
+    ----------
+    metas : sequence of mapping
+        Flat metadata per exposure.
+    grouping : str
+        Grouping specification.
+
+    Returns
+    -------
+    list of list of int
+        Exposure indices of each group.
+
+    """
+    tokens = parse_grouping(grouping)
+    groups: dict[tuple, list[int]] = {}
+    for k, meta in enumerate(metas):
+        groups.setdefault(group_key(meta, tokens, k), []).append(k)
+    return list(groups.values())
+
+
+def exposure_label(meta: Mapping, index: int) -> str:
+    """Short human-readable name of an exposure (its file name when known)."""
+    name = meta.get("meta.filename")
+    return str(name) if name else f"exposure {index}"

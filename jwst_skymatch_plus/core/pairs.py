@@ -1,0 +1,277 @@
+"""Offsets between two images on the same grid, from their per-pixel difference.
+
+Differencing two resampled images of the same sky cancels the sky itself
+(extended emission, sources): what remains is the difference of their
+backgrounds plus noise.  A robust statistic of that difference is the pair
+offset; for ``fit_type='level+slope'`` a plane is fitted to it instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "FIT_TYPES",
+    "DifferenceStatistic",
+    "PairMeasurement",
+    "difference_in_overlap",
+    "fit_plane",
+    "measure_difference",
+    "n_coefficients",
+]
+
+FIT_TYPES = ("level", "level+slope")
+SKYSTATS = ("median", "mean", "mode", "midpt")
+
+# Standard error of a statistic over that of the mean for Gaussian data.  The
+# median's is sqrt(pi/2); 'mode' and 'midpt' are histogram estimates close to
+# the median and are given the same factor.
+_EFFICIENCY = {
+    "mean": 1.0,
+    "median": math.sqrt(math.pi / 2.0),
+    "mode": math.sqrt(math.pi / 2.0),
+    "midpt": math.sqrt(math.pi / 2.0),
+}
+
+
+def n_coefficients(fit_type: str) -> int:
+    """Number of coefficients per image for a fit type (1 or 3)."""
+    if fit_type not in FIT_TYPES:
+        raise ValueError(f"fit_type must be one of {FIT_TYPES}, got {fit_type!r}")
+    return 1 if fit_type == "level" else 3
+
+
+@dataclass(frozen=True)
+class DifferenceStatistic:
+    """Sigma-clipped statistic of difference values.
+
+    The parameters mean what they mean for jwst's ``SkyMatchStep`` (and are
+    passed to the same ``stsci.imagestats`` engine), applied here to the
+    per-pixel differences of two images instead of to each image's pixels.
+
+    Parameters
+    ----------
+    skystat : {'median', 'mean', 'mode', 'midpt'}
+        Statistic of the clipped differences.
+    nclip : int
+        Clipping iterations.
+    lsigma, usigma : float
+        Lower and upper clipping limits in standard deviations.
+    binwidth : float
+        Histogram bin width (in sigma) for 'mode' and 'midpt'.
+
+    """
+
+    skystat: str = "median"
+    nclip: int = 5
+    lsigma: float = 4.0
+    usigma: float = 4.0
+    binwidth: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.skystat not in SKYSTATS:
+            raise ValueError(f"skystat must be one of {SKYSTATS}, got {self.skystat!r}")
+
+    @property
+    def efficiency(self) -> float:
+        """Standard-error factor of the statistic relative to the mean."""
+        return _EFFICIENCY[self.skystat]
+
+    def __call__(self, values: np.ndarray) -> tuple[float, int, float]:
+        """Return ``(statistic, n_used, clipped_std)`` of ``values``."""
+        from stsci.imagestats import ImageStats
+
+        values = np.asarray(values, dtype=np.float32)
+        if values.size == 0:
+            return math.nan, 0, math.nan
+        st = ImageStats(
+            values,
+            fields=f"npix,{self.skystat},stddev",
+            nclip=self.nclip,
+            lsig=self.lsigma,
+            usig=self.usigma,
+            binwidth=self.binwidth,
+        )
+        return float(getattr(st, self.skystat)), int(st.npix), float(st.stddev)
+
+
+@dataclass
+class PairMeasurement:
+    """Background difference ``image_i - image_j`` measured in their overlap.
+
+    ``coeffs`` holds the level (and for planes the x and y slopes, per
+    ``plane_scale`` grid pixels, around the grid centre); ``sigma`` their
+    1-sigma uncertainties.
+    """
+
+    i: int
+    j: int
+    coeffs: np.ndarray
+    sigma: np.ndarray
+    npix: int  # pixels used after clipping
+    noverlap: int  # valid pixels in the overlap
+    extent: tuple[int, int]  # (width, height) of the valid overlap, grid pixels
+    scatter: float  # clipped standard deviation of the differences
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def level(self) -> float:
+        """The constant term of the difference."""
+        return float(self.coeffs[0])
+
+
+def difference_in_overlap(img_a, wht_a, img_b, wht_b, min_weight_fraction: float = 0.0):
+    """Per-pixel difference of two same-shape cut-outs where both have data.
+
+    Pixels whose drizzle weight is below ``min_weight_fraction`` of the image's
+    typical (median) weight are dropped too: such pixels sit at the edge of
+    the data where only a sliver of an input pixel contributed.
+
+    Returns
+    -------
+    diff : numpy.ndarray
+        ``img_a - img_b`` (float32), meaningful where ``valid``.
+    valid : numpy.ndarray of bool
+
+    """
+    valid = (wht_a > 0) & (wht_b > 0)
+    if min_weight_fraction > 0 and valid.any():
+        valid &= wht_a >= min_weight_fraction * np.median(wht_a[valid])
+        valid &= wht_b >= min_weight_fraction * np.median(wht_b[valid])
+    diff = np.subtract(img_a, img_b, dtype=np.float32)
+    valid &= np.isfinite(diff)
+    return diff, valid
+
+
+def fit_plane(
+    values: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    statistic: DifferenceStatistic,
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Sigma-clipped least-squares plane ``c0 + c1 * x + c2 * y``.
+
+    The clipping limits and iteration count are those of ``statistic``.  The
+    iteration starts from a median/MAD cut so that bright residuals (unmatched
+    sources, cosmic rays) cannot tilt the first fit.
+
+    Returns
+    -------
+    coeffs : numpy.ndarray, shape (3,)
+    cov : numpy.ndarray, shape (3, 3)
+        Covariance for independent pixels (scale it for correlated noise).
+    n_used : int
+    std : float
+        Standard deviation of the kept residuals.
+
+    """
+    values = np.asarray(values, dtype=np.float64)
+    med = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - med))
+    keep = np.abs(values - med) <= 5.0 * mad if mad > 0 else np.ones(values.size, bool)
+    design = np.column_stack([np.ones_like(values), x, y])
+    coeffs = np.array([med, 0.0, 0.0])
+    for _ in range(max(statistic.nclip, 0) + 1):
+        if keep.sum() < 3:
+            break
+        coeffs, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        resid = values - design @ coeffs
+        std = resid[keep].std()
+        new_keep = (resid >= -statistic.lsigma * std) & (resid <= statistic.usigma * std)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    resid = values - design @ coeffs
+    n_used = int(keep.sum())
+    std = float(resid[keep].std()) if n_used else math.nan
+    if n_used >= 3:
+        a = design[keep]
+        cov = np.linalg.inv(a.T @ a) * std**2
+    else:
+        cov = np.full((3, 3), np.inf)
+    return coeffs, cov, n_used, std
+
+
+def measure_difference(
+    diff: np.ndarray,
+    valid: np.ndarray,
+    x0: int,
+    y0: int,
+    *,
+    i: int,
+    j: int,
+    fit_type: str,
+    statistic: DifferenceStatistic,
+    noise_ratio: float = 1.0,
+    center: tuple[float, float] = (0.0, 0.0),
+    plane_scale: float = 1000.0,
+    min_pixels: int = 25,
+) -> PairMeasurement | None:
+    """Measure the background difference from a difference cut-out.
+
+    Parameters
+    ----------
+    diff, valid : numpy.ndarray
+        Difference image and its valid-pixel mask (from
+        :func:`difference_in_overlap`).
+    x0, y0 : int
+        Grid position of the cut-out's lower-left pixel.
+    i, j : int
+        Labels of the two images (recorded in the result).
+    fit_type : {'level', 'level+slope'}
+        Constant offset or plane.
+    statistic : DifferenceStatistic
+        Clipping and statistic.
+    noise_ratio : float
+        Ratio of true to apparent noise for averages of resampled pixels
+        (:func:`~jwst_skymatch_plus.core.resample.drizzle_noise_ratio`): the
+        uncertainty is scaled by it to account for correlated pixels.
+    center : (float, float)
+        Grid position the plane is expanded around.
+    plane_scale : float
+        Length (grid pixels) over which a slope coefficient is measured.
+    min_pixels : int
+        Fewer valid pixels than this give ``None``.
+
+    Returns
+    -------
+    PairMeasurement or None
+
+    """
+    ncoef = n_coefficients(fit_type)
+    noverlap = int(valid.sum())
+    if noverlap < max(min_pixels, ncoef + 2):
+        return None
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    extent = (int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+    values = diff[valid]
+    if fit_type == "level":
+        level, n_used, std = statistic(values)
+        if not np.isfinite(level) or n_used == 0:
+            return None
+        # Standard error of the statistic over n_used correlated pixels.
+        sig = statistic.efficiency * std * noise_ratio / math.sqrt(n_used)
+        coeffs = np.array([level])
+        sigma = np.array([sig])
+    else:
+        yy, xx = np.nonzero(valid)
+        xs = (xx + x0 - center[0]) / plane_scale
+        ys = (yy + y0 - center[1]) / plane_scale
+        coeffs, cov, n_used, std = fit_plane(values, xs, ys, statistic)
+        if n_used < 3 or not np.all(np.isfinite(coeffs)):
+            return None
+        sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) * noise_ratio
+    return PairMeasurement(
+        i=i,
+        j=j,
+        coeffs=np.asarray(coeffs, dtype=float),
+        sigma=np.asarray(sigma, dtype=float),
+        npix=int(n_used),
+        noverlap=noverlap,
+        extent=extent,
+        scatter=float(std),
+    )

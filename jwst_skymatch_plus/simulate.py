@@ -1,0 +1,964 @@
+"""Synthetic calibrated JWST imaging mosaics with known sky offsets.
+
+One simulator serves the tests, the benchmarks, the documentation examples and
+the demo.  It builds level-2 ``ImageModel`` exposures (``*_cal.fits``) laid out
+as tiles x visits x dithers, each with a JWST-like gwcs (detector -> v2v3 ->
+world), the metadata ``calwebb_image3`` needs offline, and an additive sky
+background whose true value is returned next to the models.
+
+The sky seen by exposure ``k`` at detector pixel ``(x, y)`` is::
+
+    scene(ra, dec) + level[k] + gradient[k, 0] * (x - xc) + gradient[k, 1] * (y - yc)
+
+where ``(xc, yc)`` is the detector centre, ``scene`` is an analytic field of
+extended emission and point sources rendered once for the whole mosaic, and
+``level[k]`` combines a common sky, a per-visit offset and a per-exposure
+drift.  MIRI exposures may carry an extra offset in the Lyot coronagraph
+region.  The scene is rendered with each exposure's *true* pointing, which may
+differ from the WCS recorded in the model (``misalign_arcsec``), so that
+alignment tools have something to find.
+
+Examples
+--------
+>>> from jwst_skymatch_plus.simulate import simulate_mosaic
+>>> mosaic = simulate_mosaic("miri", shape=(128, 128), tiles=(2, 1), dithers=2, seed=1)
+>>> len(mosaic.models), mosaic.truth.level.shape
+(4, (4,))
+
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core.regions import MIRI_FULL_SHAPE, miri_lyot_region
+
+__all__ = [
+    "INSTRUMENTS",
+    "InstrumentLayout",
+    "MosaicTruth",
+    "SimulatedMosaic",
+    "lyot_region",
+    "offset_noise_floor",
+    "offset_rms_error",
+    "simulate_mosaic",
+]
+
+
+DO_NOT_USE = 1
+NON_SCIENCE = 1 << 9
+JUMP_DET = 1 << 2
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One detector of an instrument layout.
+
+    ``v2_ref``/``v3_ref`` locate the detector centre in the telescope frame
+    (arcsec).
+    """
+
+    name: str
+    v2_ref: float
+    v3_ref: float
+    module: str | None = None
+
+
+@dataclass(frozen=True)
+class InstrumentLayout:
+    """Static description of an imaging configuration."""
+
+    instrument: str
+    exp_type: str
+    shape: tuple[int, int]
+    pixel_scale: float  # arcsec / pixel
+    filter: str
+    detectors: tuple[Detector, ...]
+    channel: str | None = None
+    pupil: str | None = None
+    v3yangle: float = 0.0
+    vparity: int = -1
+    readpatt: str = "FASTR1"
+
+    @property
+    def aperture_v2v3(self) -> tuple[float, float]:
+        """Telescope-frame reference of the whole aperture (mean of detectors)."""
+        v2 = float(np.mean([d.v2_ref for d in self.detectors]))
+        v3 = float(np.mean([d.v3_ref for d in self.detectors]))
+        return v2, v3
+
+
+def _nircam_short_detectors() -> tuple[Detector, ...]:
+    # Four 2048^2 chips of 0.031"/px (63.5") per module, with ~5" gaps between
+    # chips and ~44" between the A and B modules.
+    step = 63.5 + 5.0
+    dets = []
+    for module, v2c in (("A", 86.0), ("B", -86.0)):
+        for k, (dx, dy) in enumerate(((-0.5, 0.5), (0.5, 0.5), (-0.5, -0.5), (0.5, -0.5)), start=1):
+            dets.append(Detector(f"NRC{module}{k}", v2c + dx * step, -493.0 + dy * step, module))
+    return tuple(dets)
+
+
+INSTRUMENTS: dict[str, InstrumentLayout] = {
+    "miri": InstrumentLayout(
+        instrument="MIRI",
+        exp_type="MIR_IMAGE",
+        shape=MIRI_FULL_SHAPE,
+        pixel_scale=0.11,
+        filter="F770W",
+        detectors=(Detector("MIRIMAGE", -453.559, -373.814),),
+        v3yangle=0.0,
+        readpatt="FASTR1",
+    ),
+    "nircam_long": InstrumentLayout(
+        instrument="NIRCAM",
+        exp_type="NRC_IMAGE",
+        shape=(2048, 2048),
+        pixel_scale=0.063,
+        filter="F444W",
+        channel="LONG",
+        pupil="CLEAR",
+        detectors=(Detector("NRCALONG", 86.0, -493.0, "A"), Detector("NRCBLONG", -86.0, -493.0, "B")),
+        readpatt="BRIGHT1",
+    ),
+    "nircam_short": InstrumentLayout(
+        instrument="NIRCAM",
+        exp_type="NRC_IMAGE",
+        shape=(2048, 2048),
+        pixel_scale=0.031,
+        filter="F200W",
+        channel="SHORT",
+        pupil="CLEAR",
+        detectors=_nircam_short_detectors(),
+        readpatt="BRIGHT1",
+    ),
+}
+
+
+@dataclass
+class MosaicTruth:
+    """Ground truth of a simulated mosaic, one row per exposure."""
+
+    level: np.ndarray  # additive sky at the detector centre (data units)
+    gradient: np.ndarray  # (n, 2): d(sky)/dx, d(sky)/dy per detector pixel
+    visit_offset: np.ndarray  # per-visit part of ``level`` (per exposure)
+    exposure_drift: np.ndarray  # per-exposure part of ``level``
+    lyot_offset: np.ndarray  # extra offset inside the MIRI Lyot region
+    noise: np.ndarray  # per-pixel Gaussian noise sigma
+    visit: np.ndarray  # visit number (1-based)
+    tile: np.ndarray  # tile index
+    dither: np.ndarray  # dither index inside the visit
+    detector: np.ndarray  # detector name
+    misalignment: dict[int, tuple[float, float, float]]  # visit -> (dx", dy", droll deg)
+    sky_level: float  # common sky level included in ``level``
+
+    def plane_at(self, k: int, x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Evaluate exposure ``k``'s true additive background at detector pixels."""
+        yc, xc = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
+        return self.level[k] + self.gradient[k, 0] * (x - xc) + self.gradient[k, 1] * (y - yc)
+
+
+@dataclass
+class SimulatedMosaic:
+    """Simulated exposures plus what produced them."""
+
+    models: list  # list of ImageModel
+    truth: MosaicTruth
+    layout: InstrumentLayout
+    true_wcs: list  # gwcs actually used to render each exposure
+    config: dict[str, Any] = field(default_factory=dict)
+    scene: Any = None  # the rendered sky (see :meth:`true_sky`)
+
+    def true_sky(self, wcs, shape: tuple[int, int]) -> np.ndarray:
+        """The noise-free scene (without any background) on any image grid.
+
+        Parameters
+        ----------
+        wcs : gwcs.WCS or astropy.wcs.WCS
+            Pixel-to-sky transform of the image (e.g. an i2d mosaic's).
+        shape : tuple of int
+            Image shape.
+
+        """
+        return self.scene.sample(wcs, shape)
+
+    @property
+    def filenames(self) -> list[str]:
+        """File name recorded in each model."""
+        return [m.meta.filename for m in self.models]
+
+    def write(self, directory: str | Path, product_name: str = "sim_mosaic") -> Path:
+        """Write the cal files and a level-3 image association into ``directory``.
+
+        Returns the path of the association file.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for model in self.models:
+            model.save(directory / model.meta.filename)
+        return write_association(self.filenames, directory, product_name)
+
+
+def write_association(
+    filenames: list[str],
+    directory: str | Path,
+    product_name: str = "sim_mosaic",
+    exptypes: list[str] | None = None,
+) -> Path:
+    """Write a minimal level-3 imaging association (``*_asn.json``).
+
+    Parameters
+    ----------
+    filenames : list of str
+        Member file names, relative to ``directory``.
+    directory : str or Path
+        Where the association is written.
+    product_name : str
+        The association's product name (used for output names).
+    exptypes : list of str, optional
+        Member exposure types (default ``"science"`` for all).
+
+    """
+    exptypes = exptypes or ["science"] * len(filenames)
+    asn = {
+        "asn_type": "image3",
+        "asn_rule": "DMS_Level3_Base",
+        "version_id": None,
+        "code_version": "jwst_skymatch_plus.simulate",
+        "degraded_status": "No known degraded exposures in association.",
+        "program": "01234",
+        "constraints": "simulated",
+        "asn_id": "a3001",
+        "target": "1",
+        "asn_pool": "simulated_pool",
+        "products": [
+            {
+                "name": product_name,
+                "members": [
+                    {"expname": Path(f).name, "exptype": t} for f, t in zip(filenames, exptypes, strict=True)
+                ],
+            }
+        ],
+    }
+    path = Path(directory) / f"{product_name}_asn.json"
+    path.write_text(json.dumps(asn, indent=2))
+    return path
+
+
+# --------------------------------------------------------------------------
+# WCS construction
+# --------------------------------------------------------------------------
+def _ideal_matrix(layout: InstrumentLayout) -> np.ndarray:
+    # SIAF convention: V2 = V2ref + parity * x_idl cos(a) + y_idl sin(a),
+    #                  V3 = V3ref - parity * x_idl sin(a) + y_idl cos(a).
+    a = math.radians(layout.v3yangle)
+    p = layout.vparity
+    return np.array([[p * math.cos(a), math.sin(a)], [-p * math.sin(a), math.cos(a)]])
+
+
+def _nircam_distortion_shape():
+    """Non-linear part of the NRCB1 distortion shipped with the jwst test data.
+
+    Returns a callable ``(dx, dy) -> (dv2, dv3)`` in arcsec, relative to the
+    detector centre and without the linear part, or ``None`` if unavailable.
+    """
+    import asdf
+
+    path = resources.files("jwst") / "tweakreg/tests/data/nrcb1-wcs.asdf"
+    with asdf.open(str(path), lazy_load=False, memmap=False) as af:
+        det2v23 = af.tree["wcs"].pipeline[0].transform
+    return det2v23
+
+
+def _det2v23_model(layout: InstrumentLayout, det: Detector, shape: tuple[int, int], distortion: bool):
+    from astropy.modeling import models as am
+
+    ny, nx = shape
+    xc, yc = (nx - 1) / 2.0, (ny - 1) / 2.0
+    lin = _ideal_matrix(layout) * layout.pixel_scale
+    if not distortion:
+        model = (am.Shift(-xc) & am.Shift(-yc)) | am.AffineTransformation2D(
+            matrix=lin, translation=[det.v2_ref, det.v3_ref]
+        )
+        return model
+    # Real NIRCam distortion: NRCB1's polynomial, re-centred on this detector
+    # and rescaled to this pixel scale.  Sampled at the same relative position
+    # (full-frame centre) regardless of the simulated detector size.
+    base = _nircam_distortion_shape()
+    c_full = 1023.5
+    v2c, v3c = base(c_full, c_full)
+    ratio = layout.pixel_scale / 0.0307
+    model = (
+        (am.Shift(c_full - xc) & am.Shift(c_full - yc))
+        | base
+        | (am.Shift(-v2c) & am.Shift(-v3c))
+        | (am.Scale(ratio) & am.Scale(ratio))
+        | (am.Shift(det.v2_ref) & am.Shift(det.v3_ref))
+    )
+    return model
+
+
+def _make_gwcs(det2v23, pointing: tuple[float, float, float], ap_v2v3: tuple[float, float], shape):
+    """Gwcs detector -> v2v3 -> world for a telescope pointing.
+
+    ``pointing`` is ``(ra, dec, roll)`` of the aperture reference ``ap_v2v3``.
+    """
+    from astropy import coordinates as coord
+    from astropy import units as u
+    from gwcs import coordinate_frames as cf
+    from gwcs import wcs as gwcs_wcs
+    from jwst.assign_wcs.pointing import _v23tosky
+
+    ra, dec, roll = pointing
+    tel2sky = _v23tosky(ap_v2v3[0] / 3600.0, ap_v2v3[1] / 3600.0, roll, ra, dec)
+    detector = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
+    v2v3 = cf.Frame2D(name="v2v3", axes_order=(0, 1), axes_names=("v2", "v3"), unit=(u.arcsec, u.arcsec))
+    world = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world")
+    w = gwcs_wcs.WCS([(detector, det2v23), (v2v3, tel2sky), (world, None)])
+    ny, nx = shape
+    w.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    w.array_shape = shape
+    return w
+
+
+def _offset_pointing(layout, base_pointing, dx_pix: float, dy_pix: float) -> tuple[float, float, float]:
+    """Pointing that moves the aperture by ``(dx, dy)`` detector pixels on the sky."""
+    from jwst.assign_wcs.pointing import _v23tosky
+
+    ra0, dec0, roll = base_pointing
+    v2a, v3a = layout.aperture_v2v3
+    tel2sky = _v23tosky(v2a / 3600.0, v3a / 3600.0, roll, ra0, dec0)
+    dv2, dv3 = _ideal_matrix(layout) @ np.array([dx_pix, dy_pix]) * layout.pixel_scale
+    ra, dec = tel2sky(v2a + dv2, v3a + dv3)
+    return float(ra), float(dec), roll
+
+
+def _misaligned(pointing, layout, shift_arcsec: tuple[float, float], droll: float):
+    dx = shift_arcsec[0] / layout.pixel_scale
+    dy = shift_arcsec[1] / layout.pixel_scale
+    ra, dec, roll = _offset_pointing(layout, pointing, dx, dy)
+    return ra, dec, roll + droll
+
+
+# --------------------------------------------------------------------------
+# Scene
+# --------------------------------------------------------------------------
+def _add_gaussian(img, coords, cx, cy, s_major, s_minor, theta, amp, nsig=4.5):
+    """Add an elliptical Gaussian to ``img`` inside a cut-out of +-nsig sigma."""
+    r = nsig * s_major
+    ix = np.nonzero(np.abs(coords - cx) < r)[0]
+    iy = np.nonzero(np.abs(coords - cy) < r)[0]
+    if ix.size == 0 or iy.size == 0:
+        return
+    xx = coords[ix][None, :] - cx
+    yy = coords[iy][:, None] - cy
+    c, s = math.cos(theta), math.sin(theta)
+    u_ = (c * xx + s * yy) / s_major
+    v_ = (-s * xx + c * yy) / s_minor
+    img[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1] += (amp * np.exp(-0.5 * (u_**2 + v_**2))).astype(np.float32)
+
+
+class _Scene:
+    """An analytic sky rendered once on a tangent-plane grid and interpolated."""
+
+    def __init__(self, center, extent_arcsec, scale_arcsec, rng, emission, n_sources, psf_fwhm, n_blobs):
+        from astropy.wcs import WCS
+        from scipy import ndimage
+
+        half = extent_arcsec / 2.0
+        n = math.ceil(2 * half / scale_arcsec) + 8
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = list(center)
+        w.wcs.crpix = [(n + 1) / 2.0, (n + 1) / 2.0]
+        w.wcs.cdelt = [-scale_arcsec / 3600.0, scale_arcsec / 3600.0]
+        self.wcs = w
+        img = np.zeros((n, n), dtype=np.float32)
+        coords = (np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * scale_arcsec
+        # Broad components go on a grid ``coarse`` times coarser, interpolated
+        # up once at the end: rendering them at full resolution would dominate
+        # the simulation time.
+        coarse = 8
+        nc = n // coarse + 4
+        coarse_img = np.zeros((nc, nc), dtype=np.float32)
+        ccoords = (np.arange(nc, dtype=np.float32) - (nc - 1) / 2.0) * scale_arcsec * coarse
+        # Extended emission: anisotropic Gaussian clouds and filaments with
+        # sizes from a couple of arcsec to a large fraction of the field.
+        for _ in range(n_blobs):
+            cx, cy = rng.uniform(-half, half, 2)
+            s_major = math.exp(rng.uniform(math.log(2.0), math.log(max(3.0, 0.35 * half))))
+            s_minor = max(s_major * rng.uniform(0.15, 1.0), 3 * scale_arcsec)
+            theta = rng.uniform(0, np.pi)
+            amp = emission * rng.uniform(0.1, 1.0)
+            broad = s_minor > 3 * coarse * scale_arcsec
+            target, grid = (coarse_img, ccoords) if broad else (img, coords)
+            _add_gaussian(target, grid, cx, cy, s_major, s_minor, theta, amp)
+        if n_blobs:
+            fine = ndimage.zoom(coarse_img, coarse, order=3, grid_mode=True, mode="grid-constant")
+            off = (fine.shape[0] - n) // 2
+            img += fine[off : off + n, off : off + n]
+        # Point sources with a power-law flux distribution.
+        sig = psf_fwhm / 2.3548
+        for _ in range(n_sources):
+            cx, cy = rng.uniform(-half, half, 2)
+            peak = emission * 5.0 * rng.pareto(1.5) + emission * 0.5
+            _add_gaussian(img, coords, cx, cy, sig, sig, 0.0, peak)
+        self.image = img
+        # Pre-filtered spline coefficients: cubic interpolation per exposure.
+        self._coeffs = ndimage.spline_filter(img.astype(np.float64), order=3).astype(np.float32)
+
+    def sample(self, wcs, shape) -> np.ndarray:
+        """Scene values at the centres of the pixels of a detector with ``wcs``."""
+        from scipy import ndimage
+        from stcal.resample.utils import calc_pixmap
+
+        pixmap = calc_pixmap(wcs, self.wcs, shape=shape, stepsize=16, order=3)
+        out = ndimage.map_coordinates(
+            self._coeffs,
+            [pixmap[..., 1].ravel(), pixmap[..., 0].ravel()],
+            order=3,
+            prefilter=False,
+            mode="constant",
+            cval=0.0,
+        )
+        return out.reshape(shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Regions
+# --------------------------------------------------------------------------
+def lyot_region(shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Array slices of the MIRI Lyot coronagraph for a simulated detector of ``shape``.
+
+    The full-frame outline scaled to ``shape``, so that small simulated
+    detectors keep the same layout (see
+    :func:`jwst_skymatch_plus.core.regions.miri_lyot_region`).
+    """
+    return miri_lyot_region(shape, full_frame=True)
+
+
+def _coronagraph_strip(shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The 4QPM coronagraph strip below the Lyot (flagged NON_SCIENCE)."""
+    rows, cols = lyot_region(shape)
+    return slice(0, rows.start), cols
+
+
+# --------------------------------------------------------------------------
+# Main entry
+# --------------------------------------------------------------------------
+def simulate_mosaic(
+    instrument: str = "miri",
+    *,
+    shape: tuple[int, int] | None = None,
+    tiles: tuple[int, int] = (2, 2),
+    tile_overlap: float = 0.2,
+    visits_per_tile: int = 1,
+    dithers: int = 4,
+    dither_size: float = 0.03,
+    detectors: list[str] | None = None,
+    roll: float = 20.0,
+    center: tuple[float, float] = (80.0, -69.5),
+    sky_level: float = 15.0,
+    visit_offset_sigma: float = 0.5,
+    exposure_offset_sigma: float = 0.05,
+    gradient_sigma: float = 0.0,
+    lyot_offset_sigma: float = 0.0,
+    noise: float = 0.1,
+    emission: float = 10.0,
+    n_blobs: int = 40,
+    n_sources: int = 60,
+    psf_fwhm: float | None = None,
+    bad_pixel_fraction: float = 0.002,
+    nan_fraction: float = 0.001,
+    cosmic_ray_fraction: float = 0.0005,
+    masked_region_probability: float = 0.0,
+    masked_region_radius: float = 0.2,
+    misalign_arcsec: float = 0.0,
+    misalign_roll: float = 0.0,
+    distortion: bool = False,
+    seed: int = 0,
+) -> SimulatedMosaic:
+    """Simulate a calibrated imaging mosaic with known additive sky offsets.
+
+    Parameters
+    ----------
+    instrument : {'miri', 'nircam_long', 'nircam_short'}
+        Imaging configuration (detector size, pixel scale, detector layout).
+    shape : tuple of int, optional
+        Detector shape ``(ny, nx)``; default is the instrument's full frame.
+        Smaller shapes keep the pixel scale and give faster tests.
+    tiles : (int, int)
+        Mosaic tiles along detector x and y.
+    tile_overlap : float
+        Fraction of the aperture shared by neighbouring tiles (0.1 = 10 %).
+        Negative values leave gaps.
+    visits_per_tile : int
+        Independent visits (epochs) of each tile; every tile/repeat pair is
+        its own visit.
+    dithers : int
+        Exposures per visit, offset by a box/line dither pattern.
+    dither_size : float
+        Dither step as a fraction of the detector size.
+    detectors : list of str, optional
+        Subset of the layout's detectors (e.g. ``["NRCA1", "NRCA2"]``).
+    roll : float
+        Telescope roll (V3 position angle at the reference), degrees.
+    center : (float, float)
+        Mosaic centre (RA, Dec), degrees.
+    sky_level : float
+        Common sky added to every exposure.
+    visit_offset_sigma, exposure_offset_sigma : float
+        Standard deviations of the per-visit offsets and of the per-exposure
+        drift inside a visit.
+    gradient_sigma : float
+        Standard deviation of per-visit sky gradients, in data units across
+        the detector (the change from one edge to the opposite one).
+    lyot_offset_sigma : float
+        MIRI only: standard deviation of an extra offset in the Lyot region.
+    noise : float
+        Per-pixel Gaussian noise sigma; exposure ``k`` gets ``noise`` times a
+        factor in [0.8, 1.2].
+    emission : float
+        Typical peak brightness of the extended emission (point sources are
+        brighter).
+    n_blobs, n_sources : int
+        Numbers of extended components and point sources in the scene.
+    psf_fwhm : float, optional
+        Point-source FWHM in arcsec (default two pixels).
+    bad_pixel_fraction, nan_fraction, cosmic_ray_fraction : float
+        Fractions of pixels flagged DO_NOT_USE (with junk values), set to NaN
+        (and flagged), and hit by unflagged cosmic-ray-like outliers.
+    masked_region_probability : float
+        Chance that an exposure carries a large DO_NOT_USE disc (e.g. a
+        saturated star's wings or a persistence region) at a random place.
+    masked_region_radius : float
+        Radius of that disc as a fraction of the detector width.
+    misalign_arcsec, misalign_roll : float
+        Standard deviations of per-visit pointing errors: the data are rendered
+        with the shifted pointing while the model keeps the nominal WCS.
+    distortion : bool
+        NIRCam only: use the real NRCB1 distortion polynomial (from the jwst
+        test data) instead of a linear detector-to-v2v3 transform.
+    seed : int
+        Random seed; everything is reproducible.
+
+    Returns
+    -------
+    SimulatedMosaic
+        Models (in memory, with ``meta.filename`` set), truth and layout.
+
+    """
+    from jwst.assign_wcs.pointing import compute_roll_ref
+
+    if instrument not in INSTRUMENTS:
+        raise ValueError(f"Unknown instrument {instrument!r}; choose from {sorted(INSTRUMENTS)}")
+    layout = INSTRUMENTS[instrument]
+    if shape is not None:
+        layout = replace(layout, shape=tuple(int(s) for s in shape))
+    if detectors is not None:
+        chosen = tuple(d for d in layout.detectors if d.name in detectors)
+        if not chosen:
+            raise ValueError(f"None of {detectors} is a detector of {instrument}")
+        layout = replace(layout, detectors=chosen)
+    if layout.instrument == "NIRCAM" and len(layout.detectors) > 1 and shape is not None:
+        # Keep the chip gaps in proportion when the detectors are shrunk.
+        shrink = layout.shape[1] / INSTRUMENTS[instrument].shape[1]
+        v2a, v3a = INSTRUMENTS[instrument].aperture_v2v3
+        layout = replace(
+            layout,
+            detectors=tuple(
+                replace(d, v2_ref=v2a + (d.v2_ref - v2a) * shrink, v3_ref=v3a + (d.v3_ref - v3a) * shrink)
+                for d in layout.detectors
+            ),
+        )
+    rng = np.random.default_rng(seed)
+    ny, nx = layout.shape
+    psf_fwhm = 2.0 * layout.pixel_scale if psf_fwhm is None else psf_fwhm
+
+    # Aperture extent in detector pixels (multi-detector layouts span more).
+    ap_v2, ap_v3 = layout.aperture_v2v3
+    inv = np.linalg.inv(_ideal_matrix(layout))
+    det_off = np.array(
+        [inv @ np.array([d.v2_ref - ap_v2, d.v3_ref - ap_v3]) / layout.pixel_scale for d in layout.detectors]
+    )
+    span_x = nx + np.ptp(det_off[:, 0])
+    span_y = ny + np.ptp(det_off[:, 1])
+    if layout.instrument == "MIRI":
+        # Only the imager field right of the coronagraphs is tiled.
+        cols = lyot_region(layout.shape)[1]
+        span_x = nx - cols.stop
+
+    # Dither pattern (detector pixels).
+    base_pattern = [(0, 0), (1, 1), (1, 0), (0, 1), (0.5, 0.5), (1.5, 0.5), (0.5, 1.5), (1.5, 1.5)]
+    if dithers > len(base_pattern):
+        base_pattern = [(i % 4 * 0.5, i // 4 * 0.5) for i in range(dithers)]
+    pattern = np.array(base_pattern[:dithers], dtype=float)
+    pattern -= pattern.mean(axis=0)
+    pattern *= dither_size * np.array([nx, ny])
+
+    base_pointing = (center[0], center[1], roll)
+    step_x = (1.0 - tile_overlap) * span_x
+    step_y = (1.0 - tile_overlap) * span_y
+    ntx, nty = tiles
+
+    # Enumerate exposures.
+    records = []
+    visit = 0
+    for ty in range(nty):
+        for tx in range(ntx):
+            tile_index = ty * ntx + tx
+            tile_dx = (tx - (ntx - 1) / 2.0) * step_x
+            tile_dy = (ty - (nty - 1) / 2.0) * step_y
+            for _rep in range(visits_per_tile):
+                visit += 1
+                for d in range(dithers):
+                    records.append((visit, tile_index, d, tile_dx + pattern[d, 0], tile_dy + pattern[d, 1]))
+
+    n_visits = visit
+    visit_offsets = rng.normal(0.0, visit_offset_sigma, n_visits)
+    visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2)) / np.array([nx, ny])
+    shifts = {
+        v + 1: (
+            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
+            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
+            float(rng.normal(0.0, misalign_roll)) if misalign_roll else 0.0,
+        )
+        for v in range(n_visits)
+    }
+
+    # Scene big enough for every pointing.
+    half_extent = 0.5 * math.hypot(
+        ntx * step_x + span_x + 2 * np.abs(pattern[:, 0]).max(),
+        nty * step_y + span_y + 2 * np.abs(pattern[:, 1]).max(),
+    )
+    extent = 2.0 * half_extent * layout.pixel_scale + 4.0 * misalign_arcsec * 3 + 10.0
+    scene_scale = layout.pixel_scale / 2.0 if extent / layout.pixel_scale < 6000 else layout.pixel_scale
+    n_blobs_eff = n_blobs if n_blobs is not None else 40
+    scene = _Scene(center, extent, scene_scale, rng, emission, n_sources, psf_fwhm, n_blobs_eff)
+
+    models, true_wcs = [], []
+    cols = {
+        k: [] for k in ("level", "grad", "voff", "drift", "lyot", "noise", "visit", "tile", "dither", "det")
+    }
+    drift_state: dict[int, float] = {}
+    t0 = 60310.0  # MJD, 2024-01-01
+    texp = 300.0
+    for n_exp, (v, tile_index, d, dx, dy) in enumerate(records):
+        pointing = _offset_pointing(layout, base_pointing, dx, dy)
+        shift = shifts[v]
+        true_pointing = _misaligned(pointing, layout, shift[:2], shift[2])
+        # Per-exposure drift: a random walk inside each visit (thermal drifts).
+        drift = drift_state.get(v, 0.0) + (rng.normal(0.0, exposure_offset_sigma) if d else 0.0)
+        drift_state[v] = drift
+        for det in layout.detectors:
+            det2v23 = _det2v23_model(layout, det, layout.shape, distortion and layout.instrument == "NIRCAM")
+            wcs = _make_gwcs(det2v23, pointing, (ap_v2, ap_v3), layout.shape)
+            twcs = _make_gwcs(det2v23, true_pointing, (ap_v2, ap_v3), layout.shape)
+            sigma = noise * rng.uniform(0.8, 1.2)
+            level = sky_level + visit_offsets[v - 1] + drift
+            grad = visit_gradients[v - 1]
+            lyot_off = (
+                rng.normal(0.0, lyot_offset_sigma)
+                if (lyot_offset_sigma and layout.instrument == "MIRI")
+                else 0.0
+            )
+
+            data = scene.sample(twcs, layout.shape)
+            yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+            data += (level + grad[0] * (xx - (nx - 1) / 2.0) + grad[1] * (yy - (ny - 1) / 2.0)).astype(
+                np.float32
+            )
+            dq = np.zeros(layout.shape, dtype=np.uint32)
+            if layout.instrument == "MIRI":
+                data[lyot_region(layout.shape)] += lyot_off
+                dq[_coronagraph_strip(layout.shape)] |= NON_SCIENCE | DO_NOT_USE
+            data += rng.normal(0.0, sigma, layout.shape).astype(np.float32)
+
+            npx = data.size
+            if bad_pixel_fraction:
+                idx = rng.choice(npx, int(bad_pixel_fraction * npx), replace=False)
+                data.flat[idx] = rng.uniform(-1e3, 1e4, idx.size)
+                dq.flat[idx] |= DO_NOT_USE
+            if nan_fraction:
+                idx = rng.choice(npx, int(nan_fraction * npx), replace=False)
+                data.flat[idx] = np.nan
+                dq.flat[idx] |= DO_NOT_USE
+            if cosmic_ray_fraction:
+                idx = rng.choice(npx, int(cosmic_ray_fraction * npx), replace=False)
+                data.flat[idx] += rng.uniform(20, 200, idx.size) * sigma
+            if masked_region_probability and rng.uniform() < masked_region_probability:
+                rad = masked_region_radius * nx
+                cx, cy = rng.uniform(0.2 * nx, 0.8 * nx), rng.uniform(0.2 * ny, 0.8 * ny)
+                disc = (xx - cx) ** 2 + (yy - cy) ** 2 < rad**2
+                # Masked areas hold bright junk: what a saturated source leaves.
+                data[disc] += np.float32(50.0 * emission)
+                dq[disc] |= DO_NOT_USE
+
+            exp_number = d + 1
+            start = t0 + (len(models) // len(layout.detectors)) * texp / 86400.0
+            model = _make_model(
+                layout,
+                det,
+                data,
+                dq,
+                sigma,
+                wcs,
+                pointing,
+                (ap_v2, ap_v3),
+                v,
+                exp_number,
+                start,
+                texp,
+                compute_roll_ref,
+            )
+            models.append(model)
+            true_wcs.append(twcs)
+            cols["level"].append(level)
+            cols["grad"].append(grad)
+            cols["voff"].append(visit_offsets[v - 1])
+            cols["drift"].append(drift)
+            cols["lyot"].append(lyot_off)
+            cols["noise"].append(sigma)
+            cols["visit"].append(v)
+            cols["tile"].append(tile_index)
+            cols["dither"].append(d)
+            cols["det"].append(det.name)
+        del n_exp
+
+    truth = MosaicTruth(
+        level=np.array(cols["level"]),
+        gradient=np.array(cols["grad"]).reshape(-1, 2),
+        visit_offset=np.array(cols["voff"]),
+        exposure_drift=np.array(cols["drift"]),
+        lyot_offset=np.array(cols["lyot"]),
+        noise=np.array(cols["noise"]),
+        visit=np.array(cols["visit"]),
+        tile=np.array(cols["tile"]),
+        dither=np.array(cols["dither"]),
+        detector=np.array(cols["det"]),
+        misalignment=shifts,
+        sky_level=sky_level,
+    )
+    config = {
+        "instrument": instrument,
+        "shape": layout.shape,
+        "tiles": tiles,
+        "dithers": dithers,
+        "visits_per_tile": visits_per_tile,
+        "seed": seed,
+        "noise": noise,
+    }
+    return SimulatedMosaic(
+        models=models, truth=truth, layout=layout, true_wcs=true_wcs, config=config, scene=scene
+    )
+
+
+def _make_model(
+    layout, det, data, dq, sigma, wcs, pointing, ap_v2v3, visit, exp_number, start, texp, compute_roll_ref
+):
+    from jwst.assign_wcs.util import update_s_region_imaging
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    ny, nx = layout.shape
+    model = ImageModel(data=data, dq=dq, validate_on_assignment=False)
+    model.err = np.full(layout.shape, sigma, dtype=np.float32)
+    model.var_rnoise = np.full(layout.shape, 0.5 * sigma**2, dtype=np.float32)
+    model.var_poisson = np.full(layout.shape, 0.5 * sigma**2, dtype=np.float32)
+    model.var_flat = np.zeros(layout.shape, dtype=np.float32)
+    model.meta.telescope = "JWST"
+    model.meta.bunit_data = "MJy/sr"
+    model.meta.bunit_err = "MJy/sr"
+    model.meta.instrument.name = layout.instrument
+    model.meta.instrument.detector = det.name
+    model.meta.instrument.filter = layout.filter
+    if layout.channel:
+        model.meta.instrument.channel = layout.channel
+    if det.module:
+        model.meta.instrument.module = det.module
+    if layout.pupil:
+        model.meta.instrument.pupil = layout.pupil
+    program, observation = "01234", "001"
+    model.meta.observation.program_number = program
+    model.meta.observation.observation_number = observation
+    model.meta.observation.visit_number = f"{visit:03d}"
+    model.meta.observation.visit_group = "01"
+    model.meta.observation.sequence_id = "1"
+    model.meta.observation.activity_id = "01"
+    model.meta.observation.exposure_number = f"{exp_number:05d}"
+    model.meta.observation.visit_id = f"{program}{observation}{visit:03d}"
+    model.meta.observation.obs_id = f"V{program}{observation}{visit:03d}P0000000001101"
+    from astropy.time import Time
+
+    t = Time(start, format="mjd")
+    model.meta.observation.date = t.strftime("%Y-%m-%d")
+    model.meta.observation.time = t.strftime("%H:%M:%S.%f")[:12]
+    model.meta.exposure.type = layout.exp_type
+    model.meta.exposure.start_time = start
+    model.meta.exposure.mid_time = start + 0.5 * texp / 86400.0
+    model.meta.exposure.end_time = start + texp / 86400.0
+    model.meta.exposure.exposure_time = texp
+    model.meta.exposure.effective_exposure_time = texp
+    model.meta.exposure.measurement_time = texp
+    model.meta.exposure.duration = texp
+    model.meta.exposure.integration_time = texp
+    model.meta.exposure.nints = 1
+    model.meta.exposure.ngroups = 10
+    model.meta.exposure.nframes = 1
+    model.meta.exposure.groupgap = 0
+    model.meta.exposure.frame_time = texp / 10
+    model.meta.exposure.group_time = texp / 10
+    model.meta.exposure.readpatt = layout.readpatt
+    model.meta.subarray.name = "FULL"
+    model.meta.subarray.xstart = 1
+    model.meta.subarray.ystart = 1
+    model.meta.subarray.xsize = nx
+    model.meta.subarray.ysize = ny
+    model.meta.subarray.fastaxis = 1
+    model.meta.subarray.slowaxis = 2
+
+    ra, dec, roll = pointing
+    v2a, v3a = ap_v2v3
+    ra_ref, dec_ref = wcs.get_transform("v2v3", "world")(det.v2_ref, det.v3_ref)
+    roll_ref = compute_roll_ref(
+        v2a / 3600.0, v3a / 3600.0, roll, ra, dec, det.v2_ref / 3600.0, det.v3_ref / 3600.0
+    )
+    model.meta.wcsinfo.v2_ref = det.v2_ref
+    model.meta.wcsinfo.v3_ref = det.v3_ref
+    model.meta.wcsinfo.v3yangle = layout.v3yangle
+    model.meta.wcsinfo.vparity = layout.vparity
+    model.meta.wcsinfo.ra_ref = float(ra_ref)
+    model.meta.wcsinfo.dec_ref = float(dec_ref)
+    model.meta.wcsinfo.roll_ref = float(roll_ref)
+    model.meta.wcsinfo.wcsaxes = 2
+    model.meta.wcsinfo.ctype1 = "RA---TAN"
+    model.meta.wcsinfo.ctype2 = "DEC--TAN"
+    model.meta.wcs = wcs
+    model.meta.cal_step.assign_wcs = "COMPLETE"
+    model.meta.cal_step.flat_field = "COMPLETE"
+    model.meta.cal_step.photom = "COMPLETE"
+    area_sr = (layout.pixel_scale / 206264.806247) ** 2
+    model.meta.photometry.pixelarea_steradians = area_sr
+    model.meta.photometry.pixelarea_arcsecsq = layout.pixel_scale**2
+    stcal_log = logging.getLogger("stcal.alignment.util")
+    level = stcal_log.level
+    stcal_log.setLevel(logging.WARNING)  # it reports every S_REGION update at INFO
+    try:
+        update_s_region_imaging(model)
+    finally:
+        stcal_log.setLevel(level)
+    _update_fits_wcs(model)
+    model.meta.filename = (
+        f"jw{program}{observation}{visit:03d}_01101_{exp_number:05d}_{det.name.lower()}_cal.fits"
+    )
+    return model
+
+
+def _update_fits_wcs(model) -> None:
+    """Write the FITS WCS keywords (CRPIX/CRVAL/CD) that approximate the gwcs."""
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs.utils import fit_wcs_from_points
+
+    ny, nx = model.data.shape
+    yy, xx = np.mgrid[0 : ny : max(ny // 8, 1), 0 : nx : max(nx // 8, 1)]
+    xx = xx.ravel().astype(float)
+    yy = yy.ravel().astype(float)
+    ra, dec = model.meta.wcs(xx, yy)
+    fits_wcs = fit_wcs_from_points((xx, yy), SkyCoord(ra, dec, unit="deg"), projection="TAN")
+    wi = model.meta.wcsinfo
+    wi.crpix1, wi.crpix2 = (float(v) for v in fits_wcs.wcs.crpix)
+    wi.crval1, wi.crval2 = (float(v) for v in fits_wcs.wcs.crval)
+    cd = fits_wcs.wcs.cd if fits_wcs.wcs.has_cd() else fits_wcs.wcs.pc * fits_wcs.wcs.cdelt[:, None]
+    scale = math.sqrt(abs(np.linalg.det(cd)))
+    wi.cdelt1 = scale
+    wi.cdelt2 = scale
+    pc = cd / scale
+    wi.pc1_1, wi.pc1_2, wi.pc2_1, wi.pc2_2 = (float(v) for v in pc.ravel())
+    wi.cunit1 = "deg"
+    wi.cunit2 = "deg"
+
+
+# --------------------------------------------------------------------------
+# Truth comparisons
+# --------------------------------------------------------------------------
+def offset_rms_error(recovered: np.ndarray, truth: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """RMS error of recovered offsets after removing the free constant.
+
+    Sky matching determines offsets only up to one constant per connected set
+    of exposures (``labels``); that constant is removed before comparing.
+    """
+    recovered = np.asarray(recovered, dtype=float)
+    truth = np.asarray(truth, dtype=float)
+    labels = np.zeros(len(truth), dtype=int) if labels is None else np.asarray(labels)
+    resid = recovered - truth
+    ok = np.isfinite(resid)
+    out = np.full_like(resid, np.nan)
+    for lab in np.unique(labels[ok]):
+        sel = ok & (labels == lab)
+        out[sel] = resid[sel] - resid[sel].mean()
+    return float(np.sqrt(np.nanmean(out**2)))
+
+
+def offset_noise_floor(mosaic: SimulatedMosaic, bin_size: int = 4, exclude_lyot: bool = True) -> float:
+    """Noise-limited RMS error of per-exposure offsets (Cramer-Rao bound).
+
+    Treats every sky position as an unknown and every exposure offset as a
+    parameter, with each exposure's known Gaussian noise and valid-pixel mask,
+    and returns the RMS over exposures of the standard error of the best
+    unbiased estimate of the offsets (constant removed), i.e. what an ideal
+    estimator using every overlapping pixel could reach.  Pixels are binned
+    ``bin_size`` x ``bin_size`` to keep this cheap; the bound is exact for the
+    mean when the coverage is constant inside a bin.
+    """
+    import scipy.sparse as sp
+    from astropy.wcs import WCS
+
+    models = mosaic.models
+    layout = mosaic.layout
+    n = len(models)
+    scale = layout.pixel_scale * bin_size / 3600.0
+    ra0, dec0 = models[0].meta.wcsinfo.ra_ref, models[0].meta.wcsinfo.dec_ref
+    grid = WCS(naxis=2)
+    grid.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    grid.wcs.crval = [ra0, dec0]
+    grid.wcs.crpix = [0.0, 0.0]
+    grid.wcs.cdelt = [-scale, scale]
+    rows, cols, vals = [], [], []
+    keys = []
+    for k, m in enumerate(models):
+        ny, nx = m.data.shape
+        good = np.isfinite(m.data) & ((m.dq & DO_NOT_USE) == 0)
+        if exclude_lyot and layout.instrument == "MIRI":
+            good[lyot_region(m.data.shape)] = False
+        by, bx = ny // bin_size, nx // bin_size
+        counts = good[: by * bin_size, : bx * bin_size].reshape(by, bin_size, bx, bin_size).sum(axis=(1, 3))
+        yy, xx = np.mgrid[0:by, 0:bx]
+        xc = xx * bin_size + (bin_size - 1) / 2.0
+        yc = yy * bin_size + (bin_size - 1) / 2.0
+        ra, dec = m.meta.wcs(xc.ravel(), yc.ravel())
+        gx, gy = grid.world_to_pixel_values(ra, dec)
+        keep = counts.ravel() > 0
+        keys.append(np.round(gx[keep]).astype(np.int64) * 1_000_003 + np.round(gy[keep]).astype(np.int64))
+        cols.append(np.full(keep.sum(), k))
+        # Information per binned pixel: valid native pixels / sigma^2.
+        vals.append(counts.ravel()[keep] / mosaic.truth.noise[k] ** 2)
+    allkeys = np.concatenate(keys)
+    uniq, inverse = np.unique(allkeys, return_inverse=True)
+    rows = inverse
+    w = sp.csr_matrix((np.concatenate(vals), (rows, np.concatenate(cols))), shape=(uniq.size, n))
+    wsum = np.asarray(w.sum(axis=1)).ravel()
+    # Fisher information: diag(sum_p w_kp) - W^T diag(1/W_p) W.
+    fisher = sp.diags(np.asarray(w.sum(axis=0)).ravel()) - w.T @ sp.diags(1.0 / wsum) @ w
+    fisher = fisher.toarray()
+    cov = np.linalg.pinv(fisher, rcond=1e-10)
+    # Covariance of offsets with the mean removed (the unconstrained constant).
+    center = np.eye(n) - 1.0 / n
+    cov = center @ cov @ center
+    return float(np.sqrt(np.trace(cov) / n))

@@ -1,0 +1,198 @@
+"""Reading exposures out of a ModelLibrary for the core, and writing results back.
+
+Shared by every step of the package; no algorithm lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.nddata.bitmask import bitfield_to_boolean_mask, interpret_bit_flags
+from stdatamodels.jwst.datamodels.dqflags import pixel
+
+from ..core.matching import ExposureSource
+from ..core.regions import miri_lyot_region
+
+__all__ = [
+    "PACKAGE_LOGGERS",
+    "MaskSettings",
+    "package_logging",
+    "check_single_configuration",
+    "exposure_sources",
+    "good_pixel_mask",
+    "open_library",
+    "read_all_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+#: Loggers our steps and pipelines ask stpipe to configure (ours plus jwst's).
+PACKAGE_LOGGERS = (
+    "jwst_skymatch_plus",
+    "jwst",
+    "stcal",
+    "stdatamodels",
+    "stpipe",
+    "tweakwcs",
+    "CRDS",
+    "py.warnings",
+)
+
+
+@contextmanager
+def package_logging() -> Iterator[None]:
+    """Route this package's log records to jwst's handlers when nothing else does.
+
+    When one of our steps runs inside a pipeline that only configures jwst's
+    loggers (``Image3Pipeline`` with our step assigned from Python), our
+    records would otherwise reach no handler.
+    """
+    ours = logging.getLogger("jwst_skymatch_plus")
+    jwst_log = logging.getLogger("jwst")
+    if ours.handlers or logging.getLogger().handlers or not jwst_log.handlers:
+        yield
+        return
+    borrowed = list(jwst_log.handlers)
+    level = ours.level
+    for handler in borrowed:
+        ours.addHandler(handler)
+    ours.setLevel(jwst_log.getEffectiveLevel())
+    try:
+        yield
+    finally:
+        for handler in borrowed:
+            ours.removeHandler(handler)
+        ours.setLevel(level)
+
+
+def open_library(step, input_models):
+    """Turn any input SkyMatchStep accepts into a ModelLibrary (as it does)."""
+    from jwst.datamodels import ModelLibrary
+
+    output = step.prepare_output(input_models, open_models=False)
+    if isinstance(output, ModelLibrary):
+        return output
+    return ModelLibrary(output, on_disk=not step.in_memory)
+
+
+def read_all_metadata(library) -> list[dict]:
+    """Flat metadata of every member, without loading data when on disk."""
+    with library:
+        return [dict(library.read_metadata(i)) for i in range(len(library))]
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """Which pixels take part in matching.
+
+    Parameters
+    ----------
+    dqbits : str or None
+        DQ flags to *ignore* (pixels with only these flags are good), in the
+        syntax of ``SkyMatchStep``'s ``dqbits``; ``None`` uses every finite
+        pixel.
+    lower, upper : float or None
+        Pixels outside ``[lower, upper]`` are not used.
+    exclude_lyot : bool
+        Leave the MIRI imager's Lyot coronagraph out.
+
+    """
+
+    dqbits: str | None = "~DO_NOT_USE+NON_SCIENCE"
+    lower: float | None = None
+    upper: float | None = None
+    exclude_lyot: bool = True
+
+    @property
+    def bit_flags(self):
+        """The interpreted ``dqbits`` (an int, or None)."""
+        return interpret_bit_flags(self.dqbits, flag_name_map=pixel)
+
+
+def good_pixel_mask(model, settings: MaskSettings, bit_flags=None) -> np.ndarray:
+    """Boolean mask of the pixels of ``model`` usable for matching."""
+    data = model.data
+    bit_flags = settings.bit_flags if bit_flags is None else bit_flags
+    good = np.isfinite(data)
+    if bit_flags is not None and model.dq is not None and model.dq.shape == data.shape:
+        good &= bitfield_to_boolean_mask(model.dq, bit_flags, good_mask_value=True, dtype=bool)
+    if settings.lower is not None:
+        good &= data >= settings.lower
+    if settings.upper is not None:
+        good &= data <= settings.upper
+    if settings.exclude_lyot and _is_miri_imager(model):
+        sub = model.meta.subarray
+        region = miri_lyot_region(
+            data.shape,
+            xstart=sub.xstart or 1,
+            ystart=sub.ystart or 1,
+            full_frame=(sub.name or "FULL").upper() == "FULL",
+        )
+        if region is not None:
+            good[region] = False
+    return good
+
+
+def _is_miri_imager(model) -> bool:
+    inst = model.meta.instrument
+    return (inst.name or "").upper() == "MIRI" and (inst.detector or "").upper() == "MIRIMAGE"
+
+
+def exposure_sources(
+    library, mask: Callable[[object], np.ndarray], names: Sequence[str] | None = None
+) -> list[ExposureSource]:
+    """One :class:`ExposureSource` per member; data are read only when loaded.
+
+    The library must be open.  Each exposure's WCS is checked here so that a
+    missing or unusable WCS is reported with the exposure's name.
+    """
+    sources = []
+    for index in range(len(library)):
+        model = library.borrow(index)
+        try:
+            name = model.meta.filename or (names[index] if names else f"exposure {index}")
+            wcs = model.meta.wcs
+            if wcs is None:
+                raise ValueError(f"{name}: no WCS (meta.wcs is empty); run assign_wcs first.")
+            shape = tuple(model.data.shape)
+        finally:
+            library.shelve(model, index, modify=False)
+        sources.append(ExposureSource(name, wcs, shape, _loader(library, index, mask)))
+    return sources
+
+
+def _loader(library, index: int, mask):
+    def load():
+        model = library.borrow(index)
+        try:
+            data = np.array(model.data, dtype=np.float32, copy=True)
+            good = mask(model)
+        finally:
+            library.shelve(model, index, modify=False)
+        return data, good
+
+    return load
+
+
+def check_single_configuration(metas: Sequence[dict], names: Sequence[str]) -> None:
+    """Refuse to match exposures of different instruments, filters or pupils.
+
+    Backgrounds of different bands are not comparable pixel by pixel.
+    """
+    keys = ("meta.instrument.name", "meta.instrument.filter", "meta.instrument.pupil")
+    configs: dict[tuple, list[str]] = {}
+    for meta, name in zip(metas, names, strict=True):
+        configs.setdefault(tuple(meta.get(k) for k in keys), []).append(name)
+    if len(configs) > 1:
+        lines = [
+            f"  {'/'.join(str(v) for v in cfg if v)}: {len(files)} exposure(s), e.g. {files[0]}"
+            for cfg, files in configs.items()
+        ]
+        raise ValueError(
+            "Exposures of different instrument/filter/pupil cannot be sky-matched together; "
+            "split the association by band:\n" + "\n".join(lines)
+        )

@@ -1,0 +1,48 @@
+"""Shared fixtures: simulated mosaics with known truth, offline stpipe."""
+
+import os
+
+# stpipe asks CRDS for step parameters unless told not to; it accepts only
+# true/True/t/yes/y (not "1").  Tests never need a CRDS cache.
+os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
+
+import numpy as np
+import pytest
+
+from jwst_skymatch_plus.simulate import simulate_mosaic
+
+
+def copy_models(sim):
+    """Fresh copies of a simulation's models (steps modify what they are given)."""
+    return [m.copy() for m in sim.models]
+
+
+def levels_of(library):
+    """meta.background.level of every exposure of a ModelLibrary (NaN if unset)."""
+    out = []
+    with library:
+        for i in range(len(library)):
+            m = library.borrow(i)
+            out.append(np.nan if m.meta.background.level is None else float(m.meta.background.level))
+            library.shelve(m, i, modify=False)
+    return np.array(out)
+
+
+@pytest.fixture(scope="session")
+def miri_mosaic():
+    """3 x 2 tiles x 4 dithers of small MIRI detectors with per-exposure drifts."""
+    return simulate_mosaic(
+        "miri",
+        shape=(160, 160),
+        tiles=(3, 2),
+        dithers=4,
+        exposure_offset_sigma=0.05,
+        masked_region_probability=0.3,
+        seed=11,
+    )
+
+
+@pytest.fixture(scope="session")
+def small_mosaic():
+    """2 x 1 tiles x 2 dithers, the smallest useful mosaic (fast end-to-end runs)."""
+    return simulate_mosaic("miri", shape=(128, 128), tiles=(2, 1), dithers=2, seed=5)

@@ -1,0 +1,134 @@
+"""The matching core against the simulator's truth."""
+
+import numpy as np
+import pytest
+
+from jwst_skymatch_plus.core.grouping import group_exposures
+from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
+from jwst_skymatch_plus.core.regions import miri_lyot_region
+from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
+
+
+def sources(sim, exclude_lyot=True):
+    out = []
+    for m in sim.models:
+
+        def load(m=m):
+            good = np.isfinite(m.data) & ((m.dq & 1) == 0)
+            if exclude_lyot:
+                good[miri_lyot_region(m.data.shape)] = False
+            return m.data, good
+
+        out.append(ExposureSource(m.meta.filename, m.meta.wcs, m.data.shape, load))
+    return out
+
+
+def metas(sim):
+    return [
+        {
+            "meta.observation.program_number": m.meta.observation.program_number,
+            "meta.observation.observation_number": m.meta.observation.observation_number,
+            "meta.observation.visit_number": m.meta.observation.visit_number,
+            "meta.instrument.module": m.meta.instrument.module,
+            "meta.instrument.detector": m.meta.instrument.detector,
+        }
+        for m in sim.models
+    ]
+
+
+def test_per_exposure_offsets_reach_the_noise_floor(miri_mosaic):
+    groups = group_exposures(metas(miri_mosaic), "visit")
+    result = match_exposures(sources(miri_mosaic), groups, MatchConfig())
+    floor = offset_noise_floor(miri_mosaic)
+    err = offset_rms_error(result.coefficients[:, 0], miri_mosaic.truth.level)
+    # Target: within 3x the noise-limited floor (a clipped median costs 1.25x).
+    assert err < 3 * floor, (err, floor)
+    assert (result.component == 0).all()
+    # Reported uncertainties describe the errors.
+    resid = result.coefficients[:, 0] - miri_mosaic.truth.level
+    resid -= resid.mean()
+    assert np.all(np.abs(resid) < 5 * np.sqrt(result.sigma[:, 0] ** 2 + floor**2))
+
+
+def test_without_matching_inside_visits_drifts_remain(miri_mosaic):
+    groups = group_exposures(metas(miri_mosaic), "visit")
+    result = match_exposures(sources(miri_mosaic), groups, MatchConfig(match_within_groups=False))
+    err = offset_rms_error(result.coefficients[:, 0], miri_mosaic.truth.level)
+    drift = miri_mosaic.truth.exposure_drift
+    # The exposures of a visit share one level: the drift inside visits is left.
+    assert err > 0.3 * np.std(
+        drift - np.array([drift[miri_mosaic.truth.visit == v].mean() for v in miri_mosaic.truth.visit])
+    )
+    visit_err = offset_rms_error(
+        np.array([result.coefficients[miri_mosaic.truth.visit == v, 0].mean() for v in range(1, 7)]),
+        np.array([miri_mosaic.truth.level[miri_mosaic.truth.visit == v].mean() for v in range(1, 7)]),
+    )
+    assert visit_err < 0.01
+
+
+def test_exposure_grouping_solves_everything_at_once(miri_mosaic):
+    groups = group_exposures(metas(miri_mosaic), "exposure")
+    assert len(groups) == len(miri_mosaic.models)
+    result = match_exposures(sources(miri_mosaic), groups, MatchConfig())
+    err = offset_rms_error(result.coefficients[:, 0], miri_mosaic.truth.level)
+    assert err < 3 * offset_noise_floor(miri_mosaic)
+
+
+def test_coarser_grid_still_matches(miri_mosaic):
+    groups = group_exposures(metas(miri_mosaic), "visit")
+    result = match_exposures(sources(miri_mosaic), groups, MatchConfig(grid_scale=2.0))
+    err = offset_rms_error(result.coefficients[:, 0], miri_mosaic.truth.level)
+    assert err < 3 * offset_noise_floor(miri_mosaic)
+    assert result.grid.pixel_scale * 3600 == pytest.approx(0.22, rel=1e-3)
+
+
+def test_planes_recovered():
+    sim = simulate_mosaic(
+        "miri",
+        shape=(192, 192),
+        tiles=(3, 2),
+        dithers=2,
+        gradient_sigma=0.4,
+        exposure_offset_sigma=0.0,
+        seed=21,
+    )
+    groups = group_exposures(metas(sim), "visit")
+    result = match_exposures(sources(sim), groups, MatchConfig(fit_type="level+slope"))
+    from jwst_skymatch_plus.core.planes import detector_plane
+
+    # Compare recovered and true backgrounds on each detector after removing
+    # the one plane (in sky coordinates) that matching cannot determine.
+    pts, diffs, predicted = [], [], []
+    yy, xx = np.mgrid[0:192:24, 0:192:24].astype(float)
+    for k, m in enumerate(sim.models):
+        plane = detector_plane(
+            result.coefficients[k], m.meta.wcs, m.data.shape, result.grid, result.plane_scale
+        )
+        rec = plane.level + plane.slope_x * (xx - plane.x_center) + plane.slope_y * (yy - plane.y_center)
+        tru = sim.truth.plane_at(k, xx, yy, m.data.shape)
+        ra, dec = m.meta.wcs(xx.ravel(), yy.ravel())
+        gx, gy = result.grid.world_to_pixel(ra, dec)
+        pts.append(np.column_stack([np.ones(gx.size), gx, gy]))
+        diffs.append((rec - tru).ravel())
+        cx, cy = result.grid.center
+        s0, s1, s2 = result.sigma[k]
+        predicted.append(
+            s0**2 + (s1 * (gx - cx) / result.plane_scale) ** 2 + (s2 * (gy - cy) / result.plane_scale) ** 2
+        )
+    design, d = np.vstack(pts), np.concatenate(diffs)
+    gauge, *_ = np.linalg.lstsq(design, d, rcond=None)
+    resid = d - design @ gauge
+    injected = np.std(
+        [sim.truth.plane_at(k, xx, yy, (192, 192)) - sim.truth.level[k] for k in range(len(sim.models))]
+    )
+    rms = np.sqrt(np.mean(resid**2))
+    # Within 3x of what the solution's own uncertainties predict, and far
+    # below the injected gradients.
+    assert rms < 3 * np.sqrt(np.mean(np.concatenate(predicted))), (
+        rms,
+        np.sqrt(np.mean(np.concatenate(predicted))),
+    )
+    assert rms < 0.1 * injected
+    # A level-only fit cannot do this.
+    level_only = match_exposures(sources(sim), groups, MatchConfig(fit_type="level"))
+    assert level_only.coefficients.shape[1] == 1
