@@ -484,6 +484,9 @@ def simulate_mosaic(
     misalign_arcsec: float = 0.0,
     misalign_roll: float = 0.0,
     distortion: bool = False,
+    misalignment: dict[int, tuple[float, float, float]] | None = None,
+    filter: str | None = None,
+    scene_seed: int | None = None,
     seed: int = 0,
 ) -> SimulatedMosaic:
     """Simulate a calibrated imaging mosaic with known additive sky offsets.
@@ -547,6 +550,17 @@ def simulate_mosaic(
     distortion : bool
         NIRCam only: use the real NRCB1 distortion polynomial (from the jwst
         test data) instead of a linear detector-to-v2v3 transform.
+    misalignment : dict, optional
+        Explicit per-visit pointing errors ``{visit: (dx, dy, droll)}``
+        (arcsec along the detector x and y axes, degrees), overriding
+        ``misalign_arcsec``/``misalign_roll``: two bands observed in the same
+        visits share them.
+    filter : str, optional
+        Filter name recorded in the models (default: the layout's).
+    scene_seed : int, optional
+        Seed of the scene alone (default: drawn from ``seed``), so that two
+        simulations can share a sky while differing in everything else, or
+        vice versa.
     seed : int
         Random seed; everything is reproducible.
 
@@ -563,6 +577,8 @@ def simulate_mosaic(
     layout = INSTRUMENTS[instrument]
     if shape is not None:
         layout = replace(layout, shape=tuple(int(s) for s in shape))
+    if filter is not None:
+        layout = replace(layout, filter=filter)
     if detectors is not None:
         chosen = tuple(d for d in layout.detectors if d.name in detectors)
         if not chosen:
@@ -633,16 +649,22 @@ def simulate_mosaic(
         )
         for v in range(n_visits)
     }
+    if misalignment is not None:
+        shifts = {
+            v + 1: tuple(float(x) for x in misalignment.get(v + 1, (0.0, 0.0, 0.0))) for v in range(n_visits)
+        }
 
     # Scene big enough for every pointing.
     half_extent = 0.5 * math.hypot(
         ntx * step_x + span_x + 2 * np.abs(pattern[:, 0]).max(),
         nty * step_y + span_y + 2 * np.abs(pattern[:, 1]).max(),
     )
-    extent = 2.0 * half_extent * layout.pixel_scale + 4.0 * misalign_arcsec * 3 + 10.0
+    max_shift = max([misalign_arcsec * 4.0] + [math.hypot(*v[:2]) for v in shifts.values()])
+    extent = 2.0 * half_extent * layout.pixel_scale + 2.0 * max_shift + 10.0
     scene_scale = layout.pixel_scale / 2.0 if extent / layout.pixel_scale < 6000 else layout.pixel_scale
     n_blobs_eff = n_blobs if n_blobs is not None else 40
-    scene = _Scene(center, extent, scene_scale, rng, emission, n_sources, psf_fwhm, n_blobs_eff)
+    scene_rng = rng if scene_seed is None else np.random.default_rng(scene_seed)
+    scene = _Scene(center, extent, scene_scale, scene_rng, emission, n_sources, psf_fwhm, n_blobs_eff)
 
     models, true_wcs = [], []
     cols = {

@@ -78,7 +78,9 @@ def _seam_scatter(sim, i2d_path):
         resid[(i2d.wht <= 0) | ~np.isfinite(resid)] = np.nan
     b = 16
     ny, nx = (s // b * b for s in resid.shape)
-    blocks = resid[:ny, :nx].reshape(ny // b, b, nx // b, b).transpose(0, 2, 1, 3).reshape(ny // b, nx // b, -1)
+    blocks = (
+        resid[:ny, :nx].reshape(ny // b, b, nx // b, b).transpose(0, 2, 1, 3).reshape(ny // b, nx // b, -1)
+    )
     full = np.isfinite(blocks).mean(axis=-1) > 0.9
     return np.nanstd(np.nanmedian(blocks[full], axis=-1))
 
@@ -87,8 +89,14 @@ def _seam_scatter(sim, i2d_path):
 def test_calwebb_image3_plus_removes_seams(association, tmp_path):
     sim, asn = association
     common = ["--steps.tweakreg.skip=true", "--steps.source_catalog.skip=true"]
-    strun("calwebb_image3", asn, *common, "--steps.skymatch.skip=true", f"--output_dir={tmp_path / 'raw'}",
-          cwd=tmp_path)
+    strun(
+        "calwebb_image3",
+        asn,
+        *common,
+        "--steps.skymatch.skip=true",
+        f"--output_dir={tmp_path / 'raw'}",
+        cwd=tmp_path,
+    )
     strun("calwebb_image3_plus", asn, *common, f"--output_dir={tmp_path / 'plus'}", cwd=tmp_path)
     before = _seam_scatter(sim, tmp_path / "raw" / "sim_mosaic_i2d.fits")
     after = _seam_scatter(sim, tmp_path / "plus" / "sim_mosaic_i2d.fits")
