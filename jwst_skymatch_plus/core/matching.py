@@ -10,23 +10,28 @@ The algorithm, shared by :class:`~jwst_skymatch_plus.PixelSkyMatchStep` and
    ``match_within_groups``), and the corrected exposures are co-added into one
    group image in the group's bounding box.
 3. Every pair of overlapping group images is differenced pixel by pixel and a
-   robust offset (or plane) of the difference is measured.
+   robust offset (or plane) of the difference is measured; optionally the
+   pair's relative shift is measured too, to check the alignment.
 4. All group offsets are solved together by weighted least squares over the
    overlap graph, separately per connected component.
 
 An exposure's correction is its group's level plus its own level inside the
-group.  Nothing larger than one group's bounding box is ever allocated.
+group.  Nothing larger than one group's bounding box is ever allocated, group
+images can wait on disk between steps 2 and 3, and steps 1-3 can run in local
+worker processes or on a Dask cluster with identical results.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .execution import make_executor
 from .grid import BBox, SkyGrid, footprint_of, overlap_bbox
 from .pairs import (
     DifferenceStatistic,
@@ -35,16 +40,21 @@ from .pairs import (
     measure_difference,
     n_coefficients,
 )
+from .registration import ImageShift, measure_shift
 from .resample import Resampled, drizzle_noise_ratio, resample_to_grid
 from .solve import LevelSolution, solve_levels
+from .store import make_store
 
 __all__ = [
     "ExposureSource",
+    "GroupProduct",
     "MatchConfig",
     "MatchResult",
+    "build_group",
     "candidate_pairs",
     "evaluate_plane",
     "match_exposures",
+    "measure_pair",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,7 +94,27 @@ class MatchConfig:
         Rejection threshold for ``robust``.
     plane_scale : float
         Plane slopes are per this many grid pixels, around the grid centre.
-
+    mask_sources : bool
+        Mask compact sources (segmentation, then dilation) in both images of
+        a pair before differencing.
+    source_nsigma, source_npixels, source_dilate : float, int, int
+        Detection threshold, minimum size and mask growth for
+        ``mask_sources``.
+    check_alignment : bool
+        Measure each group pair's relative shift by phase correlation.
+    alignment_upsample : int
+        Sub-pixel factor of the shift measurement.
+    n_workers : int
+        Local worker processes (1: serial; 0: all cores but one).
+    scheduler : str, optional
+        Dask scheduler address; overrides ``n_workers``.
+    store : {'memory', 'disk'}
+        Where group images wait between resampling and pair measurement.
+    temp_dir : str, optional
+        Parent directory of the disk store.
+    thumbnail_size : int
+        Longest side (pixels) of the mosaic thumbnails kept for diagnostics;
+        0 keeps none.
     """
 
     fit_type: str = "level"
@@ -101,11 +131,24 @@ class MatchConfig:
     robust: bool = True
     reject_sigma: float = 5.0
     plane_scale: float = 1000.0
+    mask_sources: bool = False
+    source_nsigma: float = 3.0
+    source_npixels: int = 5
+    source_dilate: int = 7
+    check_alignment: bool = True
+    alignment_upsample: int = 20
+    n_workers: int = 1
+    scheduler: str | None = None
+    store: str = "memory"
+    temp_dir: str | None = None
+    thumbnail_size: int = 0
 
     def __post_init__(self) -> None:
         n_coefficients(self.fit_type)  # validates
-        if self.grid_scale <= 0:
+        if not self.grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
+        if self.store not in ("memory", "disk"):
+            raise ValueError(f"store must be 'memory' or 'disk', got {self.store!r}")
 
     @property
     def ncoef(self) -> int:
@@ -123,8 +166,8 @@ class ExposureSource:
     """An exposure as the matcher sees it.
 
     ``load`` returns ``(data, good)``: the data array and a boolean mask of
-    pixels to use.  It is called once per exposure, so exposures can stay on
-    disk until needed.
+    pixels to use.  It is called once per exposure, in the calling process,
+    so exposures can stay on disk until needed.
     """
 
     name: str
@@ -134,11 +177,46 @@ class ExposureSource:
 
 
 @dataclass
+class Thumbnail:
+    """A group image block-averaged by ``factor`` on a coarse version of the grid."""
+
+    x0: int  # coarse-grid position of the lower-left pixel
+    y0: int
+    image: np.ndarray
+    weight: np.ndarray
+    factor: int
+
+
+@dataclass
+class GroupProduct:
+    """What building one group yields (see :func:`build_group`)."""
+
+    image: Resampled
+    offsets: np.ndarray  # (n_members, ncoef), zero mean per internal component
+    sigma: np.ndarray
+    component: np.ndarray  # (n_members,), -1: overlaps no other member
+    member_pairs: list[PairMeasurement]
+    area: int  # valid pixels of the group image
+    flatness: float  # robust scatter of the (coarsened) group image
+    thumbnail: Thumbnail | None = None
+
+
+@dataclass
+class PairCheck:
+    """Alignment measured on one pair of groups."""
+
+    i: int
+    j: int
+    shift: ImageShift | None
+
+
+@dataclass
 class MatchResult:
     """Outcome of :func:`match_exposures`.
 
     Levels are in the zero-mean gauge of each connected component; see
-    :func:`~jwst_skymatch_plus.core.solve.apply_match_down`.
+    :func:`~jwst_skymatch_plus.core.solve.apply_match_down` and
+    :mod:`~jwst_skymatch_plus.core.reference`.
 
     Attributes
     ----------
@@ -148,19 +226,26 @@ class MatchResult:
     sigma : numpy.ndarray, shape (n, ncoef)
         1-sigma uncertainties.
     component : numpy.ndarray of int, shape (n,)
-        Connected component (of the group overlap graph) of each exposure; -1
-        where its group overlaps no other group.
+        Connected component of each exposure; -1 where nothing ties it to any
+        other exposure.
     group_index : numpy.ndarray of int, shape (n,)
         Group of each exposure.
     member_offsets : numpy.ndarray, shape (n, ncoef)
         Part of ``coefficients`` found inside the exposure's group.
     group_solution : LevelSolution
-        Global solution over groups.
+        Global solution over groups (pairs indexed like ``group_pairs``).
     group_pairs, member_pairs : list of PairMeasurement
         Measured pairs (group indices, resp. exposure indices).
     rejected_pairs : list of PairMeasurement
         Pairs dropped by the overlap thresholds.
-
+    alignment : list of PairCheck
+        Shift measured on each group pair (when ``check_alignment``).
+    group_boxes : list of BBox
+        Each group image's box on the grid.
+    group_flatness : numpy.ndarray
+        Robust scatter of each group image (structure, not noise).
+    thumbnails : list of Thumbnail or None
+        Coarse group images (before correction) for diagnostics.
     """
 
     grid: SkyGrid
@@ -176,11 +261,25 @@ class MatchResult:
     group_pairs: list[PairMeasurement]
     member_pairs: list[PairMeasurement]
     rejected_pairs: list[PairMeasurement]
+    alignment: list[PairCheck] = field(default_factory=list)
+    group_boxes: list[BBox] = field(default_factory=list)
+    group_flatness: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    thumbnails: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     def correction_at(self, k: int, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
         """Background of exposure ``k`` at grid pixel positions."""
         return evaluate_plane(self.coefficients[k], gx, gy, self.grid.center, self.plane_scale)
+
+    def pairs_of_group(self, g: int) -> tuple[int, int]:
+        """Numbers of used and rejected pairs that involve group ``g``."""
+        used = rejected = 0
+        for pair, ok in zip(self.group_pairs, self.group_solution.used, strict=True):
+            if g in (pair.i, pair.j):
+                used += bool(ok)
+                rejected += not ok
+        rejected += sum(g in (p.i, p.j) for p in self.rejected_pairs)
+        return used, rejected
 
 
 def evaluate_plane(coeffs: np.ndarray, gx, gy, center: tuple[float, float], plane_scale: float):
@@ -210,45 +309,10 @@ def _plane_on_box(coeffs, box: BBox, center, plane_scale):
     return evaluate_plane(coeffs, gx, gy, center, plane_scale).astype(np.float32)
 
 
-def _measure_pairs(
-    images: Sequence[Resampled],
-    config: MatchConfig,
-    grid: SkyGrid,
-    valid_area: Sequence[int],
-) -> tuple[list[PairMeasurement], list[PairMeasurement]]:
-    """Measure every overlapping pair of images; split into kept and rejected."""
-    kept, rejected = [], []
-    for a, b in candidate_pairs([im.bbox for im in images]):
-        box = overlap_bbox(images[a].bbox, images[b].bbox)
-        img_a, wht_a = images[a].cutout(box)
-        img_b, wht_b = images[b].cutout(box)
-        diff, valid = difference_in_overlap(img_a, wht_a, img_b, wht_b)
-        pair = measure_difference(
-            diff,
-            valid,
-            box.x0,
-            box.y0,
-            i=a,
-            j=b,
-            fit_type=config.fit_type,
-            statistic=config.statistic,
-            noise_ratio=config.noise_ratio,
-            center=grid.center,
-            plane_scale=config.plane_scale,
-            min_pixels=1,
-        )
-        if pair is None:
-            continue
-        reasons = _overlap_problems(pair, images[a], images[b], valid_area[a], valid_area[b], config)
-        if reasons:
-            pair.flags.extend(reasons)
-            rejected.append(pair)
-        else:
-            kept.append(pair)
-    return kept, rejected
-
-
-def _overlap_problems(pair, im_a, im_b, area_a, area_b, config) -> list[str]:
+# --------------------------------------------------------------------------
+# Pairs
+# --------------------------------------------------------------------------
+def _overlap_problems(pair, box_a, box_b, area_a, area_b, config) -> list[str]:
     problems = []
     if pair.noverlap < config.min_overlap_pixels:
         problems.append(f"overlap of {pair.noverlap} pixels < min_overlap_pixels={config.min_overlap_pixels}")
@@ -259,12 +323,88 @@ def _overlap_problems(pair, im_a, im_b, area_a, area_b, config) -> list[str]:
             f"< min_overlap_fraction={config.min_overlap_fraction}"
         )
     if config.min_linear_fraction > 0:
-        wx = min(im_a.bbox.shape[1], im_b.bbox.shape[1])
-        wy = min(im_a.bbox.shape[0], im_b.bbox.shape[0])
+        wx = min(box_a.shape[1], box_b.shape[1])
+        wy = min(box_a.shape[0], box_b.shape[0])
         lin = max(pair.extent[0] / wx, pair.extent[1] / wy)
         if lin < config.min_linear_fraction:
             problems.append(f"linear overlap {lin:.3g} < min_linear_fraction={config.min_linear_fraction}")
     return problems
+
+
+def measure_pair(
+    i: int,
+    j: int,
+    cut_a: tuple[np.ndarray, np.ndarray],
+    cut_b: tuple[np.ndarray, np.ndarray],
+    box: BBox,
+    boxes: tuple[BBox, BBox],
+    areas: tuple[int, int],
+    config: MatchConfig,
+    center: tuple[float, float],
+    check_alignment: bool,
+) -> tuple[PairMeasurement | None, bool, ImageShift | None]:
+    """Measure the background difference (and shift) of two images in ``box``.
+
+    Parameters
+    ----------
+    i, j : int
+        Labels of the two images.
+    cut_a, cut_b : (image, weight)
+        Cut-outs of both images inside ``box``.
+    box : BBox
+        The overlap box on the grid.
+    boxes : (BBox, BBox)
+        Full boxes of both images (for the linear-overlap test).
+    areas : (int, int)
+        Valid pixels of both images (for the overlap-fraction test).
+    config : MatchConfig
+        Settings.
+    center : (float, float)
+        Grid centre (plane origin).
+    check_alignment : bool
+        Also measure the relative shift.
+
+    Returns
+    -------
+    pair : PairMeasurement or None
+        None when the images share no valid pixel.
+    usable : bool
+        False when the overlap fails the overlap thresholds (reasons in
+        ``pair.flags``).
+    shift : ImageShift or None
+    """
+    img_a, wht_a = cut_a
+    img_b, wht_b = cut_b
+    diff, valid = difference_in_overlap(img_a, wht_a, img_b, wht_b)
+    shift = None
+    if check_alignment:
+        shift = measure_shift(img_a, wht_a > 0, img_b, wht_b > 0, upsample=config.alignment_upsample)
+    if config.mask_sources and valid.any():
+        from .masking import source_mask
+
+        for img, wht in ((img_a, wht_a), (img_b, wht_b)):
+            valid &= ~source_mask(
+                img, wht > 0, config.source_nsigma, config.source_npixels, config.source_dilate
+            )
+    pair = measure_difference(
+        diff,
+        valid,
+        box.x0,
+        box.y0,
+        i=i,
+        j=j,
+        fit_type=config.fit_type,
+        statistic=config.statistic,
+        noise_ratio=config.noise_ratio,
+        center=center,
+        plane_scale=config.plane_scale,
+        min_pixels=1,
+    )
+    if pair is None:
+        return None, False, shift
+    problems = _overlap_problems(pair, boxes[0], boxes[1], areas[0], areas[1], config)
+    pair.flags.extend(problems)
+    return pair, not problems, shift
 
 
 def _solve(n: int, pairs: Sequence[PairMeasurement], config: MatchConfig) -> LevelSolution:
@@ -292,66 +432,112 @@ def _solve(n: int, pairs: Sequence[PairMeasurement], config: MatchConfig) -> Lev
     )
 
 
-def _build_group(
-    members: Sequence[int],
-    exposures: Sequence[ExposureSource],
+# --------------------------------------------------------------------------
+# Groups
+# --------------------------------------------------------------------------
+def _thumbnail(image: Resampled, factor: int) -> Thumbnail:
+    """Block-average a group image onto the grid coarsened by ``factor``."""
+    box = image.bbox
+    cx0, cy0 = box.x0 // factor, box.y0 // factor
+    pad_x0, pad_y0 = box.x0 - cx0 * factor, box.y0 - cy0 * factor
+    ny, nx = box.shape
+    ty = -(-(ny + pad_y0) // factor)
+    tx = -(-(nx + pad_x0) // factor)
+    w = np.zeros((ty * factor, tx * factor), np.float64)
+    v = np.zeros_like(w)
+    w[pad_y0 : pad_y0 + ny, pad_x0 : pad_x0 + nx] = image.weight
+    v[pad_y0 : pad_y0 + ny, pad_x0 : pad_x0 + nx] = image.image * image.weight
+    wsum = w.reshape(ty, factor, tx, factor).sum(axis=(1, 3))
+    vsum = v.reshape(ty, factor, tx, factor).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = np.where(wsum > 0, vsum / wsum, np.nan).astype(np.float32)
+    return Thumbnail(cx0, cy0, img, wsum.astype(np.float32), factor)
+
+
+def _flatness(image: Resampled) -> float:
+    """Robust scatter of an 8x-coarsened group image: structure, not pixel noise."""
+    thumb = _thumbnail(image, 8)
+    vals = thumb.image[np.isfinite(thumb.image)]
+    if vals.size < 4:
+        return math.inf
+    return float(1.4826 * np.median(np.abs(vals - np.median(vals))))
+
+
+def build_group(
+    payloads: Sequence[tuple[np.ndarray, np.ndarray, object]],
     boxes: Sequence[BBox],
     grid: SkyGrid,
     config: MatchConfig,
-) -> tuple[Resampled, np.ndarray, np.ndarray, np.ndarray, list[PairMeasurement], int]:
+    thumbnail_factor: int = 0,
+) -> GroupProduct:
     """Resample a group's exposures, match them, and co-add the group image.
 
-    Returns the group image, per-member offsets and uncertainties (relative,
-    zero mean inside each internally connected set), the member components
-    (-1 for a member that overlaps no other member), the member pairs (with
-    exposure indices) and the number of valid group pixels.
+    This is the unit of parallel work: it depends only on its arguments.
+
+    Parameters
+    ----------
+    payloads : sequence of (data, good, wcs)
+        The group's exposures.
+    boxes : sequence of BBox
+        Each exposure's box on the grid.
+    grid : SkyGrid
+        The common grid.
+    config : MatchConfig
+        Settings.
+    thumbnail_factor : int
+        Keep a block-averaged copy of the group image (0: none).
+
+    Returns
+    -------
+    GroupProduct
+        Member offsets are relative (zero mean in every internally connected
+        set of members); pairs are labelled with member positions.
     """
     ncoef = config.ncoef
-    images = []
-    for k in members:
-        data, good = exposures[k].load()
-        images.append(
-            resample_to_grid(
-                data,
-                good,
-                exposures[k].wcs,
-                grid,
-                boxes[k],
-                kernel=config.kernel,
-                pixfrac=config.pixfrac,
-                pixmap_stepsize=config.pixmap_stepsize,
-            )
+    m = len(payloads)
+    images = [
+        resample_to_grid(
+            data,
+            good,
+            wcs,
+            grid,
+            box,
+            kernel=config.kernel,
+            pixfrac=config.pixfrac,
+            pixmap_stepsize=config.pixmap_stepsize,
         )
-        del data, good
-    offsets = np.zeros((len(members), ncoef))
-    sig = np.zeros((len(members), ncoef))
-    comp = np.zeros(len(members), dtype=int) if len(members) == 1 else np.full(len(members), -1)
+        for (data, good, wcs), box in zip(payloads, boxes, strict=True)
+    ]
+    offsets = np.zeros((m, ncoef))
+    sig = np.zeros((m, ncoef))
+    comp = np.zeros(m, dtype=int) if m == 1 else np.full(m, -1)
     member_pairs: list[PairMeasurement] = []
-    if config.match_within_groups and len(members) > 1:
+    if config.match_within_groups and m > 1:
         areas = [int(im.valid.sum()) for im in images]
-        kept, _ = _measure_pairs(images, config, grid, areas)
-        sol = _solve(len(members), kept, config)
+        for a, b in candidate_pairs([im.bbox for im in images]):
+            box = overlap_bbox(images[a].bbox, images[b].bbox)
+            pair, usable, _ = measure_pair(
+                a,
+                b,
+                images[a].cutout(box),
+                images[b].cutout(box),
+                box,
+                (images[a].bbox, images[b].bbox),
+                (areas[a], areas[b]),
+                config,
+                grid.center,
+                check_alignment=False,
+            )
+            if pair is not None and usable:
+                member_pairs.append(pair)
+        sol = _solve(m, member_pairs, config)
         matched = sol.component >= 0
         offsets[matched] = sol.levels[matched]
         sig[matched] = sol.sigma[matched]
         comp = sol.component
-        for p in kept:
-            member_pairs.append(
-                PairMeasurement(
-                    members[p.i],
-                    members[p.j],
-                    p.coeffs,
-                    p.sigma,
-                    p.npix,
-                    p.noverlap,
-                    p.extent,
-                    p.scatter,
-                    p.flags,
-                )
-            )
-    gbox = boxes[members[0]]
-    for k in members[1:]:
-        gbox = gbox.union(boxes[k])
+    gbox = boxes[0]
+    for box in boxes[1:]:
+        gbox = gbox.union(box)
     acc = np.zeros(gbox.shape, dtype=np.float64)
     wsum = np.zeros(gbox.shape, dtype=np.float64)
     for im, off in zip(images, offsets, strict=True):
@@ -361,10 +547,20 @@ def _build_group(
         corrected = im.image - _plane_on_box(off, im.bbox, grid.center, config.plane_scale)
         acc[sl] += im.weight * corrected
         wsum[sl] += im.weight
+    del images
     with np.errstate(invalid="ignore", divide="ignore"):
         image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
     group = Resampled(gbox, image, wsum.astype(np.float32))
-    return group, offsets, sig, comp, member_pairs, int((wsum > 0).sum())
+    return GroupProduct(
+        image=group,
+        offsets=offsets,
+        sigma=sig,
+        component=comp,
+        member_pairs=member_pairs,
+        area=int((wsum > 0).sum()),
+        flatness=_flatness(group),
+        thumbnail=_thumbnail(group, thumbnail_factor) if thumbnail_factor else None,
+    )
 
 
 def _combine_levels(groups, solution: LevelSolution, member_offsets, member_sigma, member_component):
@@ -397,6 +593,29 @@ def _combine_levels(groups, solution: LevelSolution, member_offsets, member_sigm
     return coefficients, sigma, component
 
 
+class _Progress:
+    """Log a line at most every ``every`` seconds (and at the end)."""
+
+    def __init__(self, what: str, total: int, every: float = 10.0) -> None:
+        self.what, self.total, self.every = what, total, every
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if done == self.total or now - self.last >= self.every:
+            rate = (now - self.t0) / max(done, 1)
+            left = rate * (self.total - done)
+            log.info(
+                "%s: %d/%d done in %.1f s%s.",
+                self.what,
+                done,
+                self.total,
+                now - self.t0,
+                f" (about {left:.0f} s left)" if done < self.total else "",
+            )
+            self.last = now
+
+
 def match_exposures(
     exposures: Sequence[ExposureSource],
     groups: Sequence[Sequence[int]],
@@ -421,7 +640,6 @@ def match_exposures(
     Returns
     -------
     MatchResult
-
     """
     config = config or MatchConfig()
     n = len(exposures)
@@ -430,6 +648,7 @@ def match_exposures(
     covered = sorted(k for g in groups for k in g)
     if covered != list(range(n)):
         raise ValueError("groups must partition the exposure indices 0..n-1 exactly once")
+    groups = [list(g) for g in groups]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if grid is None:
@@ -437,6 +656,10 @@ def match_exposures(
             [e.wcs for e in exposures], [e.shape for e in exposures], config.grid_scale
         )
     boxes = [grid.bbox_of(footprint_of(e.wcs, e.shape)) for e in exposures]
+    for k, box in enumerate(boxes):
+        if box.is_empty:
+            raise ValueError(f"{exposures[k].name}: its footprint does not fall on the common grid.")
+    factor = max(1, math.ceil(max(grid.shape) / config.thumbnail_size)) if config.thumbnail_size else 0
     log.info(
         "Common grid: %d x %d pixels of %.4f arcsec; %d exposures in %d groups.",
         grid.shape[1],
@@ -449,37 +672,86 @@ def match_exposures(
 
     ncoef = config.ncoef
     group_index = np.empty(n, dtype=int)
+    for g, members in enumerate(groups):
+        group_index[members] = g
     member_offsets = np.zeros((n, ncoef))
     member_sigma = np.zeros((n, ncoef))
     member_component = np.full(n, -1)
-    group_images: list[Resampled] = []
-    group_areas: list[int] = []
     member_pairs: list[PairMeasurement] = []
-    t0 = time.perf_counter()
-    for g, members in enumerate(groups):
-        tg = time.perf_counter()
-        image, offs, sig, mcomp, mpairs, area = _build_group(members, exposures, boxes, grid, config)
-        group_images.append(image)
-        group_areas.append(area)
-        member_pairs.extend(mpairs)
-        for pos, k in enumerate(members):
-            group_index[k] = g
-            member_offsets[k] = offs[pos]
-            member_sigma[k] = sig[pos]
-            member_component[k] = mcomp[pos]
-        log.info(
-            "Group %d/%d: %d exposure(s) resampled%s in %.1f s.",
-            g + 1,
-            len(groups),
-            len(members),
-            f", {len(mpairs)} internal pair(s) matched" if mpairs else "",
-            time.perf_counter() - tg,
-        )
-    timings["resample"] = time.perf_counter() - t0
+    areas: list[int] = []
+    flatness: list[float] = []
+    thumbnails: list = []
 
-    t0 = time.perf_counter()
-    group_pairs, rejected = _measure_pairs(group_images, config, grid, group_areas)
-    timings["pairs"] = time.perf_counter() - t0
+    def group_tasks() -> Iterator[tuple]:
+        for members in groups:
+            payloads = []
+            for k in members:
+                data, good = exposures[k].load()
+                payloads.append((data, good, exposures[k].wcs))
+            yield payloads, [boxes[k] for k in members], grid, config, factor
+
+    with (
+        make_executor(config.n_workers, config.scheduler) as executor,
+        make_store(config.store, config.temp_dir) as store,
+    ):
+        t0 = time.perf_counter()
+        progress = _Progress("Resampling and matching inside groups", len(groups))
+        for g, product in enumerate(executor.imap(build_group, group_tasks())):
+            members = groups[g]
+            store.put(g, product.image)
+            areas.append(product.area)
+            flatness.append(product.flatness)
+            thumbnails.append(product.thumbnail)
+            for pos, k in enumerate(members):
+                member_offsets[k] = product.offsets[pos]
+                member_sigma[k] = product.sigma[pos]
+                member_component[k] = product.component[pos]
+            for p in product.member_pairs:
+                p.i, p.j = members[p.i], members[p.j]
+                member_pairs.append(p)
+            log.debug(
+                "Group %d: %d exposure(s), %d internal pair(s).",
+                g + 1,
+                len(members),
+                len(product.member_pairs),
+            )
+            del product
+            progress.update(g + 1)
+        timings["resample"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        gboxes = [store.bbox(g) for g in range(len(groups))]
+        pair_list = candidate_pairs(gboxes)
+
+        def pair_tasks() -> Iterator[tuple]:
+            for a, b in pair_list:
+                box = overlap_bbox(gboxes[a], gboxes[b])
+                yield (
+                    a,
+                    b,
+                    store.cutout(a, box),
+                    store.cutout(b, box),
+                    box,
+                    (gboxes[a], gboxes[b]),
+                    (areas[a], areas[b]),
+                    config,
+                    grid.center,
+                    config.check_alignment,
+                )
+
+        group_pairs: list[PairMeasurement] = []
+        rejected: list[PairMeasurement] = []
+        alignment: list[PairCheck] = []
+        progress = _Progress("Measuring group pairs", len(pair_list))
+        for count, ((a, b), (pair, usable, shift)) in enumerate(
+            zip(pair_list, executor.imap(measure_pair, pair_tasks()), strict=True), start=1
+        ):
+            if config.check_alignment and pair is not None:
+                alignment.append(PairCheck(a, b, shift))
+            if pair is not None:
+                (group_pairs if usable else rejected).append(pair)
+            progress.update(count)
+        timings["pairs"] = time.perf_counter() - t0
     for p in rejected:
         log.info("Pair of groups %d-%d not used: %s.", p.i + 1, p.j + 1, "; ".join(p.flags))
 
@@ -493,7 +765,7 @@ def match_exposures(
     isolated = sorted({int(group_index[k]) for k in np.flatnonzero(component < 0)})
     if isolated:
         log.warning(
-            "%d group(s) overlap no other group and are not matched: %s.",
+            "%d group(s) are tied to no other exposure and are not matched: %s.",
             len(isolated),
             ", ".join(f"{g + 1} ({exposures[groups[g][0]].name})" for g in isolated),
         )
@@ -501,7 +773,7 @@ def match_exposures(
         grid=grid,
         fit_type=config.fit_type,
         plane_scale=config.plane_scale,
-        groups=[list(g) for g in groups],
+        groups=groups,
         coefficients=coefficients,
         sigma=sigma,
         component=component,
@@ -511,5 +783,9 @@ def match_exposures(
         group_pairs=group_pairs,
         member_pairs=member_pairs,
         rejected_pairs=rejected,
+        alignment=alignment,
+        group_boxes=gboxes,
+        group_flatness=np.array(flatness),
+        thumbnails=thumbnails,
         timings=timings,
     )

@@ -2,7 +2,15 @@
 
 Used both to check that overlapping groups are aligned well enough for pixel
 matching and to measure per-visit WCS corrections by cross-correlation.
-Phase correlation with sub-pixel refinement comes from scikit-image.
+
+Overlaps of mosaic tiles are irregular (slivers, L shapes, holes where
+exposures are masked), which defeats plain phase correlation of rectangular
+cut-outs: edges and tapers correlate with themselves.  The shift is therefore
+found by *masked* normalised cross-correlation (Padfield 2012, IEEE TIP 21,
+2706), which only ever compares pixels valid in both images, computed with
+FFTs over the allowed range of shifts, and refined to sub-pixel precision by
+re-sampling the moving image onto the current estimate and fitting a
+paraboloid to the correlation around the peak until the correction vanishes.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ImageShift", "measure_shift"]
+__all__ = ["ImageShift", "masked_correlation", "measure_shift"]
 
 
 @dataclass(frozen=True)
@@ -27,20 +35,23 @@ class ImageShift:
     dx, dy : float
         The shift.
     correlation : float
-        Correlation coefficient of ``a`` and the re-aligned ``b`` over their
-        common valid pixels, after high-pass filtering: near 1 for a clean
+        Normalised cross-correlation at the shift, over the pixels valid in
+        both images, after high-pass filtering: near 1 for a clean
         measurement on structured images, near 0 when there is nothing to
-        correlate (flat, noise-dominated overlaps).
-    error : float
-        scikit-image's translation-invariant normalised RMS error.
+        correlate (flat or noise-dominated overlaps).
+    significance : float
+        How far the correlation peak stands above the rest of the searched
+        correlation surface, in robust standard deviations of that surface.
+        Noise alone gives about 3 to 4 (the largest of a few hundred
+        samples); a real peak gives far more.
     n_pixels : int
-        Common valid pixels used.
+        Pixels valid in both images at zero shift (after trimming edges).
     """
 
     dx: float
     dy: float
     correlation: float
-    error: float
+    significance: float
     n_pixels: int
 
     @property
@@ -48,29 +59,116 @@ class ImageShift:
         """Length of the shift in pixels."""
         return math.hypot(self.dx, self.dy)
 
+    @property
+    def error(self) -> float:
+        """``1 - correlation``: 0 for a perfect match, about 1 for none."""
+        return 1.0 - self.correlation
 
-def _prepare(image: np.ndarray, valid: np.ndarray, smooth: float) -> np.ndarray:
-    """High-pass filtered, zero-filled, tapered copy of ``image``."""
+
+def _highpass(image: np.ndarray, valid: np.ndarray, smooth: float, clip: float = 4.0) -> np.ndarray:
+    """Image minus its local background (valid pixels only), clipped, zero elsewhere."""
     from scipy import ndimage
 
     img = np.where(valid, image, 0.0).astype(np.float64)
     if smooth > 0:
-        # Normalised convolution: the local background of valid pixels only.
+        # Normalised convolution: the local mean of valid pixels only, so that
+        # holes and edges do not leak into the background.
         w = ndimage.gaussian_filter(valid.astype(np.float64), smooth)
         bg = ndimage.gaussian_filter(img, smooth)
         with np.errstate(invalid="ignore", divide="ignore"):
             bg = np.where(w > 1e-3, bg / w, 0.0)
-        img = np.where(valid, img - bg, 0.0)
-    # Clip extreme values (cosmic rays, unmatched bright sources) so that a
-    # single pixel cannot dominate the correlation.
+        img = img - bg
     vals = img[valid]
     if vals.size:
-        lo, hi = np.percentile(vals, [0.1, 99.9])
-        img = np.clip(img, lo, hi)
-        img[~valid] = 0.0
-    ny, nx = img.shape
-    taper = np.outer(np.hanning(ny) if ny > 2 else np.ones(ny), np.hanning(nx) if nx > 2 else np.ones(nx))
-    return img * taper
+        # Cap values at a few noise sigma.  Cosmic-ray hits, which the
+        # pipeline only removes after sky matching, sit in one image and not
+        # the other; uncapped, a handful of them aligning by chance with
+        # sources outweighs everything else.  Capped, a source still counts
+        # through its extent and numbers, a lone hit barely at all.
+        med = np.median(vals)
+        noise = 1.4826 * np.median(np.abs(vals - med))
+        if noise > 0:
+            img = np.clip(img, med - clip * noise, med + clip * noise)
+    img[~valid] = 0.0
+    return img
+
+
+def _fill_invalid(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Copy of ``image`` with invalid pixels replaced by their nearest valid value."""
+    from scipy import ndimage
+
+    if valid.all():
+        return image.astype(np.float64)
+    if not valid.any():
+        return np.zeros(image.shape)
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return image[tuple(idx)].astype(np.float64)
+
+
+def masked_correlation(
+    a: np.ndarray, valid_a: np.ndarray, b: np.ndarray, valid_b: np.ndarray, max_shift: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masked normalised cross-correlation for integer shifts up to ``max_shift``.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        Same-shape images (values outside the masks are ignored).
+    valid_a, valid_b : numpy.ndarray of bool
+        Their valid pixels.
+    max_shift : int
+        Largest shift (pixels) along each axis.
+
+    Returns
+    -------
+    ncc : numpy.ndarray, shape (2 * max_shift + 1, 2 * max_shift + 1)
+        ``ncc[max_shift + dy, max_shift + dx]`` compares ``a`` at ``p`` with
+        ``b`` at ``p + (dx, dy)``.
+    overlap : numpy.ndarray
+        Number of pixels valid in both at each shift.
+    """
+    from scipy import fft
+
+    ma = valid_a.astype(np.float64)
+    mb = valid_b.astype(np.float64)
+    a = np.where(valid_a, a, 0.0)
+    b = np.where(valid_b, b, 0.0)
+    shape = (a.shape[0] + max_shift + 1, a.shape[1] + max_shift + 1)
+    shape = tuple(fft.next_fast_len(s, real=True) for s in shape)
+    iy = np.arange(-max_shift, max_shift + 1) % shape[0]
+    ix = np.arange(-max_shift, max_shift + 1) % shape[1]
+
+    def spectrum(x):
+        return fft.rfft2(x, shape)
+
+    def corr(fx, fy):
+        # sum_p x[p] * y[p + u] for the allowed u.
+        return fft.irfft2(np.conj(fx) * fy, shape)[np.ix_(iy, ix)]
+
+    fa, fb, fma, fmb = spectrum(a), spectrum(b), spectrum(ma), spectrum(mb)
+    n = np.round(corr(fma, fmb))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sab = corr(fa, fb)
+        sa = corr(fa, fmb)
+        sb = corr(fma, fb)
+        saa = corr(spectrum(a * a), fmb)
+        sbb = corr(fma, spectrum(b * b))
+        num = sab - sa * sb / n
+        den = np.sqrt(np.clip(saa - sa**2 / n, 0, None) * np.clip(sbb - sb**2 / n, 0, None))
+        ncc = np.where((n > 0) & (den > 0), num / den, np.nan)
+    return ncc, n
+
+
+def _parabola_peak(c: np.ndarray) -> tuple[float, float]:
+    """Offset of the maximum of a 3x3 patch from its centre (separable parabolas)."""
+    dy = dx = 0.0
+    den_x = c[1, 0] - 2 * c[1, 1] + c[1, 2]
+    den_y = c[0, 1] - 2 * c[1, 1] + c[2, 1]
+    if den_x < 0:
+        dx = 0.5 * (c[1, 0] - c[1, 2]) / den_x
+    if den_y < 0:
+        dy = 0.5 * (c[0, 1] - c[2, 1]) / den_y
+    return float(np.clip(dy, -1, 1)), float(np.clip(dx, -1, 1))
 
 
 def measure_shift(
@@ -79,11 +177,16 @@ def measure_shift(
     image_b: np.ndarray,
     valid_b: np.ndarray,
     *,
-    upsample: int = 20,
-    smooth: float = 8.0,
+    max_shift: int = 8,
+    smooth: float = 3.0,
+    edge: int | None = None,
     min_pixels: int = 400,
+    min_overlap: float = 0.5,
+    clip: float = 4.0,
+    iterations: int = 3,
+    upsample: int | None = None,
 ) -> ImageShift | None:
-    """Measure the shift of ``image_b`` relative to ``image_a`` by phase correlation.
+    """Measure the shift of ``image_b`` relative to ``image_a``.
 
     Parameters
     ----------
@@ -92,40 +195,85 @@ def measure_shift(
         overlap, or a visit and a reference mosaic).
     valid_a, valid_b : numpy.ndarray of bool
         Usable pixels of each image.
-    upsample : int
-        Sub-pixel refinement factor (precision is ``1 / upsample`` pixel).
+    max_shift : int
+        Largest shift searched along each axis (pixels).
     smooth : float
-        Sigma (pixels) of the Gaussian background removed before correlating,
-        so that background offsets and broad emission do not drive the
-        correlation; 0 disables it.
+        Sigma (pixels) of the local background removed before correlating,
+        so that offsets and broad emission do not drive the correlation; 0
+        disables it.
+    edge : int, optional
+        Pixels trimmed from the edges of each image's valid region, where
+        drizzle weights taper and the background estimate is one-sided
+        (default: ``max(2, 2 * smooth)``).
     min_pixels : int
         Fewer common valid pixels than this give ``None``.
+    min_overlap : float
+        Shifts at which fewer than this fraction of the zero-shift common
+        pixels remain are not considered.
+    clip : float
+        Filtered values are capped at this many noise sigma.
+    iterations : int
+        Sub-pixel refinement passes.
+    upsample : int, optional
+        Ignored; accepted for compatibility with earlier callers.
 
     Returns
     -------
     ImageShift or None
+        ``None`` when there are too few common pixels.
     """
     from scipy import ndimage
-    from skimage.registration import phase_cross_correlation
 
+    del upsample
     if image_a.shape != image_b.shape:
         raise ValueError(f"images differ in shape: {image_a.shape} vs {image_b.shape}")
-    common = valid_a & valid_b & np.isfinite(image_a) & np.isfinite(image_b)
-    n = int(common.sum())
-    if n < min_pixels or min(image_a.shape) < 8:
+    va = np.asarray(valid_a, bool) & np.isfinite(image_a)
+    vb = np.asarray(valid_b, bool) & np.isfinite(image_b)
+    a = _highpass(image_a, va, smooth, clip)
+    b = _highpass(image_b, vb, smooth, clip)
+    trim = max(2, math.ceil(2 * smooth)) if edge is None else edge
+    if trim > 0:
+        va = ndimage.binary_erosion(va, iterations=trim, border_value=0)
+        vb = ndimage.binary_erosion(vb, iterations=trim, border_value=0)
+    n0 = int((va & vb).sum())
+    if n0 < min_pixels:
         return None
-    a = _prepare(image_a, common, smooth)
-    b = _prepare(image_b, common, smooth)
-    if not np.any(a) or not np.any(b):
+    ncc, n = masked_correlation(a, va, b, vb, max_shift)
+    ncc[n < min_overlap * n0] = np.nan
+    if not np.isfinite(ncc).any():
         return None
-    shift, error, _ = phase_cross_correlation(a, b, upsample_factor=upsample, normalization=None)
-    dy, dx = -float(shift[0]), -float(shift[1])
-    # Quality: correlation of a with b moved back onto a.
-    b_back = ndimage.shift(b, (-dy, -dx), order=1, mode="constant", cval=0.0)
-    inner = ndimage.binary_erosion(common, iterations=math.ceil(max(abs(dx), abs(dy))) + 1)
-    if inner.sum() < min_pixels // 4:
-        inner = common
-    va, vb = a[inner], b_back[inner]
-    denom = math.sqrt(float(np.sum(va**2)) * float(np.sum(vb**2)))
-    corr = float(np.sum(va * vb) / denom) if denom > 0 else 0.0
-    return ImageShift(dx=dx, dy=dy, correlation=corr, error=float(error), n_pixels=n)
+    # Chance correlations scale as 1/sqrt(overlap): compare shifts on that
+    # footing, or the small overlaps of large shifts win by noise alone.
+    z = ncc * np.sqrt(n)
+    iy, ix = np.unravel_index(np.nanargmax(z), z.shape)
+    dy, dx = float(iy - max_shift), float(ix - max_shift)
+    peak = float(ncc[iy, ix])
+    rest = z.copy()
+    rest[max(iy - 2, 0) : iy + 3, max(ix - 2, 0) : ix + 3] = np.nan
+    rest = rest[np.isfinite(rest)]
+    if rest.size >= 8:
+        spread = 1.4826 * np.median(np.abs(rest - np.median(rest)))
+        significance = float((z[iy, ix] - np.median(rest)) / spread) if spread > 0 else math.inf
+    else:
+        significance = 0.0
+    patch = ncc[iy - 1 : iy + 2, ix - 1 : ix + 2]
+    if patch.shape == (3, 3) and np.isfinite(patch).all():
+        ddy, ddx = _parabola_peak(patch)
+        dy, dx = dy + ddy, dx + ddx
+    # Refine: resample the raw image b onto the current estimate and measure
+    # what is left, which removes the bias of interpolating a peak sampled at
+    # whole pixels.  The raw image is shifted (not the filtered, capped one,
+    # whose plateaus would ring), with its holes filled smoothly first.
+    b_filled = _fill_invalid(image_b, np.asarray(valid_b, bool) & np.isfinite(image_b))
+    for _ in range(max(iterations, 0)):
+        b_back = ndimage.shift(b_filled, (-dy, -dx), order=3, mode="nearest")
+        vb_back = ndimage.shift(vb.astype(np.float64), (-dy, -dx), order=1, mode="constant", cval=0.0) > 0.999
+        local, _ = masked_correlation(a, va, _highpass(b_back, vb_back, smooth, clip), vb_back, 1)
+        if not np.isfinite(local).all():
+            break
+        ddy, ddx = _parabola_peak(local)
+        dy, dx = dy + ddy, dx + ddx
+        peak = float(local[1, 1])
+        if abs(ddy) < 1e-3 and abs(ddx) < 1e-3:
+            break
+    return ImageShift(dx=dx, dy=dy, correlation=peak, significance=significance, n_pixels=n0)

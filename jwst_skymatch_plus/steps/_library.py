@@ -25,6 +25,7 @@ __all__ = [
     "exposure_sources",
     "good_pixel_mask",
     "open_library",
+    "parse_regions",
     "read_all_metadata",
 ]
 
@@ -99,13 +100,16 @@ class MaskSettings:
         Pixels outside ``[lower, upper]`` are not used.
     exclude_lyot : bool
         Leave the MIRI imager's Lyot coronagraph out.
-
+    regions : tuple of (slice, slice)
+        Further detector regions (array slices) to leave out, e.g. from
+        :func:`parse_regions`.
     """
 
     dqbits: str | None = "~DO_NOT_USE+NON_SCIENCE"
     lower: float | None = None
     upper: float | None = None
     exclude_lyot: bool = True
+    regions: tuple = ()
 
     @property
     def bit_flags(self):
@@ -134,7 +138,43 @@ def good_pixel_mask(model, settings: MaskSettings, bit_flags=None) -> np.ndarray
         )
         if region is not None:
             good[region] = False
+    for region in settings.regions:
+        good[region] = False
     return good
+
+
+def parse_regions(text: str | None) -> tuple[tuple[slice, slice], ...]:
+    """Parse detector regions written as ``"rows,cols;rows,cols"`` with numpy slices.
+
+    Example: ``"735:,:290"`` is rows 735 and up, columns below 290 (zero-based,
+    end excluded), i.e. the MIRI Lyot coronagraph in a full frame.
+
+    Raises
+    ------
+    ValueError
+        For anything that is not two slices per region.
+    """
+    regions = []
+    for part in (text or "").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        axes = [a.strip() for a in part.split(",")]
+        if len(axes) != 2:
+            raise ValueError(f"region {part!r} must be 'rows,cols' (e.g. '735:,:290')")
+        regions.append(tuple(_parse_slice(a, part) for a in axes))
+    return tuple(regions)
+
+
+def _parse_slice(text: str, region: str) -> slice:
+    bits = text.split(":")
+    if len(bits) != 2:
+        raise ValueError(f"region {region!r}: {text!r} is not a start:stop slice")
+    try:
+        start, stop = (int(b) if b.strip() else None for b in bits)
+    except ValueError:
+        raise ValueError(f"region {region!r}: {text!r} is not a start:stop slice of integers") from None
+    return slice(start, stop)
 
 
 def _is_miri_imager(model) -> bool:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-import math
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
+from ..core.execution import default_workers
 from ..core.grouping import exposure_label, group_exposures
 from ..core.matching import MatchConfig, MatchResult, match_exposures
 from ..core.pairs import DifferenceStatistic
 from ..core.planes import DetectorPlane, detector_plane
-from ..core.solve import apply_match_down
+from ..core.reference import apply_reference, choose_reference
 from ._library import (
     PACKAGE_LOGGERS,
     MaskSettings,
@@ -23,8 +24,10 @@ from ._library import (
     good_pixel_mask,
     open_library,
     package_logging,
+    parse_regions,
     read_all_metadata,
 )
+from ._report import plot_diagnostics, write_offsets_tables
 
 __all__ = ["PixelSkyMatchStep"]
 
@@ -39,7 +42,8 @@ class PixelSkyMatchStep(SkyMatchStep):
 
     A drop-in replacement for jwst's ``SkyMatchStep``: same inputs, same
     parameters with the same meanings, same output (a ``ModelLibrary`` whose
-    exposures carry ``meta.background``).  For ``skymethod='match'`` and
+    exposures carry ``meta.background``), and it accepts parameter files
+    written for ``SkyMatchStep``.  For ``skymethod='match'`` and
     ``'global+match'`` the sky differences are measured from the per-pixel
     differences of exposures resampled onto one common grid, which cancels
     the sky itself; ``'local'``, ``'global'`` and ``'user'`` behave exactly as
@@ -84,8 +88,23 @@ class PixelSkyMatchStep(SkyMatchStep):
         min_overlap_fraction = float(min=0.0, max=1.0, default=0.0) # ... or a smaller fraction of the smaller group
         min_linear_fraction = float(min=0.0, max=1.0, default=0.0) # ... or a smaller extent along both axes
         robust = boolean(default=True) # reject pairs with outlying residuals after the global fit
-        reject_sigma = float(min=0.0, default=5.0) # rejection threshold for robust, in robust sigma
+        reject_sigma = float(min=0.0, default=5.0) # rejection threshold for robust, in standard deviations
+        mask_sources = boolean(default=False) # mask compact sources in both images of a pair (segmentation)
+        source_nsigma = float(min=0.0, default=3.0) # detection threshold for mask_sources
+        source_npixels = integer(min=1, default=5) # minimum source size for mask_sources
+        source_dilate = integer(min=1, default=7) # mask growth (pixels) for mask_sources
         exclude_lyot = boolean(default=True) # leave the MIRI imager's Lyot coronagraph out of matching
+        excluded_regions = string(default='') # more detector regions to leave out: 'rows,cols;...' numpy slices, e.g. '735:,:290'
+        reference = string(default='') # free constant: '' follows match_down; or most_connected, flattest, closest_to_background, an exposure name or a group number held at zero
+        background_times = string(default='') # MJDs of background observations (comma-separated) for reference=closest_to_background
+        tie_components = option('independent', 'global', default='independent') # disconnected parts: matched separately, or their global skies equalized
+        alignment_check = option('warn', 'error', 'off', default='warn') # measure each overlap's shift: warn or refuse above max_misalignment
+        max_misalignment = float(min=0.0, default=0.3) # largest tolerated shift between overlapping groups (grid pixels)
+        min_shift_correlation = float(min=0.0, max=1.0, default=0.5) # shifts measured with a weaker correlation (too little structure) are not trusted
+        offsets_table = string(default='') # path of the offsets table (ECSV); '' writes one next to saved outputs; 'none' never
+        diagnostic_plot = string(default='') # path of a diagnostic PNG (overlap graph, thumbnails); '' none; 'auto' next to the table
+        n_workers = integer(default=1) # local worker processes (0: all cores but one, at most 4)
+        scheduler = string(default='') # Dask scheduler address (tcp://host:port); overrides n_workers
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -94,6 +113,15 @@ class PixelSkyMatchStep(SkyMatchStep):
     def get_stpipe_loggers():
         """Loggers stpipe configures when this step runs: ours and jwst's."""
         return PACKAGE_LOGGERS
+
+    @classmethod
+    def _parse_class_and_name(cls, config, parent=None, name=None, config_file=None):
+        # Parameter files written for jwst's SkyMatchStep name that class; they
+        # are valid for this step too (same parameters, same meanings).
+        if "class" in config and _is_stock_skymatch(config["class"]):
+            config = type(config)(config) if not hasattr(config, "dict") else config.dict()
+            config.pop("class")
+        return super()._parse_class_and_name(config, parent=parent, name=name, config_file=config_file)
 
     # -- stpipe entry point --------------------------------------------------
     def process(self, input_models):
@@ -109,7 +137,6 @@ class PixelSkyMatchStep(SkyMatchStep):
         -------
         ModelLibrary
             The input exposures with ``meta.background`` set.
-
         """
         with package_logging():
             return self._process(input_models)
@@ -131,24 +158,37 @@ class PixelSkyMatchStep(SkyMatchStep):
         groups = group_exposures(metas, self.grouping)
         if len(groups) < 2 and not self.match_within_groups:
             return self._skip(library, f"all exposures fall in one group (grouping={self.grouping!r})")
+        log.info(
+            "Pixel sky matching of %d exposures in %d group(s) (grouping=%r, fit_type=%r).",
+            len(library),
+            len(groups),
+            self.grouping,
+            self.fit_type,
+        )
 
         config = self._match_config()
-        settings = MaskSettings(self.dqbits, self.lower, self.upper, self.exclude_lyot)
+        settings = MaskSettings(
+            self.dqbits, self.lower, self.upper, self.exclude_lyot, parse_regions(self.excluded_regions)
+        )
         with library:
             previous = self._previous_levels(library)
             sources = exposure_sources(
                 library, partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags), names
             )
             result = match_exposures(sources, groups, config)
-        levels, planes = self._finalize(library, result, sources, settings)
-        self._log_table(result, names, levels)
-        self._write(library, result, levels, planes, previous)
+        self._check_alignment(result, names)
+        ref_group = self._reference_group(result, names, metas)
+        levels, planes = self._finalize(library, result, sources, settings, ref_group)
+        self._log_table(result, names, levels, ref_group)
+        self._write(library, result, levels, planes, previous, ref_group)
+        self._write_reports(library, result, names, levels, planes)
         return library
 
     # -- pieces ----------------------------------------------------------------
     def _match_config(self) -> MatchConfig:
         if self.grid_scale is None or not self.grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
+        n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
         return MatchConfig(
             fit_type=self.fit_type,
             statistic=DifferenceStatistic(self.skystat, self.nclip, self.lsigma, self.usigma, self.binwidth),
@@ -163,6 +203,15 @@ class PixelSkyMatchStep(SkyMatchStep):
             min_linear_fraction=self.min_linear_fraction,
             robust=self.robust,
             reject_sigma=self.reject_sigma,
+            mask_sources=self.mask_sources,
+            source_nsigma=self.source_nsigma,
+            source_npixels=self.source_npixels,
+            source_dilate=self.source_dilate,
+            check_alignment=self.alignment_check != "off",
+            n_workers=n_workers,
+            scheduler=self.scheduler or None,
+            store="memory" if self.in_memory else "disk",
+            thumbnail_size=800 if self.diagnostic_plot else 0,
         )
 
     def _previous_levels(self, library) -> np.ndarray:
@@ -193,7 +242,81 @@ class PixelSkyMatchStep(SkyMatchStep):
                 library.shelve(model, index, modify=False)
         return previous
 
-    def _finalize(self, library, result: MatchResult, sources, settings):
+    def _check_alignment(self, result: MatchResult, names) -> None:
+        """Warn about, or refuse, overlaps whose images are shifted against each other."""
+        if self.alignment_check == "off" or not result.alignment:
+            return
+        trusted = [
+            c
+            for c in result.alignment
+            if c.shift is not None and c.shift.correlation >= self.min_shift_correlation
+        ]
+        untrusted = len(result.alignment) - len(trusted)
+        bad = [c for c in trusted if c.shift.length > self.max_misalignment]
+        if trusted:
+            worst = max(trusted, key=lambda c: c.shift.length)
+            log.info(
+                "Alignment of overlapping groups: largest shift %.3f pixel (groups %d-%d) "
+                "over %d measured pair(s)%s.",
+                worst.shift.length,
+                worst.i + 1,
+                worst.j + 1,
+                len(trusted),
+                f"; {untrusted} pair(s) had too little structure to measure" if untrusted else "",
+            )
+        if not bad:
+            return
+        first = {g: names[members[0]] for g, members in enumerate(result.groups)}
+        lines = [
+            f"  groups {c.i + 1} ({first[c.i]}) and {c.j + 1} ({first[c.j]}): "
+            f"shift {c.shift.length:.2f} pixel (dx={c.shift.dx:+.2f}, dy={c.shift.dy:+.2f}, "
+            f"correlation {c.shift.correlation:.2f}, significance {c.shift.significance:.0f})"
+            for c in sorted(bad, key=lambda c: -c.shift.length)
+        ]
+        message = (
+            f"{len(bad)} overlapping group pair(s) are misaligned by more than max_misalignment="
+            f"{self.max_misalignment} pixel; pixel matching needs alignment well within a pixel "
+            "(run tweakreg, or get_wcs_adjust and apply_wcs_adjust, first):\n" + "\n".join(lines)
+        )
+        if self.alignment_check == "error":
+            raise ValueError(message)
+        log.warning(message)
+
+    def _reference_group(self, result: MatchResult, names, metas) -> int | None:
+        rule = (self.reference or "").strip()
+        if not rule:
+            return None
+        group_names = [[names[k] for k in members] for members in result.groups]
+        used = [
+            (p.i, p.j) for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok
+        ]
+        pixels = [p.npix for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok]
+        times = []
+        for members in result.groups:
+            t = [
+                metas[k].get("meta.exposure.mid_time") or metas[k].get("meta.exposure.start_time")
+                for k in members
+            ]
+            t = [float(v) for v in t if v is not None]
+            times.append(float(np.mean(t)) if t else np.nan)
+        bg_times = (
+            [float(v) for v in self.background_times.replace(",", " ").split()]
+            if self.background_times
+            else []
+        )
+        g = choose_reference(
+            rule,
+            group_names=group_names,
+            used_pairs=used,
+            pair_pixels=pixels,
+            flatness=result.group_flatness,
+            group_times=times,
+            background_times=bg_times,
+        )
+        log.info("Reference group (held at zero): %d (%s), chosen by %r.", g + 1, group_names[g][0], rule)
+        return g
+
+    def _finalize(self, library, result: MatchResult, sources, settings, ref_group):
         """Fix the free constants, add the global sky if asked, build detector planes."""
         n = len(sources)
         planes: list[DetectorPlane | None] = [None] * n
@@ -203,8 +326,9 @@ class PixelSkyMatchStep(SkyMatchStep):
                     result.coefficients[k], src.wcs, src.shape, result.grid, result.plane_scale
                 )
         centre = np.array([p.level if p is not None else np.nan for p in planes])
-        shift = apply_match_down(centre, result.component, self.match_down) - centre
-        levels = centre + np.nan_to_num(shift)
+        levels = apply_reference(centre, result.component, result.group_index, ref_group, self.match_down)
+        if self.tie_components == "global":
+            levels = self._tie_components(library, levels, result.component, settings)
         if self.skymethod == "global+match":
             gsky = self._global_sky(library, levels, settings)
             log.info("'Global' sky added to every exposure after matching: %.6g", gsky)
@@ -223,9 +347,8 @@ class PixelSkyMatchStep(SkyMatchStep):
         ]
         return levels, planes
 
-    def _global_sky(self, library, levels, settings) -> float:
-        """Smallest sky statistic over all exposures after matching (SkyMatchStep's 'global')."""
-        stats = SkyStats(
+    def _sky_stats(self) -> SkyStats:
+        return SkyStats(
             skystat=self.skystat,
             lower=self.lower,
             upper=self.upper,
@@ -234,8 +357,12 @@ class PixelSkyMatchStep(SkyMatchStep):
             usig=self.usigma,
             binwidth=self.binwidth,
         )
-        mask_settings = MaskSettings(settings.dqbits, None, None, settings.exclude_lyot)
-        best = math.inf
+
+    def _residual_skies(self, library, levels, settings) -> np.ndarray:
+        """Sky statistic of every exposure after removing its level."""
+        stats = self._sky_stats()
+        mask_settings = MaskSettings(settings.dqbits, None, None, settings.exclude_lyot, settings.regions)
+        skies = np.full(len(library), np.nan)
         with library:
             for index in range(len(library)):
                 model = library.borrow(index)
@@ -246,14 +373,34 @@ class PixelSkyMatchStep(SkyMatchStep):
                     library.shelve(model, index, modify=False)
                 if values.size:
                     sky, _ = stats(values)
-                    if np.isfinite(sky):
-                        best = min(best, float(sky))
-        if not np.isfinite(best):
+                    if sky is not None and np.isfinite(sky):
+                        skies[index] = float(sky)
+        return skies
+
+    def _global_sky(self, library, levels, settings) -> float:
+        """Smallest sky statistic over all exposures after matching (SkyMatchStep's 'global')."""
+        skies = self._residual_skies(library, levels, settings)
+        if not np.isfinite(skies).any():
             log.warning("Unable to compute a 'global' sky value; using 0.")
             return 0.0
-        return best
+        return float(np.nanmin(skies))
 
-    def _write(self, library, result: MatchResult, levels, planes, previous) -> None:
+    def _tie_components(self, library, levels, component, settings) -> np.ndarray:
+        """Shift disconnected components so that their global (lowest) skies agree."""
+        labels = np.unique(component[component >= 0])
+        if labels.size < 2:
+            return levels
+        skies = self._residual_skies(library, levels, settings)
+        floors = {lab: np.nanmin(skies[component == lab]) for lab in labels}
+        target = min(floors.values())
+        out = levels.copy()
+        for lab, floor in floors.items():
+            if np.isfinite(floor):
+                out[component == lab] += floor - target
+                log.info("Component %d tied by its global sky: shifted by %.6g.", lab, floor - target)
+        return out
+
+    def _write(self, library, result: MatchResult, levels, planes, previous, ref_group) -> None:
         method = f"pixel-{self.skymethod}"
         with library:
             for index in range(len(library)):
@@ -262,7 +409,7 @@ class PixelSkyMatchStep(SkyMatchStep):
                     plane = planes[index]
                     if plane is None:
                         log.warning(
-                            "%s: overlaps no other exposure group; its sky is left unchanged.",
+                            "%s: tied to no other exposure; its sky is left unchanged.",
                             model.meta.filename,
                         )
                         model.meta.cal_step.skymatch = "SKIPPED"
@@ -280,6 +427,7 @@ class PixelSkyMatchStep(SkyMatchStep):
                         "grouping": self.grouping,
                         "group": int(result.group_index[index]) + 1,
                         "component": int(result.component[index]),
+                        "reference_group": 0 if ref_group is None else ref_group + 1,
                         "match_down": bool(self.match_down),
                         "level_uncertainty": float(result.sigma[index, 0]),
                         **{f"plane_{k}": v for k, v in plane.as_dict().items()},
@@ -292,6 +440,48 @@ class PixelSkyMatchStep(SkyMatchStep):
                 "Planes were subtracted from the data (subtracted=True): a scalar level cannot carry a plane."
             )
 
+    def _output_base(self, library) -> tuple[Path, str]:
+        """Directory and file stem for reports, like stpipe names outputs."""
+        parent = getattr(self, "parent", None)
+        directory = self.output_dir or (parent.output_dir if parent is not None else None) or "."
+        stem = self.output_file or (parent.output_file if parent is not None else None)
+        if not stem:
+            try:
+                stem = library.asn["products"][0].get("name")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                stem = None
+        stem = Path(stem).stem if stem else "skymatch"
+        return Path(directory), stem
+
+    def _write_reports(self, library, result, names, levels, planes) -> None:
+        table = (self.offsets_table or "").strip()
+        parent = getattr(self, "parent", None)
+        saving = self.save_results or (parent is not None and parent.save_results)
+        directory, stem = self._output_base(library)
+        if table.lower() == "none" or (not table and not saving):
+            table_path = None
+        else:
+            table_path = Path(table) if table else directory / f"{stem}_skymatch_offsets.ecsv"
+            meta = {
+                "step": "pixel_skymatch",
+                "skymethod": self.skymethod,
+                "grouping": self.grouping,
+                "match_down": bool(self.match_down),
+                "reference": self.reference or "match_down",
+                "grid_pixel_scale_arcsec": result.grid.pixel_scale * 3600.0,
+                "grid_crval": list(result.grid.crval),
+                "chi2_dof": result.group_solution.chi2_dof,
+            }
+            write_offsets_tables(table_path, names, result, levels, planes, meta)
+        plot = (self.diagnostic_plot or "").strip()
+        if plot:
+            if plot.lower() == "auto":
+                base = table_path.with_suffix("") if table_path else directory / f"{stem}_skymatch_offsets"
+                plot_path = base.with_name(base.name.replace("_offsets", "") + "_diagnostics.png")
+            else:
+                plot_path = Path(plot)
+            plot_diagnostics(plot_path, result, title=f"{stem}: pixel sky matching")
+
     def _skip(self, library, reason: str):
         log.warning("Sky matching skipped: %s.", reason)
         with library:
@@ -302,7 +492,7 @@ class PixelSkyMatchStep(SkyMatchStep):
         return library
 
     @staticmethod
-    def _log_table(result: MatchResult, names, levels) -> None:
+    def _log_table(result: MatchResult, names, levels, ref_group) -> None:
         sol = result.group_solution
         log.info(
             "Sky matching: %d group pair(s) used, %d rejected by the robust fit, %d below overlap limits.",
@@ -310,6 +500,15 @@ class PixelSkyMatchStep(SkyMatchStep):
             int((~sol.used).sum()),
             len(result.rejected_pairs),
         )
+        for k, (pair, used) in enumerate(zip(result.group_pairs, sol.used, strict=True)):
+            if not used:
+                log.warning(
+                    "Pair of groups %d-%d rejected as an outlier: measured %.4g, solution says %.4g.",
+                    pair.i + 1,
+                    pair.j + 1,
+                    pair.coeffs[0],
+                    pair.coeffs[0] - sol.residual[k, 0],
+                )
         labels = np.unique(result.component[result.component >= 0])
         if labels.size > 1:
             for label in labels:
@@ -333,3 +532,11 @@ class PixelSkyMatchStep(SkyMatchStep):
             )
         if np.isfinite(sol.chi2_dof):
             log.info("Reduced chi-square of the group solution: %.3g", sol.chi2_dof)
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+        log.info("Time spent: %s.", timings)
+        del ref_group
+
+
+def _is_stock_skymatch(class_name: str) -> bool:
+    name = str(class_name)
+    return name in ("skymatch", "SkyMatchStep") or name.endswith(".SkyMatchStep")

@@ -1,0 +1,115 @@
+"""Where group images live between being built and being differenced.
+
+Group images are needed again when pairs are measured, long after they were
+built.  Keeping them all in memory costs one group footprint per group; the
+disk store keeps only the pair being measured in memory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .grid import BBox
+from .resample import Resampled
+
+__all__ = ["DiskGroupStore", "GroupStore", "MemoryGroupStore", "make_store"]
+
+
+class GroupStore:
+    """Interface: ``put`` a group image, read back cut-outs."""
+
+    def put(self, key: int, image: Resampled) -> None:
+        """Store the image of group ``key``."""
+        raise NotImplementedError
+
+    def bbox(self, key: int) -> BBox:
+        """Grid box of group ``key``."""
+        raise NotImplementedError
+
+    def cutout(self, key: int, box: BBox) -> tuple[np.ndarray, np.ndarray]:
+        """Image and weight of group ``key`` inside ``box`` (copies)."""
+        raise NotImplementedError
+
+    def get(self, key: int) -> Resampled:
+        """The whole group image."""
+        box = self.bbox(key)
+        img, wht = self.cutout(key, box)
+        return Resampled(box, img, wht)
+
+    def close(self) -> None:
+        """Release resources."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MemoryGroupStore(GroupStore):
+    """Group images kept in memory."""
+
+    def __init__(self) -> None:
+        self._images: dict[int, Resampled] = {}
+
+    def put(self, key: int, image: Resampled) -> None:  # noqa: D102
+        self._images[key] = image
+
+    def bbox(self, key: int) -> BBox:  # noqa: D102
+        return self._images[key].bbox
+
+    def cutout(self, key: int, box: BBox) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+        img, wht = self._images[key].cutout(box)
+        return img.copy(), wht.copy()
+
+    def close(self) -> None:  # noqa: D102
+        self._images.clear()
+
+
+class DiskGroupStore(GroupStore):
+    """Group images in ``.npy`` files of a temporary directory, read by memory map.
+
+    Parameters
+    ----------
+    directory : str or Path, optional
+        Parent of the temporary directory (default: the system's).
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="skymatch_plus_", dir=directory))
+        self._boxes: dict[int, BBox] = {}
+
+    def _path(self, key: int, kind: str) -> Path:
+        return self._dir / f"group{key:06d}_{kind}.npy"
+
+    def put(self, key: int, image: Resampled) -> None:  # noqa: D102
+        np.save(self._path(key, "img"), image.image, allow_pickle=False)
+        np.save(self._path(key, "wht"), image.weight, allow_pickle=False)
+        self._boxes[key] = image.bbox
+
+    def bbox(self, key: int) -> BBox:  # noqa: D102
+        return self._boxes[key]
+
+    def cutout(self, key: int, box: BBox) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+        sl = box.slices_in(self._boxes[key])
+        img = np.load(self._path(key, "img"), mmap_mode="r")
+        wht = np.load(self._path(key, "wht"), mmap_mode="r")
+        out = np.array(img[sl]), np.array(wht[sl])
+        del img, wht  # unmap
+        return out
+
+    def close(self) -> None:  # noqa: D102
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def make_store(kind: str, directory: str | Path | None = None) -> GroupStore:
+    """A group store by name: ``'memory'`` or ``'disk'``."""
+    if kind == "memory":
+        return MemoryGroupStore()
+    if kind == "disk":
+        return DiskGroupStore(directory)
+    raise ValueError(f"unknown group store {kind!r}; use 'memory' or 'disk'")
