@@ -47,6 +47,8 @@ __all__ = [
     "MosaicTruth",
     "SimulatedMosaic",
     "lyot_region",
+    "background_noise_floor",
+    "background_rms_error",
     "offset_noise_floor",
     "offset_rms_error",
     "simulate_mosaic",
@@ -928,16 +930,85 @@ def offset_rms_error(recovered: np.ndarray, truth: np.ndarray, labels: np.ndarra
     return float(np.sqrt(np.nanmean(out**2)))
 
 
+def _sample_points(shape: tuple[int, int], fit_type: str) -> tuple[np.ndarray, np.ndarray]:
+    ny, nx = shape
+    if fit_type == "level":
+        return np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0])
+    xs, ys = np.meshgrid(np.linspace(0, nx - 1, 3), np.linspace(0, ny - 1, 3))
+    return xs.ravel(), ys.ravel()
+
+
+def _gauge_basis(mosaic: SimulatedMosaic, fit_type: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sky-plane basis at every exposure's sample points (what matching cannot fix)."""
+    rows, pts = [], []
+    ra0 = mosaic.models[0].meta.wcsinfo.ra_ref
+    dec0 = mosaic.models[0].meta.wcsinfo.dec_ref
+    cosd = math.cos(math.radians(dec0))
+    for m in mosaic.models:
+        x, y = _sample_points(m.data.shape, fit_type)
+        pts.append((x, y))
+        if fit_type == "level":
+            rows.append(np.ones((x.size, 1)))
+        else:
+            ra, dec = m.meta.wcs(x, y)
+            # Tangent-plane offsets in arcsec: a common sky plane is linear in them.
+            u = (np.asarray(ra) - ra0) * cosd * 3600.0
+            v = (np.asarray(dec) - dec0) * 3600.0
+            rows.append(np.column_stack([np.ones(x.size), u / 100.0, v / 100.0]))
+    return np.vstack(rows), pts
+
+
+def background_rms_error(mosaic: SimulatedMosaic, planes, fit_type: str = "level+slope") -> float:
+    """RMS error of recovered per-exposure backgrounds, free sky plane removed.
+
+    Parameters
+    ----------
+    mosaic : SimulatedMosaic
+        The simulation (truth).
+    planes : sequence of (level, slope_x, slope_y)
+        Recovered background of each exposure in its detector frame, around
+        the detector centre (slopes per pixel); NaN rows are skipped.
+    fit_type : {'level', 'level+slope'}
+        'level' compares at detector centres with one free constant;
+        'level+slope' compares at a 3 x 3 grid of detector points with one
+        free sky plane (what plane matching cannot determine) removed.
+    """
+    basis, pts = _gauge_basis(mosaic, fit_type)
+    diffs, keep = [], []
+    for k, (m, (x, y)) in enumerate(zip(mosaic.models, pts, strict=True)):
+        level, sx, sy = (float(v) for v in planes[k])
+        ny, nx = m.data.shape
+        rec = level + sx * (x - (nx - 1) / 2.0) + sy * (y - (ny - 1) / 2.0)
+        diffs.append(rec - mosaic.truth.plane_at(k, x, y, m.data.shape))
+        keep.append(np.full(x.size, np.isfinite(level)))
+    d, ok = np.concatenate(diffs), np.concatenate(keep)
+    coeffs, *_ = np.linalg.lstsq(basis[ok], d[ok], rcond=None)
+    resid = d[ok] - basis[ok] @ coeffs
+    return float(np.sqrt(np.mean(resid**2)))
+
+
 def offset_noise_floor(mosaic: SimulatedMosaic, bin_size: int = 4, exclude_lyot: bool = True) -> float:
     """Noise-limited RMS error of per-exposure offsets (Cramer-Rao bound).
 
-    Treats every sky position as an unknown and every exposure offset as a
-    parameter, with each exposure's known Gaussian noise and valid-pixel mask,
-    and returns the RMS over exposures of the standard error of the best
-    unbiased estimate of the offsets (constant removed), i.e. what an ideal
-    estimator using every overlapping pixel could reach.  Pixels are binned
-    ``bin_size`` x ``bin_size`` to keep this cheap; the bound is exact for the
-    mean when the coverage is constant inside a bin.
+    See :func:`background_noise_floor`; this is its ``fit_type='level'`` case.
+    """
+    return background_noise_floor(mosaic, "level", bin_size=bin_size, exclude_lyot=exclude_lyot)
+
+
+def background_noise_floor(
+    mosaic: SimulatedMosaic, fit_type: str = "level", bin_size: int = 4, exclude_lyot: bool = True
+) -> float:
+    """Noise-limited RMS error of per-exposure backgrounds (Cramer-Rao bound).
+
+    Treats every sky position as an unknown and every exposure's background
+    (a constant, or a plane in detector coordinates) as parameters, with each
+    exposure's known Gaussian noise and valid-pixel mask, and returns the
+    RMS of the standard error of the best unbiased estimate, measured as
+    :func:`background_rms_error` / :func:`offset_rms_error` measure errors
+    (free constant or sky plane removed): what an ideal estimator using every
+    overlapping pixel could reach.  Pixels are binned ``bin_size`` x
+    ``bin_size`` to keep this cheap; the bound is exact for the mean when the
+    coverage is constant inside a bin.
     """
     import scipy.sparse as sp
     from astropy.wcs import WCS
@@ -945,6 +1016,7 @@ def offset_noise_floor(mosaic: SimulatedMosaic, bin_size: int = 4, exclude_lyot:
     models = mosaic.models
     layout = mosaic.layout
     n = len(models)
+    npar = 1 if fit_type == "level" else 3
     scale = layout.pixel_scale * bin_size / 3600.0
     ra0, dec0 = models[0].meta.wcsinfo.ra_ref, models[0].meta.wcsinfo.dec_ref
     grid = WCS(naxis=2)
@@ -952,8 +1024,7 @@ def offset_noise_floor(mosaic: SimulatedMosaic, bin_size: int = 4, exclude_lyot:
     grid.wcs.crval = [ra0, dec0]
     grid.wcs.crpix = [0.0, 0.0]
     grid.wcs.cdelt = [-scale, scale]
-    rows, cols, vals = [], [], []
-    keys = []
+    keys, cols, vals, basis_vals = [], [], [], []
     for k, m in enumerate(models):
         ny, nx = m.data.shape
         good = np.isfinite(m.data) & ((m.dq & DO_NOT_USE) == 0)
@@ -962,25 +1033,53 @@ def offset_noise_floor(mosaic: SimulatedMosaic, bin_size: int = 4, exclude_lyot:
         by, bx = ny // bin_size, nx // bin_size
         counts = good[: by * bin_size, : bx * bin_size].reshape(by, bin_size, bx, bin_size).sum(axis=(1, 3))
         yy, xx = np.mgrid[0:by, 0:bx]
-        xc = xx * bin_size + (bin_size - 1) / 2.0
-        yc = yy * bin_size + (bin_size - 1) / 2.0
-        ra, dec = m.meta.wcs(xc.ravel(), yc.ravel())
+        xc = (xx * bin_size + (bin_size - 1) / 2.0).ravel()
+        yc = (yy * bin_size + (bin_size - 1) / 2.0).ravel()
+        ra, dec = m.meta.wcs(xc, yc)
         gx, gy = grid.world_to_pixel_values(ra, dec)
         keep = counts.ravel() > 0
         keys.append(np.round(gx[keep]).astype(np.int64) * 1_000_003 + np.round(gy[keep]).astype(np.int64))
         cols.append(np.full(keep.sum(), k))
         # Information per binned pixel: valid native pixels / sigma^2.
         vals.append(counts.ravel()[keep] / mosaic.truth.noise[k] ** 2)
-    allkeys = np.concatenate(keys)
-    uniq, inverse = np.unique(allkeys, return_inverse=True)
-    rows = inverse
-    w = sp.csr_matrix((np.concatenate(vals), (rows, np.concatenate(cols))), shape=(uniq.size, n))
-    wsum = np.asarray(w.sum(axis=1)).ravel()
-    # Fisher information: diag(sum_p w_kp) - W^T diag(1/W_p) W.
-    fisher = sp.diags(np.asarray(w.sum(axis=0)).ravel()) - w.T @ sp.diags(1.0 / wsum) @ w
-    fisher = fisher.toarray()
-    cov = np.linalg.pinv(fisher, rcond=1e-10)
-    # Covariance of offsets with the mean removed (the unconstrained constant).
-    center = np.eye(n) - 1.0 / n
-    cov = center @ cov @ center
-    return float(np.sqrt(np.trace(cov) / n))
+        basis_vals.append(
+            np.column_stack(
+                [np.ones(keep.sum()), (xc[keep] - (nx - 1) / 2.0) / nx, (yc[keep] - (ny - 1) / 2.0) / ny]
+            )[:, :npar]
+        )
+    _, rows = np.unique(np.concatenate(keys), return_inverse=True)
+    exp = np.concatenate(cols)
+    w = np.concatenate(vals)
+    g = np.vstack(basis_vals)
+    npix = rows.max() + 1
+    # Fisher information with the sky at each position eliminated:
+    # sum_p [ sum_k w g g^T (block-diagonal) - (sum_k w g)(sum_k w g)^T / W_p ].
+    vw = sp.csr_matrix(
+        ((w[:, None] * g).ravel(), (np.repeat(rows, npar), (exp[:, None] * npar + np.arange(npar)).ravel())),
+        shape=(npix, n * npar),
+    )
+    wsum = np.bincount(rows, weights=w, minlength=npix)
+    block = np.zeros((n * npar, n * npar))
+    for k in range(n):
+        sel = exp == k
+        gk = g[sel]
+        block[k * npar : (k + 1) * npar, k * npar : (k + 1) * npar] = (gk * w[sel, None]).T @ gk
+    fisher = block - (vw.T @ sp.diags(1.0 / wsum) @ vw).toarray()
+    cov = np.linalg.pinv(fisher, rcond=1e-10, hermitian=True)
+    # Propagate to background values at the comparison points, then remove
+    # what matching cannot determine (the gauge), as the error metric does.
+    basis, pts = _gauge_basis(mosaic, fit_type)
+    rows_g = []
+    for k, (m, (x, y)) in enumerate(zip(models, pts, strict=True)):
+        ny, nx = m.data.shape
+        gk = np.column_stack([np.ones(x.size), (x - (nx - 1) / 2.0) / nx, (y - (ny - 1) / 2.0) / ny])[
+            :, :npar
+        ]
+        row = np.zeros((x.size, n * npar))
+        row[:, k * npar : (k + 1) * npar] = gk
+        rows_g.append(row)
+    jac = np.vstack(rows_g)
+    cov_v = jac @ cov @ jac.T
+    proj = np.eye(basis.shape[0]) - basis @ np.linalg.pinv(basis)
+    cov_v = proj @ cov_v @ proj
+    return float(np.sqrt(np.trace(cov_v) / basis.shape[0]))

@@ -7,6 +7,8 @@ sigma clipping removes most of them and this mask removes the rest.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["source_mask"]
@@ -56,7 +58,8 @@ def source_mask(
     py, px = (-ny) % b, (-nx) % b
     padded = np.pad(data, ((0, py), (0, px)), constant_values=np.nan)
     blocks = padded.reshape(padded.shape[0] // b, b, padded.shape[1] // b, b)
-    with np.errstate(all="ignore"), _quiet():
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks outside the data
         bkg = np.nanmedian(blocks, axis=(1, 3))
     bkg = np.where(np.isfinite(bkg), bkg, np.nanmedian(data))
     bkg_full = np.repeat(np.repeat(bkg, b, axis=0), b, axis=1)[:ny, :nx]
@@ -68,24 +71,13 @@ def source_mask(
     noise = 1.4826 * mad if mad > 0 else np.std(resid[finite])
     if not noise > 0:
         return np.zeros(image.shape, dtype=bool)
-    seg = detect_sources(np.where(finite, resid, 0.0), nsigma * noise, npixels=npixels)
+    with warnings.catch_warnings():
+        # "no sources found" is an answer here, not a problem.
+        warnings.simplefilter("ignore")
+        seg = detect_sources(np.where(finite, resid, 0.0), nsigma * noise, npixels=npixels)
     if seg is None:
         return np.zeros(image.shape, dtype=bool)
     mask = seg.data > 0
     if dilate > 1:
         mask = ndimage.binary_dilation(mask, structure=np.ones((dilate, dilate), bool))
     return mask
-
-
-class _quiet:
-    """Silence numpy's all-NaN-slice warnings for blocks outside the data."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)

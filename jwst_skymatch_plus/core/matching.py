@@ -415,10 +415,14 @@ def _solve(n: int, pairs: Sequence[PairMeasurement], config: MatchConfig) -> Lev
         delta = np.array([p.coeffs for p in pairs]).reshape(-1, ncoef)
         sigma = np.array([p.sigma for p in pairs]).reshape(-1, ncoef)
         npix = np.array([p.npix for p in pairs])
+        cov = np.array(
+            [p.covariance if p.covariance is not None else np.diag(np.asarray(p.sigma) ** 2) for p in pairs]
+        ).reshape(-1, ncoef, ncoef)
     else:
         i = j = np.zeros(0, dtype=int)
         delta = sigma = np.zeros((0, ncoef))
         npix = np.zeros(0)
+        cov = np.zeros((0, ncoef, ncoef))
     return solve_levels(
         n,
         i,
@@ -429,6 +433,7 @@ def _solve(n: int, pairs: Sequence[PairMeasurement], config: MatchConfig) -> Lev
         npix=npix,
         robust=config.robust,
         reject_sigma=config.reject_sigma,
+        covariance=cov,
     )
 
 

@@ -116,6 +116,7 @@ class PairMeasurement:
     extent: tuple[int, int]  # (width, height) of the valid overlap, grid pixels
     scatter: float  # clipped standard deviation of the differences
     flags: list[str] = field(default_factory=list)
+    covariance: np.ndarray | None = None  # (ncoef, ncoef); diag(sigma**2) when not known better
 
     @property
     def level(self) -> float:
@@ -151,8 +152,9 @@ def fit_plane(
     x: np.ndarray,
     y: np.ndarray,
     statistic: DifferenceStatistic,
+    huber_c: float = 1.345,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Sigma-clipped least-squares plane ``c0 + c1 * x + c2 * y``.
+    """Sigma-clipped, Huber-weighted least-squares plane ``c0 + c1 * x + c2 * y``.
 
     The clipping limits and iteration count are those of ``statistic``.  The
     iteration starts from a median/MAD cut so that bright residuals (unmatched
@@ -184,14 +186,29 @@ def fit_plane(
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    resid = values - design @ coeffs
     n_used = int(keep.sum())
-    std = float(resid[keep].std()) if n_used else math.nan
-    if n_used >= 3:
-        a = design[keep]
-        cov = np.linalg.inv(a.T @ a) * std**2
-    else:
-        cov = np.full((3, 3), np.inf)
+    if n_used < 3:
+        return coeffs, np.full((3, 3), np.inf), n_used, math.nan
+    # Huber re-weighting of the kept pixels: residuals of imperfectly
+    # cancelled structure (sharp sources and filaments resampled at different
+    # pixel phases) are heavy-tailed, and least squares would follow them.
+    a, v = design[keep], values[keep]
+    resid = v - a @ coeffs
+    scale = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+    w = np.ones(v.size)
+    if scale > 0:
+        for _ in range(10):
+            u = np.abs(resid) / (huber_c * scale)
+            w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+            new, *_ = np.linalg.lstsq(a * np.sqrt(w)[:, None], v * np.sqrt(w), rcond=None)
+            converged = np.allclose(new, coeffs, rtol=0, atol=1e-6 * scale)
+            coeffs = new
+            resid = v - a @ coeffs
+            if converged:
+                break
+    std = float(np.sqrt(np.sum(w * resid**2) / max(np.sum(w) - 3, 1)))
+    aw = a * w[:, None]
+    cov = np.linalg.inv(aw.T @ a) * std**2
     return coeffs, cov, n_used, std
 
 
@@ -257,6 +274,7 @@ def measure_difference(
         sig = statistic.efficiency * std * noise_ratio / math.sqrt(n_used)
         coeffs = np.array([level])
         sigma = np.array([sig])
+        cov = np.array([[sig**2]])
     else:
         yy, xx = np.nonzero(valid)
         xs = (xx + x0 - center[0]) / plane_scale
@@ -264,7 +282,8 @@ def measure_difference(
         coeffs, cov, n_used, std = fit_plane(values, xs, ys, statistic)
         if n_used < 3 or not np.all(np.isfinite(coeffs)):
             return None
-        sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) * noise_ratio
+        cov = cov * noise_ratio**2
+        sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
     return PairMeasurement(
         i=i,
         j=j,
@@ -274,4 +293,5 @@ def measure_difference(
         noverlap=noverlap,
         extent=extent,
         scatter=float(std),
+        covariance=np.asarray(cov, dtype=float),
     )

@@ -123,6 +123,44 @@ def _solve_component(nodes, i, j, delta, weight, sigma):
     return levels, cov
 
 
+def _solve_component_joint(nodes, i, j, delta, covariance):
+    """Generalised least squares of all coefficients of one component.
+
+    Each pair contributes ``(x_i - x_j - d)^T C^-1 (x_i - x_j - d)``.  Returns
+    zero-mean coefficients (per coefficient) and their variances.
+    """
+    nc, ncoef = nodes.size, delta.shape[1]
+    if nc == 1:
+        return np.zeros((1, ncoef)), np.zeros((1, ncoef))
+    local = {g: k for k, g in enumerate(nodes)}
+    li = np.array([local[v] for v in i])
+    lj = np.array([local[v] for v in j])
+    weights = np.linalg.inv(covariance)  # (m, ncoef, ncoef)
+    size = nc * ncoef
+    normal = np.zeros((size, size))
+    rhs = np.zeros(size)
+    for a, b, w, d in zip(li, lj, weights, delta, strict=True):
+        sa = slice(a * ncoef, (a + 1) * ncoef)
+        sb = slice(b * ncoef, (b + 1) * ncoef)
+        normal[sa, sa] += w
+        normal[sb, sb] += w
+        normal[sa, sb] -= w
+        normal[sb, sa] -= w
+        wd = w @ d
+        rhs[sa] += wd
+        rhs[sb] -= wd
+    # Fix the first node (removes the null space), solve, move to zero mean.
+    red = normal[ncoef:, ncoef:]
+    cov_red = np.linalg.inv(red)
+    x = np.r_[np.zeros(ncoef), cov_red @ rhs[ncoef:]].reshape(nc, ncoef)
+    cov = np.zeros((size, size))
+    cov[ncoef:, ncoef:] = cov_red
+    center = np.kron(np.eye(nc) - 1.0 / nc, np.eye(ncoef))
+    cov = center @ cov @ center.T
+    levels = x - x.mean(axis=0)
+    return levels, np.diag(cov).reshape(nc, ncoef)
+
+
 def _chi2_dof(i, j, delta, sigma, used, comp, levels) -> float:
     if not used.any():
         return math.nan
@@ -175,6 +213,7 @@ def solve_levels(
     robust: bool = True,
     reject_sigma: float = 5.0,
     max_iter: int = 10,
+    covariance: np.ndarray | None = None,
 ) -> LevelSolution:
     """Solve image levels from pairwise differences.
 
@@ -203,6 +242,13 @@ def solve_levels(
         Rejection threshold.
     max_iter : int
         Maximum number of rejections.
+    covariance : array, shape (m, ncoef, ncoef), optional
+        Full covariance of each pair's coefficients.  With ``weighting='ivar'``
+        and more than one coefficient the coefficients are then solved
+        jointly, weighting every pair by its inverse covariance: a plane
+        measured on a small overlap far from the plane's origin has strongly
+        correlated level and slopes, and solving them column by column would
+        waste most of its information.
 
     Returns
     -------
@@ -234,6 +280,11 @@ def solve_levels(
             return w / np.nanmean(w[used]) if used.any() else w
         return np.ones(m)
 
+    joint = covariance is not None and weighting == "ivar" and ncoef > 1
+    if joint:
+        covariance = np.asarray(covariance, dtype=float).reshape(m, ncoef, ncoef)
+        used &= np.isfinite(covariance).all(axis=(1, 2))
+
     def fit(mask):
         comp = _components(n, i[mask], j[mask])
         levels = np.full((n, ncoef), np.nan)
@@ -241,6 +292,11 @@ def solve_levels(
         for label in np.unique(comp[comp >= 0]):
             nodes = np.flatnonzero(comp == label)
             emask = mask & np.isin(i, nodes)
+            if joint:
+                lev, var = _solve_component_joint(nodes, i[emask], j[emask], delta[emask], covariance[emask])
+                levels[nodes] = lev
+                lsig[nodes] = np.sqrt(np.clip(var, 0, None))
+                continue
             for c in range(ncoef):
                 w = weights(c)[emask]
                 lev, cov = _solve_component(nodes, i[emask], j[emask], delta[emask, c], w, sigma[emask, c])
