@@ -371,9 +371,28 @@ def _add_gaussian(img, coords, cx, cy, s_major, s_minor, theta, amp, nsig=4.5):
 class _Scene:
     """An analytic sky rendered once on a tangent-plane grid and interpolated."""
 
-    def __init__(self, center, extent_arcsec, scale_arcsec, rng, emission, n_sources, psf_fwhm, n_blobs):
+    def __init__(
+        self,
+        center,
+        extent_arcsec,
+        scale_arcsec,
+        rng,
+        emission,
+        n_sources,
+        psf_fwhm,
+        n_blobs,
+        sky_gradient=0.0,
+    ):
         from astropy.wcs import WCS
         from scipy import ndimage
+
+        # A sky plane common to every exposure (data units per 100 arcsec):
+        # it cancels in per-pixel differences but not in per-image statistics.
+        theta = rng.uniform(0, 2 * np.pi) if sky_gradient else 0.0
+        self.ramp = (
+            sky_gradient * math.cos(theta) * scale_arcsec / 100.0,
+            sky_gradient * math.sin(theta) * scale_arcsec / 100.0,
+        )
 
         half = extent_arcsec / 2.0
         n = math.ceil(2 * half / scale_arcsec) + 8
@@ -430,8 +449,11 @@ class _Scene:
             prefilter=False,
             mode="constant",
             cval=0.0,
-        )
-        return out.reshape(shape).astype(np.float32)
+        ).reshape(shape)
+        if self.ramp != (0.0, 0.0):
+            c = (self.image.shape[0] - 1) / 2.0
+            out = out + self.ramp[0] * (pixmap[..., 0] - c) + self.ramp[1] * (pixmap[..., 1] - c)
+        return out.astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -472,6 +494,7 @@ def simulate_mosaic(
     visit_offset_sigma: float = 0.5,
     exposure_offset_sigma: float = 0.05,
     gradient_sigma: float = 0.0,
+    sky_gradient: float = 0.0,
     lyot_offset_sigma: float = 0.0,
     noise: float = 0.1,
     emission: float = 10.0,
@@ -524,8 +547,12 @@ def simulate_mosaic(
         Standard deviations of the per-visit offsets and of the per-exposure
         drift inside a visit.
     gradient_sigma : float
-        Standard deviation of per-visit sky gradients, in data units across
-        the detector (the change from one edge to the opposite one).
+        Standard deviation of per-visit background gradients, in data units
+        across the detector (the change from one edge to the opposite one):
+        planes that differ between exposures, which matching must remove.
+    sky_gradient : float
+        A plane in the sky itself, common to all exposures, in data units per
+        100 arcsec (random direction): part of the scene, not of the offsets.
     lyot_offset_sigma : float
         MIRI only: standard deviation of an extra offset in the Lyot region.
     noise : float
@@ -666,7 +693,9 @@ def simulate_mosaic(
     scene_scale = layout.pixel_scale / 2.0 if extent / layout.pixel_scale < 6000 else layout.pixel_scale
     n_blobs_eff = n_blobs if n_blobs is not None else 40
     scene_rng = rng if scene_seed is None else np.random.default_rng(scene_seed)
-    scene = _Scene(center, extent, scene_scale, scene_rng, emission, n_sources, psf_fwhm, n_blobs_eff)
+    scene = _Scene(
+        center, extent, scene_scale, scene_rng, emission, n_sources, psf_fwhm, n_blobs_eff, sky_gradient
+    )
 
     models, true_wcs = [], []
     cols = {

