@@ -194,8 +194,8 @@ class SimulatedMosaic:
 
     @property
     def filenames(self) -> list[str]:
-        """File name recorded in each model."""
-        return [m.meta.filename for m in self.models]
+        """File name of each exposure."""
+        return [Path(m).name if isinstance(m, (str, Path)) else m.meta.filename for m in self.models]
 
     def write(self, directory: str | Path, product_name: str = "sim_mosaic") -> Path:
         """Write the cal files and a level-3 image association into ``directory``.
@@ -205,6 +205,10 @@ class SimulatedMosaic:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for model in self.models:
+            if isinstance(model, (str, Path)):
+                if Path(model).parent.resolve() != directory.resolve():
+                    raise ValueError(f"{model} was written to another directory than {directory}")
+                continue
             model.save(directory / model.meta.filename)
         return write_association(self.filenames, directory, product_name)
 
@@ -512,6 +516,8 @@ def simulate_mosaic(
     misalignment: dict[int, tuple[float, float, float]] | None = None,
     filter: str | None = None,
     scene_seed: int | None = None,
+    out_dir: str | Path | None = None,
+    minimal_arrays: bool = False,
     seed: int = 0,
 ) -> SimulatedMosaic:
     """Simulate a calibrated imaging mosaic with known additive sky offsets.
@@ -590,6 +596,13 @@ def simulate_mosaic(
         Seed of the scene alone (default: drawn from ``seed``), so that two
         simulations can share a sky while differing in everything else, or
         vice versa.
+    out_dir : str or Path, optional
+        Write each exposure's cal file here as soon as it is made and keep
+        only its path (``models`` then holds paths): large mosaics need not
+        fit in memory.  Use :func:`write_association` for the association.
+    minimal_arrays : bool
+        Leave out the error and variance arrays (sky matching reads only
+        data, DQ and WCS); a third of the disk space.
     seed : int
         Random seed; everything is reproducible.
 
@@ -762,7 +775,7 @@ def simulate_mosaic(
                 det,
                 data,
                 dq,
-                sigma,
+                None if minimal_arrays else sigma,
                 wcs,
                 pointing,
                 (ap_v2, ap_v3),
@@ -772,6 +785,12 @@ def simulate_mosaic(
                 texp,
                 compute_roll_ref,
             )
+            if out_dir is not None:
+                path = Path(out_dir) / model.meta.filename
+                path.parent.mkdir(parents=True, exist_ok=True)
+                model.save(path)
+                model.close()
+                model = str(path)
             models.append(model)
             true_wcs.append(twcs)
             cols["level"].append(level)
@@ -822,10 +841,11 @@ def _make_model(
 
     ny, nx = layout.shape
     model = ImageModel(data=data, dq=dq, validate_on_assignment=False)
-    model.err = np.full(layout.shape, sigma, dtype=np.float32)
-    model.var_rnoise = np.full(layout.shape, 0.5 * sigma**2, dtype=np.float32)
-    model.var_poisson = np.full(layout.shape, 0.5 * sigma**2, dtype=np.float32)
-    model.var_flat = np.zeros(layout.shape, dtype=np.float32)
+    if sigma is not None:
+        model.err = np.full(layout.shape, sigma, dtype=np.float32)
+        model.var_rnoise = np.full(layout.shape, 0.5 * sigma**2, dtype=np.float32)
+        model.var_poisson = np.full(layout.shape, 0.5 * sigma**2, dtype=np.float32)
+        model.var_flat = np.zeros(layout.shape, dtype=np.float32)
     model.meta.telescope = "JWST"
     model.meta.bunit_data = "MJy/sr"
     model.meta.bunit_err = "MJy/sr"

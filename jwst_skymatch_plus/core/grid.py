@@ -226,6 +226,32 @@ class SkyGrid:
         footprints = [footprint_of(w, s) for w, s in zip(wcs_list, shapes, strict=True)]
         return cls.from_footprints(footprints, float(np.median(scales)) * scale_factor, rotation)
 
+    @classmethod
+    def for_sources(cls, sources: Sequence, scale_factor: float = 1.0) -> SkyGrid:
+        """Grid covering exposures described by footprints and pixel scales.
+
+        ``sources`` are objects with ``sky_footprint()``, ``pixel_scale``,
+        ``position_angle``, ``wcs`` and ``shape`` (see
+        :class:`~jwst_skymatch_plus.core.matching.ExposureSource`); scales and
+        orientation come from the WCS only where not given.
+        """
+        if scale_factor <= 0:
+            raise ValueError(f"grid scale factor must be positive, got {scale_factor}")
+        if len(sources) == 0:
+            raise ValueError("Cannot build a sky grid without any exposure.")
+        scales = [
+            s.pixel_scale if s.pixel_scale is not None else native_pixel_scale(s.wcs, s.shape)
+            for s in sources
+        ]
+        first = sources[0]
+        rotation = (
+            first.position_angle
+            if first.position_angle is not None
+            else _y_axis_position_angle(first.wcs, first.shape)
+        )
+        footprints = [s.sky_footprint() for s in sources]
+        return cls.from_footprints(footprints, float(np.median(scales)) * scale_factor, rotation)
+
     # -- use ----------------------------------------------------------------
     def world_to_pixel(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Zero-based grid pixel coordinates of sky positions (degrees)."""

@@ -80,6 +80,9 @@ class MatchConfig:
         WCS evaluated every this many pixels (interpolated between).
     match_within_groups : bool
         Match the exposures inside each group before matching groups.
+    match_between_groups : bool
+        Match the groups to each other (False: only inside groups, each group
+        keeping its own free constant).
     weighting : {'ivar', 'npix', 'equal'}
         Pair weights in the global solution.
     min_overlap_pixels : int
@@ -126,6 +129,7 @@ class MatchConfig:
     pixfrac: float = 1.0
     pixmap_stepsize: int = 16
     match_within_groups: bool = True
+    match_between_groups: bool = True
     weighting: str = "ivar"
     min_overlap_pixels: int = 100
     min_overlap_fraction: float = 0.0
@@ -167,15 +171,32 @@ class MatchConfig:
 class ExposureSource:
     """An exposure as the matcher sees it.
 
-    ``load`` returns ``(data, good)``: the data array and a boolean mask of
-    pixels to use.  It is called once per exposure, in the calling process,
-    so exposures can stay on disk until needed.
+    ``load`` returns ``(data, good)`` or ``(data, good, wcs)``: the data
+    array, a boolean mask of pixels to use and, when ``wcs`` was not known
+    up front, the detector-to-sky transform.  It is called once per exposure,
+    in the calling process, so exposures can stay on disk until needed.
+
+    The grid only needs each exposure's footprint and pixel scale; give them
+    (e.g. from ``S_REGION`` and the FITS WCS keywords) to avoid opening every
+    file twice, or give ``wcs`` and they are computed from it.
     """
 
     name: str
-    wcs: object
+    wcs: object | None
     shape: tuple[int, int]
-    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    load: Callable[[], tuple]
+    footprint: np.ndarray | None = None  # (N, 2) RA, Dec polygon in degrees
+    pixel_scale: float | None = None  # degrees per pixel
+    position_angle: float | None = None  # degrees East of North of the detector +y axis
+    footprint_margin: int = 10  # extra grid pixels around a given (corner-only) footprint
+
+    def sky_footprint(self) -> np.ndarray:
+        """Footprint polygon, given or computed from the WCS."""
+        if self.footprint is not None:
+            return np.asarray(self.footprint, dtype=float)
+        if self.wcs is None:
+            raise ValueError(f"{self.name}: neither a footprint nor a WCS is known")
+        return footprint_of(self.wcs, self.shape)
 
 
 @dataclass
@@ -678,10 +699,13 @@ def match_exposures(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if grid is None:
-        grid = SkyGrid.for_exposures(
-            [e.wcs for e in exposures], [e.shape for e in exposures], config.grid_scale
-        )
-    boxes = [grid.bbox_of(footprint_of(e.wcs, e.shape)) for e in exposures]
+        grid = SkyGrid.for_sources(exposures, config.grid_scale)
+    # Footprints computed from the WCS follow the (distorted) edges; given ones
+    # are usually corners only, so their boxes get a wider margin.
+    boxes = [
+        grid.bbox_of(e.sky_footprint(), margin=2 if e.footprint is None else e.footprint_margin)
+        for e in exposures
+    ]
     for k, box in enumerate(boxes):
         if box.is_empty:
             raise ValueError(f"{exposures[k].name}: its footprint does not fall on the common grid.")
@@ -712,8 +736,11 @@ def match_exposures(
         for members in groups:
             payloads = []
             for k in members:
-                data, good = exposures[k].load()
-                payloads.append((data, good, exposures[k].wcs))
+                loaded = exposures[k].load()
+                wcs = loaded[2] if len(loaded) > 2 else exposures[k].wcs
+                if wcs is None:
+                    raise ValueError(f"{exposures[k].name}: no WCS")
+                payloads.append((loaded[0], loaded[1], wcs))
             yield payloads, [boxes[k] for k in members], grid, config, factor
 
     with (
@@ -747,7 +774,7 @@ def match_exposures(
 
         t0 = time.perf_counter()
         gboxes = [store.bbox(g) for g in range(len(groups))]
-        pair_list = candidate_pairs(gboxes)
+        pair_list = candidate_pairs(gboxes) if config.match_between_groups else []
 
         def pair_tasks() -> Iterator[tuple]:
             for a, b in pair_list:

@@ -26,6 +26,8 @@ from ._library import (
     package_logging,
     parse_regions,
     read_all_metadata,
+    sources_from_metadata,
+    unvalidated_reads,
 )
 from ._report import plot_diagnostics, write_offsets_tables
 
@@ -170,11 +172,13 @@ class PixelSkyMatchStep(SkyMatchStep):
         settings = MaskSettings(
             self.dqbits, self.lower, self.upper, self.exclude_lyot, parse_regions(self.excluded_regions)
         )
+        mask = partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags)
+        previous = np.array([self._previous_level(m, n) for m, n in zip(metas, names, strict=True)])
         with library:
-            previous = self._previous_levels(library)
-            sources = exposure_sources(
-                library, partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags), names
-            )
+            sources = sources_from_metadata(library, metas, mask, names)
+            if sources is None:
+                # Headers lack S_REGION or FITS WCS keywords: read every WCS.
+                sources, _ = exposure_sources(library, mask, names)
             result = match_exposures(sources, groups, config)
         self._check_alignment(result, names)
         ref_group = self._reference_group(result, names, metas)
@@ -215,33 +219,22 @@ class PixelSkyMatchStep(SkyMatchStep):
             thumbnail_size=800 if self.diagnostic_plot else 0,
         )
 
-    def _previous_levels(self, library) -> np.ndarray:
-        """Background already subtracted from each exposure, with SkyMatchStep's checks."""
-        previous = np.zeros(len(library))
-        for index in range(len(library)):
-            model = library.borrow(index)
-            try:
-                bkg = model.meta.background
-                if bkg.subtracted is None:
-                    if bkg.level is not None:
-                        raise ValueError(
-                            f"{model.meta.filename}: background level is set but 'subtracted' is undefined."
-                        )
-                else:
-                    if bkg.level is None:
-                        raise ValueError(
-                            f"{model.meta.filename}: background was subtracted but its level is undefined."
-                        )
-                    if bool(bkg.subtracted) != bool(self.subtract):
-                        raise ValueError(
-                            f"'subtract'={self.subtract} is inconsistent with the background already "
-                            f"recorded in {model.meta.filename} (subtracted={bkg.subtracted})."
-                        )
-                    if bkg.subtracted:
-                        previous[index] = float(bkg.level)
-            finally:
-                library.shelve(model, index, modify=False)
-        return previous
+    def _previous_level(self, meta: dict, name: str) -> float:
+        """Background already subtracted from an exposure, with SkyMatchStep's checks."""
+        level = meta.get("meta.background.level")
+        subtracted = meta.get("meta.background.subtracted")
+        if subtracted is None:
+            if level is not None:
+                raise ValueError(f"{name}: background level is set but 'subtracted' is undefined.")
+            return 0.0
+        if level is None:
+            raise ValueError(f"{name}: background was subtracted but its level is undefined.")
+        if bool(subtracted) != bool(self.subtract):
+            raise ValueError(
+                f"'subtract'={self.subtract} is inconsistent with the background already "
+                f"recorded in {name} (subtracted={subtracted})."
+            )
+        return float(level) if subtracted else 0.0
 
     def _check_alignment(self, result: MatchResult, names) -> None:
         """Warn about, or refuse, overlaps whose images are shifted against each other."""
@@ -405,7 +398,8 @@ class PixelSkyMatchStep(SkyMatchStep):
         method = f"pixel-{self.skymethod}"
         with library:
             for index in range(len(library)):
-                model = library.borrow(index)
+                with unvalidated_reads():
+                    model = library.borrow(index)
                 try:
                     plane = planes[index]
                     if plane is None:

@@ -1,0 +1,125 @@
+"""One timed sky-matching run for bench_scale.py (run in a fresh process).
+
+Prints one JSON line: wall time of the matching itself, peak RSS, RMS error
+of the recovered per-exposure offsets against the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
+warnings.simplefilter("ignore")
+
+import numpy as np
+
+from jwst_skymatch_plus.simulate import offset_rms_error
+
+
+def peak_rss() -> int:
+    """Peak resident set size (bytes) of this process plus its children's peaks."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) * 1024  # Linux reports KiB
+
+
+def levels_of(library) -> dict[str, float]:
+    out = {}
+    with library:
+        for i in range(len(library)):
+            m = library.borrow(i)
+            level = m.meta.background.level
+            out[m.meta.filename] = np.nan if level is None else float(level)
+            library.shelve(m, i, modify=False)
+    return out
+
+
+def naive(asn: str) -> dict[str, float]:
+    """Group images on full-mosaic arrays, all in memory (the baseline)."""
+    from jwst.datamodels import ModelLibrary
+
+    from jwst_skymatch_plus.core.grid import BBox, SkyGrid
+    from jwst_skymatch_plus.core.grouping import group_exposures
+    from jwst_skymatch_plus.core.resample import resample_to_grid
+    from jwst_skymatch_plus.core.solve import apply_match_down, solve_levels
+
+    library = ModelLibrary(asn, on_disk=True)
+    with library:
+        metas = [dict(library.read_metadata(i)) for i in range(len(library))]
+        wcs, shapes, names = [], [], []
+        for i in range(len(library)):
+            m = library.borrow(i)
+            wcs.append(m.meta.wcs)
+            shapes.append(m.data.shape)
+            names.append(m.meta.filename)
+            library.shelve(m, i, modify=False)
+        grid = SkyGrid.for_exposures(wcs, shapes)
+        full = BBox(0, grid.shape[1], 0, grid.shape[0])
+        groups = group_exposures(metas, "visit")
+        images = []
+        for members in groups:
+            acc = np.zeros(grid.shape, np.float32)
+            wsum = np.zeros(grid.shape, np.float32)
+            for k in members:
+                m = library.borrow(k)
+                good = np.isfinite(m.data) & ((m.dq & 1) == 0)
+                r = resample_to_grid(m.data, good, m.meta.wcs, grid, full)
+                library.shelve(m, k, modify=False)
+                acc += r.image * r.weight
+                wsum += r.weight
+            with np.errstate(invalid="ignore", divide="ignore"):
+                images.append((np.where(wsum > 0, acc / wsum, 0).astype(np.float32), wsum > 0))
+    ii, jj, dd, ss = [], [], [], []
+    for a in range(len(images)):
+        for b in range(a + 1, len(images)):
+            valid = images[a][1] & images[b][1]
+            n = int(valid.sum())
+            if n < 100:
+                continue
+            d = images[a][0][valid] - images[b][0][valid]
+            ii.append(a)
+            jj.append(b)
+            dd.append(float(np.median(d)))
+            ss.append(float(1.2533 * np.std(d) / np.sqrt(n)))
+    sol = solve_levels(len(groups), ii, jj, dd, ss, robust=False)
+    group_levels = apply_match_down(sol.levels[:, 0], sol.component)
+    out = {}
+    for g, members in enumerate(groups):
+        for k in members:
+            out[names[k]] = float(group_levels[g])
+    return out
+
+
+def main() -> int:
+    method, asn, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    logging.disable(logging.WARNING)
+    truth = np.load(Path(asn).parent / "truth.npz")
+    # Import everything before timing: start-up is not what we compare.
+    from jwst.skymatch import SkyMatchStep
+
+    from jwst_skymatch_plus import PixelSkyMatchStep
+
+    t0 = time.perf_counter()
+    if method == "stock":
+        levels = levels_of(SkyMatchStep.call(asn, skymethod="match"))
+    elif method == "ours":
+        levels = levels_of(PixelSkyMatchStep.call(asn, in_memory=False, n_workers=workers))
+    elif method == "naive":
+        levels = naive(asn)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    wall = time.perf_counter() - t0
+    rec = np.array([levels.get(str(f), np.nan) for f in truth["files"]])
+    print(json.dumps({"wall": wall, "rss": peak_rss(), "rms": offset_rms_error(rec, truth["level"])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

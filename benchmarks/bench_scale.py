@@ -1,0 +1,162 @@
+"""Wall time and peak memory of sky matching against the number of exposures.
+
+For each mosaic size (MIRI full frames, 2 dithers per visit) three methods run
+in fresh processes, one at a time:
+
+``stock``
+    jwst's SkyMatchStep (skymethod='match'), as calwebb_image3 runs it.
+``ours``
+    PixelSkyMatchStep with ``in_memory=False`` (on-disk library and group
+    store): memory bounded by a few groups.
+``ours-Nw``
+    The same with ``n_workers=N`` local processes (``--workers``).
+``naive``
+    The approach of the earlier pixel-matching tool, implemented here as a
+    baseline: every group resampled onto a full-mosaic array, all kept in
+    memory, pairs differenced over whole arrays.
+
+Peak memory is the peak resident set size of the process (plus the peaks of
+any worker processes it started).  The scaling exponent is the slope of
+log(time) against log(N).
+
+Usage::
+
+    python benchmarks/bench_scale.py                       # 10, 50, 100, 500 exposures
+    python benchmarks/bench_scale.py --sizes 10 50 --quick  # smaller detectors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
+
+HERE = Path(__file__).resolve().parent
+
+
+def layout_for(n: int) -> tuple[int, int]:
+    """Tiles (nx, ny) giving n exposures at 2 dithers per tile."""
+    tiles = n // 2
+    ny = max(1, int(math.sqrt(tiles / 2.5)))
+    while tiles % ny:
+        ny -= 1
+    return tiles // ny, ny
+
+
+def simulate(n: int, workdir: Path, quick: bool) -> Path:
+    """Write an n-exposure mosaic (once; reused by later runs)."""
+    import numpy as np
+
+    from jwst_skymatch_plus.simulate import simulate_mosaic, write_association
+
+    target = workdir / f"n{n}{'_quick' if quick else ''}"
+    asn = target / "bench_asn.json"
+    if asn.exists() and (target / "truth.npz").exists():
+        return asn
+    nx, ny = layout_for(n)
+    area = nx * ny
+    t0 = time.perf_counter()
+    sim = simulate_mosaic(
+        "miri",
+        shape=(256, 256) if quick else None,
+        tiles=(nx, ny),
+        dithers=2,
+        exposure_offset_sigma=0.05,
+        n_blobs=20 * area,
+        n_sources=40 * area,
+        out_dir=target,
+        minimal_arrays=True,
+        seed=n,
+    )
+    write_association(sim.filenames, target, "bench")
+    np.savez(target / "truth.npz", level=sim.truth.level, files=np.array(sim.filenames))
+    print(
+        f"  simulated {len(sim.models)} exposures ({nx} x {ny} tiles) in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    return asn
+
+
+def run_method(method: str, asn: Path, workers: int) -> dict:
+    """Run one method in a fresh interpreter; return its JSON report."""
+    run_dir = asn.parent / f"run_{method}"
+    run_dir.mkdir(exist_ok=True)
+    cmd = [sys.executable, str(HERE / "_scale_worker.py"), method, str(asn), str(workers)]
+    proc = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:120]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def slope(ns, ts):
+    import numpy as np
+
+    ok = [(n, t) for n, t in zip(ns, ts, strict=True) if t and t > 0]
+    if len(ok) < 2:
+        return float("nan")
+    x, y = np.log([n for n, _ in ok]), np.log([t for _, t in ok])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10, 50, 100, 500])
+    parser.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/skymatch_plus_bench"))
+    parser.add_argument("--quick", action="store_true", help="256 x 256 detectors")
+    parser.add_argument("--workers", type=int, default=2, help="workers for the parallel row (0: skip it)")
+    parser.add_argument("--naive-max", type=int, default=100, help="largest size run with the naive method")
+    parser.add_argument("--stock-max", type=int, default=500, help="largest size run with the stock step")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    methods = ["stock", "ours"] + ([f"ours-{args.workers}w"] if args.workers > 1 else []) + ["naive"]
+    results: dict[str, dict[int, dict]] = {m: {} for m in methods}
+    print(
+        f"# bench_scale ({'256x256' if args.quick else 'full-frame'} MIRI, 2 dithers/visit, workdir {workdir})"
+    )
+    print(f"| {'N':>4} | {'method':<9} | {'wall [s]':>9} | {'peak RSS [GiB]':>14} | {'rms error':>9} |")
+    print("|------|-----------|-----------|----------------|-----------|")
+    for n in args.sizes:
+        asn = simulate(n, workdir, args.quick)
+        for method in methods:
+            if method == "naive" and n > args.naive_max:
+                results[method][n] = {"skipped": f"> --naive-max {args.naive_max}"}
+            elif method == "stock" and n > args.stock_max:
+                results[method][n] = {"skipped": f"> --stock-max {args.stock_max}"}
+            else:
+                workers = args.workers if method.endswith("w") else 1
+                results[method][n] = run_method(method.split("-")[0], asn, workers)
+            r = results[method][n]
+            if "wall" in r:
+                print(
+                    f"| {n:>4} | {method:<9} | {r['wall']:>9.1f} | {r['rss'] / 2**30:>14.2f} | {r['rms']:>9.4f} |",
+                    flush=True,
+                )
+            else:
+                print(f"| {n:>4} | {method:<9} | {r.get('skipped') or r.get('error')} |", flush=True)
+    print()
+    for method in methods:
+        ns = [n for n in args.sizes if "wall" in results[method][n]]
+        print(f"scaling exponent ({method}): {slope(ns, [results[method][n]['wall'] for n in ns]):.2f}")
+    for n in args.sizes:
+        s, o, v = (results[m][n] for m in ("stock", "ours", "naive"))
+        parts = []
+        if "wall" in s and "wall" in o:
+            parts.append(f"ours/stock time {o['wall'] / s['wall']:.2f}")
+        if "wall" in v and "wall" in o:
+            parts.append(f"naive/ours time {v['wall'] / o['wall']:.1f}")
+        if parts:
+            print(f"N={n}: " + ", ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
