@@ -163,6 +163,12 @@ class SkyGrid:
         w.pixel_shape = (self.shape[1], self.shape[0])
         self.wcs = w
 
+    def __reduce__(self):
+        # Rebuild from the defining numbers: pickling astropy's WCS goes
+        # through a FITS header and rounds them, which would make results
+        # from worker processes differ (slightly) from serial ones.
+        return (type(self), (self.crval, self.pixel_scale, self.rotation, self.shape, self.crpix))
+
     # -- construction -----------------------------------------------------
     @classmethod
     def from_footprints(
