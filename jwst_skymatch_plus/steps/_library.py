@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from astropy.nddata.bitmask import bitfield_to_boolean_mask, interpret_bit_flags
@@ -93,7 +94,13 @@ def open_library(step, input_models):
     output = step.prepare_output(input_models, open_models=False)
     if isinstance(output, ModelLibrary):
         return output
-    return ModelLibrary(output, on_disk=not step.in_memory)
+    on_disk = not step.in_memory
+    if on_disk and not isinstance(output, (str, Path, dict)):
+        # Models already in memory cannot be moved to an on-disk library
+        # (jwst's SkyMatchStep fails here); keep them where they are.
+        log.info("in_memory=False: the input models are already in memory and stay there.")
+        on_disk = False
+    return ModelLibrary(output, on_disk=on_disk)
 
 
 def read_all_metadata(library) -> list[dict]:
