@@ -110,6 +110,8 @@ def main() -> int:
     if method == "stock":
         levels = levels_of(SkyMatchStep.call(asn, skymethod="match"))
     elif method == "ours":
+        levels = levels_of(PixelSkyMatchStep.call(asn, n_workers=workers))
+    elif method == "ours-disk":
         levels = levels_of(PixelSkyMatchStep.call(asn, in_memory=False, n_workers=workers))
     elif method == "naive":
         levels = naive(asn)

@@ -6,10 +6,12 @@ in fresh processes, one at a time:
 ``stock``
     jwst's SkyMatchStep (skymethod='match'), as calwebb_image3 runs it.
 ``ours``
+    PixelSkyMatchStep with its defaults (in memory, like the stock step).
+``ours-disk``
     PixelSkyMatchStep with ``in_memory=False`` (on-disk library and group
     store): memory bounded by a few groups.
 ``ours-Nw``
-    The same with ``n_workers=N`` local processes (``--workers``).
+    ``ours-disk`` with ``n_workers=N`` local processes (``--workers``).
 ``naive``
     The approach of the earlier pixel-matching tool, implemented here as a
     baseline: every group resampled onto a full-mosaic array, all kept in
@@ -117,7 +119,9 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    methods = ["stock", "ours"] + ([f"ours-{args.workers}w"] if args.workers > 1 else []) + ["naive"]
+    methods = (
+        ["stock", "ours", "ours-disk"] + ([f"ours-{args.workers}w"] if args.workers > 1 else []) + ["naive"]
+    )
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
     print(
         f"# bench_scale ({'256x256' if args.quick else 'full-frame'} MIRI, 2 dithers/visit, workdir {workdir})"
@@ -133,7 +137,10 @@ def main(argv=None) -> int:
                 results[method][n] = {"skipped": f"> --stock-max {args.stock_max}"}
             else:
                 workers = args.workers if method.endswith("w") else 1
-                results[method][n] = run_method(method.split("-")[0], asn, workers)
+                worker_method = {"ours-disk": "ours-disk"}.get(method, method.split("-")[0])
+                if method.endswith("w"):
+                    worker_method = "ours-disk"
+                results[method][n] = run_method(worker_method, asn, workers)
             r = results[method][n]
             if "wall" in r:
                 print(
