@@ -557,7 +557,9 @@ def build_group(
     ]
     offsets = np.zeros((m, ncoef))
     sig = np.zeros((m, ncoef))
-    comp = np.zeros(m, dtype=int) if m == 1 else np.full(m, -1)
+    # -1 until matching ties a member to another one: a lone exposure in a
+    # group that overlaps nothing must not count as matched.
+    comp = np.full(m, -1)
     member_pairs: list[PairMeasurement] = []
     if config.match_within_groups and m > 1:
         areas = [int(im.valid.sum()) for im in images]

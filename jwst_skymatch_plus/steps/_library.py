@@ -308,14 +308,21 @@ def _loader(library, index: int, mask, source: ExposureSource | None = None):
 
 
 def check_single_configuration(metas: Sequence[dict], names: Sequence[str]) -> None:
-    """Refuse to match exposures of different instruments, filters or pupils.
+    """Refuse to match exposures of different instruments, filters, pupils or units.
 
-    Backgrounds of different bands are not comparable pixel by pixel.
+    Backgrounds of different bands (or in different units) are not
+    comparable pixel by pixel.
     """
     keys = ("meta.instrument.name", "meta.instrument.filter", "meta.instrument.pupil")
     configs: dict[tuple, list[str]] = {}
     for meta, name in zip(metas, names, strict=True):
         configs.setdefault(tuple(meta.get(k) for k in keys), []).append(name)
+    units: dict[str, list[str]] = {}
+    for meta, name in zip(metas, names, strict=True):
+        units.setdefault(str(meta.get("meta.bunit_data")), []).append(name)
+    if len(units) > 1:
+        found = "; ".join(f"{u}: {len(files)} exposure(s), e.g. {files[0]}" for u, files in units.items())
+        raise ValueError(f"Exposures have different data units and cannot be sky-matched together: {found}")
     if len(configs) > 1:
         lines = [
             f"  {'/'.join(str(v) for v in cfg if v)}: {len(files)} exposure(s), e.g. {files[0]}"
