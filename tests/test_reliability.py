@@ -131,3 +131,31 @@ def test_reruns_give_identical_results(mosaic):
     first = levels_of(PixelSkyMatchStep.call(copy_models(mosaic)))
     second = levels_of(PixelSkyMatchStep.call(copy_models(mosaic)))
     np.testing.assert_array_equal(first, second)
+
+
+def test_outputs_are_written_through_a_rename(small_mosaic, tmp_path, monkeypatch):
+    """A crash while writing leaves no truncated product under the final name."""
+    import os
+
+    asn = small_mosaic.write(tmp_path / "in")
+    out = tmp_path / "out"
+    PixelSkyMatchStep.call(str(asn), save_results=True, output_dir=str(out))
+    products = sorted(out.glob("*.fits"))
+    assert len(products) == len(small_mosaic.models)
+    before = {p: p.read_bytes() for p in products}
+
+    real_replace = os.replace
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        PixelSkyMatchStep.call(str(asn), save_results=True, output_dir=str(out), subtract=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    # The earlier products are intact and no temporary files are left behind.
+    assert sorted(out.glob("*.fits")) == products
+    assert all(p.read_bytes() == before[p] for p in products)
+    assert not [p for p in out.iterdir() if p.name.startswith(".saving_")]
+    with ModelLibrary(str(asn)) as lib:  # inputs open as before
+        assert len(lib) == len(small_mosaic.models)

@@ -6,6 +6,8 @@ Shared by every step of the package; no algorithm lives here.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from ..core.regions import miri_lyot_region
 
 __all__ = [
     "PACKAGE_LOGGERS",
+    "AtomicSaveMixin",
     "MaskSettings",
     "package_logging",
     "check_single_configuration",
@@ -45,6 +48,43 @@ PACKAGE_LOGGERS = (
     "CRDS",
     "py.warnings",
 )
+
+
+class AtomicSaveMixin:
+    """Save a step's output models through a temporary file and a rename.
+
+    An interrupted run then leaves either the previous product or the new
+    one under the product's name, never a truncated file.  The model is
+    written under its final file name into a temporary directory next to the
+    destination (so ``meta.filename`` in the file is right) and moved into
+    place with an atomic rename.
+    """
+
+    def save_model(self, model, *args, **kwargs):
+        from stdatamodels import DataModel
+
+        if not isinstance(model, DataModel):
+            return super().save_model(model, *args, **kwargs)
+        plain_save = model.save
+
+        def atomic_save(path, dir_path=None, *save_args, **save_kwargs):
+            target = path(model.meta.filename) if callable(path) else path
+            head, tail = os.path.split(os.fspath(target))
+            head = dir_path or head or "."
+            os.makedirs(head, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".saving_", dir=head) as tmp:
+                written = plain_save(os.path.join(tmp, tail), None, *save_args, **save_kwargs)
+                final = os.path.join(head, os.path.basename(written))
+                os.replace(written, final)
+            return final
+
+        # A plain instance attribute (DataModel's own __setattr__ would put a
+        # function into the model's metadata tree).
+        object.__setattr__(model, "save", atomic_save)
+        try:
+            return super().save_model(model, *args, **kwargs)
+        finally:
+            object.__delattr__(model, "save")
 
 
 @contextmanager

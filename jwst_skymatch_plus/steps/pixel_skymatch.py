@@ -18,6 +18,7 @@ from ..core.planes import DetectorPlane, detector_plane
 from ..core.reference import apply_reference, choose_reference
 from ._library import (
     PACKAGE_LOGGERS,
+    AtomicSaveMixin,
     MaskSettings,
     check_single_configuration,
     exposure_sources,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 RECORD_KEY = "skymatch_plus"
 
 
-class PixelSkyMatchStep(SkyMatchStep):
+class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
     """Equalize sky backgrounds using per-pixel differences on a common grid.
 
     A drop-in replacement for jwst's ``SkyMatchStep``: same inputs, same
