@@ -96,14 +96,13 @@ def _levels(library) -> list[float]:
     return out
 
 
-def _mosaic(models, levels, scale: float = 4.0):
-    """Mean mosaic on a coarse grid of exposures with ``levels`` removed."""
+def _mosaic(models, levels, grid):
+    """Mean mosaic on ``grid`` of exposures with ``levels`` removed."""
     import numpy as np
 
-    from .core.grid import SkyGrid, footprint_of
+    from .core.grid import footprint_of
     from .core.resample import resample_to_grid
 
-    grid = SkyGrid.for_exposures([m.meta.wcs for m in models], [m.data.shape for m in models], scale)
     acc = np.zeros(grid.shape)
     wsum = np.zeros(grid.shape)
     for m, lev in zip(models, levels, strict=True):
@@ -214,16 +213,36 @@ def run_demo(outdir: str | Path = "skymatch_plus_demo", seed: int = 3, quick: bo
             (f"stock SkyMatchStep (rms {stock['rms']:.3f})", stock["levels"]),
             (f"PixelSkyMatchStep (rms {ours['rms']:.4f})", ours["levels"]),
         ]
-        images = [_mosaic(sim.models, lev) for _, lev in panels]
+        from .core.grid import SkyGrid
+
+        grid = SkyGrid.for_exposures(
+            [m.meta.wcs for m in sim.models], [m.data.shape for m in sim.models], 2.0
+        )
+        images = [_mosaic(sim.models, lev, grid) for _, lev in panels]
+        # The simulator knows the sky: what is left after removing it is the
+        # background the mosaic still carries, seams and all.
+        scene = sim.true_sky(grid.wcs, grid.shape)
+        residuals = [img - scene for img in images]
         ref = images[2]
-        lo, hi = np.nanpercentile(ref, [2, 60])
-        fig, axes = plt.subplots(1, 3, figsize=(15, 5.2), constrained_layout=True)
-        for ax, (title, _), img in zip(axes, panels, images, strict=True):
-            shown = img - np.nanmedian(img) + np.nanmedian(ref)
-            ax.imshow(shown, origin="lower", cmap="magma", vmin=lo, vmax=hi)
+        lo, hi = np.nanpercentile(ref, [1, 99.5])
+        span = 3 * np.nanstd(residuals[2] - np.nanmedian(residuals[2])) + 0.05
+        fig, axes = plt.subplots(2, 3, figsize=(15, 9), constrained_layout=True)
+        for col, ((title, _), img, res) in enumerate(zip(panels, images, residuals, strict=True)):
+            ax = axes[0, col]
+            ax.imshow(
+                img - np.nanmedian(img) + np.nanmedian(ref),
+                origin="lower",
+                cmap="magma",
+                norm=matplotlib.colors.AsinhNorm(vmin=lo, vmax=hi, linear_width=0.5),
+            )
             ax.set_title(title)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax = axes[1, col]
+            shown = ax.imshow(res - np.nanmedian(res), origin="lower", cmap="RdBu_r", vmin=-span, vmax=span)
+            ax.set_title("mosaic minus true sky")
+            for a in axes[:, col]:
+                a.set_xticks([])
+                a.set_yticks([])
+        fig.colorbar(shown, ax=axes[1, :], shrink=0.8, label="background error (MJy/sr)")
         fig.suptitle("Simulated MIRI mosaic: background seams before and after sky matching")
         fig.savefig(png, dpi=90)
         plt.close(fig)
