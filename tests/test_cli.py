@@ -18,7 +18,9 @@ def test_demo_reports_truth_and_writes_the_figure(tmp_path, capsys):
 
 
 def test_simulate_command_writes_an_association(tmp_path, capsys):
-    assert main(["simulate", str(tmp_path), "--shape", "64", "64", "--tiles", "2", "1", "--dithers", "2"]) == 0
+    assert (
+        main(["simulate", str(tmp_path), "--shape", "64", "64", "--tiles", "2", "1", "--dithers", "2"]) == 0
+    )
     asn = json.loads((tmp_path / "sim_mosaic_asn.json").read_text())
     members = asn["products"][0]["members"]
     assert len(members) == 4
