@@ -17,8 +17,8 @@ in fresh processes, one at a time:
     baseline: every group resampled onto a full-mosaic array, all kept in
     memory, pairs differenced over whole arrays.
 
-Peak memory is the peak resident set size of the process (plus the peaks of
-any worker processes it started).  The scaling exponent is the slope of
+Peak memory is the peak resident set size of the process and its worker
+processes together, sampled every 50 ms.  The scaling exponent is the slope of
 log(time) against log(N).
 
 Usage::
@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,14 +86,38 @@ def simulate(n: int, workdir: Path, quick: bool) -> Path:
 
 
 def run_method(method: str, asn: Path, workers: int) -> dict:
-    """Run one method in a fresh interpreter; return its JSON report."""
+    """Run one method in a fresh interpreter; return its JSON report.
+
+    Peak memory is sampled here, every 50 ms, as the summed resident set of
+    the process and all its descendants (worker pools included).  (The
+    kernel's ru_maxrss would not do: it survives exec and so reports the
+    high-water mark of whatever forked the process.)
+    """
+    import tempfile
+
+    import psutil
+
     run_dir = asn.parent / f"run_{method}"
     run_dir.mkdir(exist_ok=True)
     cmd = [sys.executable, str(HERE / "_scale_worker.py"), method, str(asn), str(workers)]
-    proc = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = psutil.Popen(cmd, cwd=run_dir, stdout=out, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                procs = [proc, *proc.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:120]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"error": (stderr or stdout).strip().splitlines()[-1][:120]}
+    report = json.loads(stdout.strip().splitlines()[-1])
+    report["rss"] = peak
+    return report
 
 
 def slope(ns, ts):
