@@ -1,28 +1,420 @@
-"""calwebb_image3 with pixel-based sky matching."""
+"""calwebb_image3 with pixel-based sky matching and the stages around it."""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
 from jwst.pipeline import Image3Pipeline
 
-from .steps._library import PACKAGE_LOGGERS
+from .background import BGR_CHECK_TYPES, BackgroundRule, classify_exposures, format_times, load_association
+from .core.grouping import instrument_family, parse_families, regrouped_id
+from .steps._library import PACKAGE_LOGGERS, AtomicSaveMixin, unvalidated_reads
 from .steps.pixel_skymatch import PixelSkyMatchStep
 
 __all__ = ["Image3PlusPipeline"]
 
+log = logging.getLogger(__name__)
 
-class Image3PlusPipeline(Image3Pipeline):
-    """Image3Pipeline with :class:`PixelSkyMatchStep` as its ``skymatch`` step.
+#: Our optional stages: they run only when their ``skip`` is set to False.
+OPTIONAL_STAGES = ("apply_wcs_adjust", "level_match")
 
-    Every other stage and parameter is jwst's own, so
-    ``strun calwebb_image3_plus asn.json --steps.skymatch.fit_type=level+slope``
-    and ``--steps.resample.<param>=...`` work as for ``calwebb_image3``.
+
+def _optional_stage_defs() -> dict:
+    """Our optional stages, for the steps of them that are installed."""
+    defs = {}
+    try:
+        from .steps.wcs_adjust import ApplyWCSAdjustStep
+
+        defs["apply_wcs_adjust"] = ApplyWCSAdjustStep
+    except ImportError:  # pragma: no cover - only while a step is not part of the package
+        pass
+    try:
+        from .steps.level_match import LevelMatchStep
+
+        defs["level_match"] = LevelMatchStep
+    except ImportError:  # pragma: no cover
+        pass
+    return defs
+
+
+_OPTIONAL = _optional_stage_defs()
+
+
+class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
+    """Image3Pipeline with :class:`PixelSkyMatchStep` and optional stages of ours.
+
+    Stages, in order: ``assign_mtwcs`` (moving targets) or
+    ``apply_wcs_adjust`` (optional) and ``tweakreg``; ``level_match``
+    (optional); ``skymatch`` (:class:`PixelSkyMatchStep`);
+    ``outlier_detection``; ``resample``; ``source_catalog``.  Then, when asked,
+    every exposure drizzled alone onto the mosaic grid (``do_drizzle``,
+    ``*_i2d_single.fits``) and the mosaic blotted back onto every exposure's
+    detector (``do_blot``, ``*_i2d_blot.fits``).
+
+    The optional stages are skipped by default and run with
+    ``--steps.apply_wcs_adjust.skip=false`` (plus its table) and
+    ``--steps.level_match.skip=false``.  Every jwst stage keeps its
+    parameters under ``steps.``.  Grouping switches change the exposures'
+    group metadata for this run only; input files are never changed.
     """
 
     class_alias = "calwebb_image3_plus"
 
-    step_defs = {**Image3Pipeline.step_defs, "skymatch": PixelSkyMatchStep}
+    spec = (
+        Image3Pipeline.spec
+        + f"""
+    tweakreg_group_dithers = string(default='')  # families (miri, nircam_long, nircam_short) whose dithers of a visit tweakreg aligns as one group
+    tweakreg_degroup_dithers = string(default='')  # families whose exposures tweakreg aligns one by one (jwst's default)
+    tweakreg_degroup_nircam_modules = boolean(default=False)  # tweakreg aligns NIRCam modules A and B separately
+    tweakreg_degroup_nircam_short_chips = boolean(default=False)  # tweakreg aligns each NIRCam short-wavelength chip separately
+    skymatch_group_dithers = string(default='')  # families whose dithers of a visit share one sky level (skymatch grouping 'visit')
+    skymatch_degroup_dithers = string(default='')  # families whose exposures each get their own sky level (grouping 'group_id')
+    bgr_check_type = option({", ".join(repr(t) for t in BGR_CHECK_TYPES)}, default='asn_exptype')  # how background observations are recognised
+    bgr_background_name = string(default='off')  # text in the file name (bgr_check_type='name') or target name ('target_name')
+    bgr_keyword = string(default='meta.observation.bkgdtarg')  # metadata keyword for bgr_check_type='keyword'
+    bgr_keyword_value = string(default='true')  # value of bgr_keyword that marks a background observation
+    process_bgr_like_science = boolean(default=False)  # put background observations into the mosaic like science
+    do_drizzle = boolean(default=False)  # also drizzle each exposure alone onto the mosaic grid (*_i2d_single)
+    do_blot = boolean(default=False)  # also blot the mosaic onto each exposure's detector (*_i2d_blot)
+    blot_fillval = string(default='nan')  # value of blotted pixels outside the mosaic
+    """  # noqa: E501
+    )
+
+    step_defs = {
+        "assign_mtwcs": Image3Pipeline.step_defs["assign_mtwcs"],
+        **{k: v for k, v in _OPTIONAL.items() if k == "apply_wcs_adjust"},
+        "tweakreg": Image3Pipeline.step_defs["tweakreg"],
+        **{k: v for k, v in _OPTIONAL.items() if k == "level_match"},
+        "skymatch": PixelSkyMatchStep,
+        "outlier_detection": Image3Pipeline.step_defs["outlier_detection"],
+        "resample": Image3Pipeline.step_defs["resample"],
+        "source_catalog": Image3Pipeline.step_defs["source_catalog"],
+    }
+
+    @classmethod
+    def load_spec_file(cls, preserve_comments=None):
+        """The pipeline's spec, with our optional stages skipped by default."""
+        kwargs = {} if preserve_comments is None else {"preserve_comments": preserve_comments}
+        spec = super().load_spec_file(**kwargs)
+        for name in OPTIONAL_STAGES:
+            if name in spec["steps"]:
+                spec["steps"][name]["skip"] = "boolean(default=True)"
+        return spec
 
     @staticmethod
     def get_stpipe_loggers():
         """Loggers stpipe configures when this pipeline runs: ours and jwst's."""
         return PACKAGE_LOGGERS
+
+    # ------------------------------------------------------------------ run
+
+    def process(self, input_data):
+        """Run the level-3 imaging stages on an association or a list of exposures.
+
+        Parameters
+        ----------
+        input_data : str, dict, list, ModelLibrary or DataModel
+            An image3 association (file or dictionary), a list of models or
+            file names, or a ``ModelLibrary``.
+        """
+        log.info("Starting calwebb_image3_plus ...")
+        self._check_grouping_parameters()
+        self.outlier_detection.suffix = "crf"
+        self.outlier_detection.mode = "imaging"
+        self.outlier_detection.save_results = self.save_results
+        self.resample.suffix = "i2d"
+        self.resample.save_results = self.save_results
+        self.source_catalog.save_results = self.save_results
+
+        library = self._load_input_as_library(input_data)
+        if self.output_file is None and "name" in library.asn["products"][0]:
+            self.output_file = library.asn["products"][0]["name"]
+        if len(library) == 0:
+            raise ValueError("No science exposures to process (all members were background observations?)")
+
+        with library:
+            metas = [dict(library.read_metadata(i)) for i in range(len(library))]
+        self._configure_skymatch_grouping(metas)
+
+        if len(library.group_names) >= 1:
+            from jwst.lib.exposure_types import is_moving_target
+
+            with library:
+                is_moving = is_moving_target(library.read_metadata(0))
+            if is_moving:
+                library = self.assign_mtwcs.run(library)
+            else:
+                library = self._run_optional("apply_wcs_adjust", library)
+                jwst_groups = self._regroup_for_tweakreg(library, metas)
+                library = self.tweakreg.run(library)
+                if jwst_groups is not None:
+                    # Outlier detection and resample need jwst's exposure groups.
+                    set_group_ids(library, jwst_groups)
+            library = self._run_optional("level_match", library)
+            library = self.skymatch.run(library)
+            library = self.outlier_detection.run(library)
+        elif self.skymatch.skymethod == "match":
+            log.warning("Only one exposure: sky matching skipped (there is nothing to match it to).")
+        else:
+            library = self.skymatch.run(library)
+
+        mosaic = self.resample.run(library)
+        from stdatamodels.jwst import datamodels
+
+        if not isinstance(mosaic, datamodels.ImageModel) or mosaic.meta.cal_step.resample != "COMPLETE":
+            return
+        self.source_catalog.run(mosaic)
+        if self.do_drizzle:
+            self._drizzle_singles(library, mosaic)
+        if self.do_blot:
+            self._blot_mosaic(library, mosaic)
+
+    def _run_optional(self, name: str, library):
+        step = getattr(self, name, None)
+        if step is None or step.skip:
+            return library
+        return step.run(library)
+
+    # ------------------------------------------------------- input and grouping
+
+    def _background_rule(self) -> BackgroundRule:
+        return BackgroundRule(
+            check_type=self.bgr_check_type,
+            name=self.bgr_background_name,
+            keyword=self.bgr_keyword,
+            value=self.bgr_keyword_value,
+        )
+
+    def _load_input_as_library(self, input_data):
+        """Load the science exposures (and background ones when asked) into a ModelLibrary.
+
+        Background observations are recognised by ``bgr_check_type``; their
+        times go to ``skymatch`` (and ``level_match``) as the reference for
+        ``reference='closest_to_background'``.
+        """
+        from jwst.datamodels import ModelLibrary
+
+        if isinstance(input_data, ModelLibrary):
+            return input_data
+        if isinstance(input_data, (str, os.PathLike)) and Path(input_data).suffix.lower() in (
+            ".fits",
+            ".asdf",
+        ):
+            input_data = [os.fspath(input_data)]
+        elif isinstance(input_data, (str, os.PathLike)) and Path(input_data).suffix.lower() not in (
+            ".json",
+            ".yaml",
+            ".yml",
+        ):
+            raise ValueError(f"Input file {input_data} is neither an association nor a model file")
+
+        rule = self._background_rule()
+        with unvalidated_reads():
+            exposures = classify_exposures(input_data, rule)
+        background = [e for e in exposures if e.background]
+        self._pass_background_times(background)
+        keep = [(not e.background) or self.process_bgr_like_science for e in exposures]
+        if background:
+            action = "processed like science" if self.process_bgr_like_science else "left out of the mosaic"
+            for e in background:
+                log.info("Background observation %s (%s): %s", e.filename, e.reason, action)
+        else:
+            log.info("No background observations found (rule: %s)", rule.describe())
+
+        on_disk = not self.in_memory
+        if isinstance(input_data, (str, os.PathLike, Mapping)):
+            if isinstance(input_data, Mapping):
+                asn, asn_dir = dict(input_data), Path.cwd()
+            else:
+                asn, asn_dir = load_association(input_data), Path(input_data).resolve().parent
+            asn = _filtered_association(asn, asn_dir, keep)
+            return ModelLibrary(asn, on_disk=on_disk)
+        items = [input_data] if not isinstance(input_data, Sequence) else list(input_data)
+        chosen = [item for item, k in zip(items, keep, strict=True) if k]
+        return ModelLibrary(
+            [item if not isinstance(item, os.PathLike) else os.fspath(item) for item in chosen],
+            on_disk=on_disk,
+        )
+
+    def _pass_background_times(self, background) -> None:
+        times = [t for t in (e.time("mid") for e in background) if t is not None]
+        if not times:
+            return
+        text = format_times(times)
+        for name in ("skymatch", "level_match"):
+            step = getattr(self, name, None)
+            if step is not None and hasattr(step, "background_times") and not step.background_times:
+                step.background_times = text
+        log.info("Times of %d background observation(s) passed on as the sky time reference", len(times))
+
+    def _check_grouping_parameters(self) -> None:
+        for stage in ("tweakreg", "skymatch"):
+            joined = parse_families(getattr(self, f"{stage}_group_dithers"), f"{stage}_group_dithers")
+            split = parse_families(getattr(self, f"{stage}_degroup_dithers"), f"{stage}_degroup_dithers")
+            if joined & split:
+                raise ValueError(
+                    f"{', '.join(sorted(joined & split))} listed in both {stage}_group_dithers "
+                    f"and {stage}_degroup_dithers"
+                )
+
+    def _configure_skymatch_grouping(self, metas: Sequence[Mapping]) -> None:
+        families = {instrument_family(m) for m in metas}
+        joined = parse_families(self.skymatch_group_dithers, "skymatch_group_dithers")
+        split = parse_families(self.skymatch_degroup_dithers, "skymatch_degroup_dithers")
+        if families & joined:
+            self.skymatch.grouping = "visit"
+        elif families & split:
+            self.skymatch.grouping = "group_id"
+        else:
+            return
+        log.info(
+            "Sky matching grouping for %s: %r", ", ".join(sorted(families - {None})), self.skymatch.grouping
+        )
+
+    def _regroup_for_tweakreg(self, library, metas: Sequence[Mapping]) -> list[str] | None:
+        """Give tweakreg the grouping asked for; return jwst's ids to restore, or None."""
+        joined = parse_families(self.tweakreg_group_dithers, "tweakreg_group_dithers")
+        if not (joined or self.tweakreg_degroup_nircam_modules or self.tweakreg_degroup_nircam_short_chips):
+            # tweakreg_degroup_dithers is jwst's own grouping: nothing to change.
+            return None
+        ids = [
+            regrouped_id(
+                m,
+                group_dithers=instrument_family(m) in joined,
+                split_modules=self.tweakreg_degroup_nircam_modules,
+                split_short_chips=self.tweakreg_degroup_nircam_short_chips,
+            )
+            for m in metas
+        ]
+        log.info("tweakreg aligns %d group(s) of %d exposures", len(set(ids)), len(ids))
+        return set_group_ids(library, ids)
+
+    # ------------------------------------------------- per-exposure products
+
+    def _drizzle_singles(self, library, mosaic) -> None:
+        """Drizzle every exposure alone onto the mosaic's grid (``*_i2d_single``)."""
+        from jwst.datamodels import ModelLibrary
+        from jwst.resample.resample import ResampleImage
+
+        kwargs = self.resample.get_drizpars()
+        kwargs["output_wcs"] = _grid_wcs(mosaic)
+        kwargs["wcs_pars"] = None
+        kwargs["blendheaders"] = False
+        log.info("Drizzling %d exposure(s) one by one onto the mosaic grid", len(library))
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                try:
+                    single = ResampleImage(
+                        ModelLibrary([model.copy()], on_disk=False),
+                        enable_ctx=False,
+                        enable_var=False,
+                        compute_err="driz_err",
+                        **kwargs,
+                    ).resample_many_to_one()
+                    single.meta.filename = None
+                    self._save_product(single, model.meta.filename, "i2d_single")
+                finally:
+                    library.shelve(model, index, modify=False)
+
+    def _blot_mosaic(self, library, mosaic) -> None:
+        """Blot the mosaic back onto every exposure's detector (``*_i2d_blot``)."""
+        from stcal.outlier_detection.utils import gwcs_blot
+        from stdatamodels.jwst import datamodels
+
+        fillval = _parse_fillval(self.blot_fillval)
+        log.info("Blotting the mosaic onto %d exposure frame(s)", len(library))
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                try:
+                    data = gwcs_blot(
+                        mosaic.data,
+                        mosaic.meta.wcs,
+                        model.data.shape,
+                        model.meta.wcs,
+                        fillval=fillval,
+                        pixmap_stepsize=self.resample.pixmap_stepsize,
+                        pixmap_order=self.resample.pixmap_order,
+                    )
+                    blot = datamodels.ImageModel(data=data)
+                    blot.update(model, only="PRIMARY")
+                    blot.update(model, only="SCI")
+                    blot.meta.wcs = model.meta.wcs
+                    blot.meta.wcsinfo = model.meta.wcsinfo
+                    blot.meta.bunit_data = mosaic.meta.bunit_data
+                    self._save_product(blot, model.meta.filename, "i2d_blot")
+                finally:
+                    library.shelve(model, index, modify=False)
+
+    def _save_product(self, model, exposure_name: str, suffix: str) -> None:
+        if not self.save_results:
+            return
+        self.save_model(model, output_file=exposure_name, suffix=suffix, force=True)
+
+
+def set_group_ids(library, group_ids: Sequence[str]) -> list[str]:
+    """Set a ModelLibrary's member group ids (and its models'); return the old ones.
+
+    stpipe's ``ModelLibrary`` keeps the association members it was built
+    from and gives no setter for them; tweakreg reads the grouping both from
+    the members (``group_names``) and from each model's ``meta.group_id``;
+    outlier detection and resample from the members.  Both are updated
+    here, for a library in memory or on disk.
+    """
+    members = library._members
+    if len(group_ids) != len(members):
+        raise ValueError(f"{len(group_ids)} group ids for {len(members)} exposures")
+    original = [m["group_id"] for m in members]
+    for member, gid in zip(members, group_ids, strict=True):
+        member["group_id"] = gid
+    with library:
+        for index in range(len(library)):
+            model = library.borrow(index)
+            model.meta.group_id = group_ids[index]
+            # modify=True: an on-disk library reloads models from its own
+            # temporary files without re-applying the member's id.
+            library.shelve(model, index, modify=True)
+    return original
+
+
+def _filtered_association(asn: dict, asn_dir: Path, keep: Sequence[bool]) -> dict:
+    """The association with absolute member paths, background members dropped or kept as science."""
+    from .background import association_members
+
+    members = association_members(asn, asn_dir)
+    if len(members) != len(keep):
+        raise RuntimeError("association members changed while reading them")
+    product = dict(asn["products"][0])
+    product["members"] = [
+        {**member, "expname": path, "exptype": "science"}
+        for (member, path), k in zip(members, keep, strict=True)
+        if k
+    ]
+    out = {k: v for k, v in asn.items() if k != "products"}
+    out["products"] = [product]
+    return out
+
+
+def _grid_wcs(mosaic) -> dict:
+    """The mosaic's grid as jwst's resampling takes a custom output WCS."""
+    import copy
+
+    wcs = copy.deepcopy(mosaic.meta.wcs)
+    ny, nx = mosaic.data.shape
+    wcs.array_shape = (ny, nx)
+    wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    area = mosaic.meta.photometry.pixelarea_arcsecsq
+    scale = math.sqrt(area) if area else None
+    return {"wcs": wcs, "pixel_scale": scale, "pixel_area": area}
+
+
+def _parse_fillval(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"blot_fillval must be a number or 'nan', not {text!r}") from exc

@@ -26,7 +26,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["GROUPING_TOKENS", "exposure_label", "group_exposures", "group_key", "parse_grouping"]
+__all__ = [
+    "GROUPING_TOKENS",
+    "INSTRUMENT_FAMILIES",
+    "exposure_label",
+    "group_exposures",
+    "group_key",
+    "instrument_family",
+    "parse_families",
+    "parse_grouping",
+    "regrouped_id",
+]
 
 _VISIT_KEYS = (
     "meta.observation.program_number",
@@ -131,3 +141,72 @@ def exposure_label(meta: Mapping, index: int) -> str:
     """Short human-readable name of an exposure (its file name when known)."""
     name = meta.get("meta.filename")
     return str(name) if name else f"exposure {index}"
+
+
+#: Instrument families the pipeline's grouping switches name.
+INSTRUMENT_FAMILIES = ("miri", "nircam_long", "nircam_short")
+
+
+def instrument_family(meta: Mapping) -> str | None:
+    """``'miri'``, ``'nircam_long'``, ``'nircam_short'``, or None for other instruments."""
+    instrument = _value(meta, "meta.instrument.name").upper()
+    if instrument == "MIRI":
+        return "miri"
+    if instrument == "NIRCAM":
+        detector = _value(meta, "meta.instrument.detector").upper()
+        return "nircam_long" if detector.endswith("LONG") else "nircam_short"
+    return None
+
+
+def parse_families(value: str | Sequence[str] | None, what: str) -> frozenset[str]:
+    """Instrument families from a comma-separated string or a list.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not in :data:`INSTRUMENT_FAMILIES`.
+
+    """
+    if value is None:
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    families = frozenset(str(v).strip().lower() for v in items if str(v).strip())
+    unknown = sorted(families - set(INSTRUMENT_FAMILIES))
+    if unknown:
+        raise ValueError(
+            f"{what}: unknown instrument family {', '.join(unknown)}; use {', '.join(INSTRUMENT_FAMILIES)}"
+        )
+    return families
+
+
+def regrouped_id(
+    meta: Mapping,
+    *,
+    group_dithers: bool = False,
+    split_modules: bool = False,
+    split_short_chips: bool = False,
+) -> str:
+    """A jwst-style ``group_id`` with dithers joined or detectors split.
+
+    jwst's own ``group_id`` puts the detectors read out together (one
+    exposure) into one group.  ``group_dithers`` drops the activity and
+    exposure numbers, so all exposures of a visit (its dithers) share one
+    group; ``split_modules`` adds the NIRCam module and ``split_short_chips``
+    the NIRCam short-wavelength detector, so those are aligned on their own.
+
+    Parameters
+    ----------
+    meta : mapping
+        Flat metadata of one exposure.
+    group_dithers, split_modules, split_short_chips : bool
+        See above.
+
+    """
+    keys = _GROUP_ID_KEYS[:5] if group_dithers else _GROUP_ID_KEYS
+    gid = "jw" + "_".join(_value(meta, k) for k in keys)
+    family = instrument_family(meta)
+    if split_modules and family in ("nircam_long", "nircam_short"):
+        gid += "_" + (_value(meta, "meta.instrument.module") or _value(meta, "meta.instrument.detector")[3:4])
+    if split_short_chips and family == "nircam_short":
+        gid += "_" + _value(meta, "meta.instrument.detector")
+    return gid

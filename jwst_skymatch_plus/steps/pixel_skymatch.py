@@ -36,6 +36,9 @@ __all__ = ["PixelSkyMatchStep"]
 
 log = logging.getLogger(__name__)
 
+#: Correlation peaks below this many robust sigmas of the surface are not trusted.
+MIN_SHIFT_SIGNIFICANCE = 6.0
+
 #: Namespace of this package's per-exposure records in ``model.meta``.
 RECORD_KEY = "skymatch_plus"
 
@@ -241,10 +244,15 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         """Warn about, or refuse, overlaps whose images are shifted against each other."""
         if self.alignment_check == "off" or not result.alignment:
             return
+        # A peak no higher above the correlation surface than noise peaks are
+        # (significance 3-4) is chance, however high its correlation: small
+        # overlaps give such peaks at large shifts.
         trusted = [
             c
             for c in result.alignment
-            if c.shift is not None and c.shift.correlation >= self.min_shift_correlation
+            if c.shift is not None
+            and c.shift.correlation >= self.min_shift_correlation
+            and c.shift.significance >= MIN_SHIFT_SIGNIFICANCE
         ]
         untrusted = len(result.alignment) - len(trusted)
         bad = [c for c in trusted if c.shift.length > self.max_misalignment]
