@@ -312,9 +312,7 @@ def _iter_inputs(input_data: Any):
             yield item.meta.filename or "model", exptype, (lambda m=item: _model_meta(m))
 
 
-def background_times(
-    input_data: Any, rule: BackgroundRule | None = None, kind: str = "mid"
-) -> list[float]:
+def background_times(input_data: Any, rule: BackgroundRule | None = None, kind: str = "mid") -> list[float]:
     """Times (MJD) of the background observations of an input.
 
     This is the helper for steps that use background observations as a time
