@@ -41,7 +41,6 @@ def naive(asn: str) -> dict[str, float]:
     from jwst_skymatch_plus.core.grid import BBox, SkyGrid
     from jwst_skymatch_plus.core.grouping import group_exposures
     from jwst_skymatch_plus.core.resample import resample_to_grid
-    from jwst_skymatch_plus.core.solve import apply_match_down, solve_levels
 
     library = ModelLibrary(asn, on_disk=True)
     with library:
@@ -69,6 +68,52 @@ def naive(asn: str) -> dict[str, float]:
                 wsum += r.weight
             with np.errstate(invalid="ignore", divide="ignore"):
                 images.append((np.where(wsum > 0, acc / wsum, 0).astype(np.float32), wsum > 0))
+    return _solve_full_arrays(images, groups, names)
+
+
+def naive_jwst(asn: str) -> dict[str, float]:
+    """The earlier tool's approach: jwst's own resampling of each group onto the full mosaic.
+
+    Every group goes through jwst's ``ResampleImage`` onto the mosaic grid
+    that calwebb_image3 would use (no context or variance arrays, as outlier
+    detection resamples), then pairs are differenced over whole arrays.
+    """
+    from jwst.datamodels import ModelLibrary
+    from jwst.resample.resample import ResampleImage
+    from jwst.resample.resample_utils import resampled_wcs_from_models
+
+    from jwst_skymatch_plus.core.grouping import group_exposures
+
+    library = ModelLibrary(asn, on_disk=True)
+    wcs = resampled_wcs_from_models(library)[0]  # opens the library itself
+    with library:
+        metas = [dict(library.read_metadata(i)) for i in range(len(library))]
+        groups = group_exposures(metas, "visit")
+        images, names = [], [None] * len(library)
+        for members in groups:
+            models = []
+            for k in members:
+                m = library.borrow(k)
+                names[k] = m.meta.filename
+                models.append(m.copy())
+                library.shelve(m, k, modify=False)
+            result = ResampleImage(
+                ModelLibrary(models, on_disk=False),
+                output_wcs={"wcs": wcs, "pixel_scale": None},
+                enable_ctx=False,
+                enable_var=False,
+                compute_err=None,
+                blendheaders=False,
+            ).resample_many_to_one()
+            images.append((result.data, result.wht > 0))
+            del models, result
+    return _solve_full_arrays(images, groups, names)
+
+
+def _solve_full_arrays(images, groups, names) -> dict[str, float]:
+    """Median of every pair's full-array difference, then one least-squares solution."""
+    from jwst_skymatch_plus.core.solve import apply_match_down, solve_levels
+
     ii, jj, dd, ss = [], [], [], []
     for a in range(len(images)):
         for b in range(a + 1, len(images)):
@@ -77,6 +122,7 @@ def naive(asn: str) -> dict[str, float]:
             if n < 100:
                 continue
             d = images[a][0][valid] - images[b][0][valid]
+            d = d[np.isfinite(d)]
             ii.append(a)
             jj.append(b)
             dd.append(float(np.median(d)))
@@ -108,6 +154,8 @@ def main() -> int:
         levels = levels_of(PixelSkyMatchStep.call(asn, in_memory=False, n_workers=workers))
     elif method == "naive":
         levels = naive(asn)
+    elif method == "naive-jwst":
+        levels = naive_jwst(asn)
     else:
         raise SystemExit(f"unknown method {method}")
     wall = time.perf_counter() - t0

@@ -13,9 +13,12 @@ in fresh processes, one at a time:
 ``ours-Nw``
     ``ours-disk`` with ``n_workers=N`` local processes (``--workers``).
 ``naive``
-    The approach of the earlier pixel-matching tool, implemented here as a
-    baseline: every group resampled onto a full-mosaic array, all kept in
+    The algorithm of the earlier pixel-matching tool, with our lean
+    resampler: every group resampled onto a full-mosaic array, all kept in
     memory, pairs differenced over whole arrays.
+``naive-jwst``
+    The same, resampling each group with jwst's own ``ResampleImage`` onto
+    the mosaic grid calwebb_image3 would use, as the earlier tool did.
 
 Peak memory is the peak resident set size of the process and its worker
 processes together, sampled every 50 ms.  The scaling exponent is the slope of
@@ -143,46 +146,50 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
 
     methods = (
-        ["stock", "ours", "ours-disk"] + ([f"ours-{args.workers}w"] if args.workers > 1 else []) + ["naive"]
+        ["stock", "ours", "ours-disk"]
+        + ([f"ours-{args.workers}w"] if args.workers > 1 else [])
+        + ["naive", "naive-jwst"]
     )
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
     print(
         f"# bench_scale ({'256x256' if args.quick else 'full-frame'} MIRI, 2 dithers/visit, workdir {workdir})"
     )
-    print(f"| {'N':>4} | {'method':<9} | {'wall [s]':>9} | {'peak RSS [GiB]':>14} | {'rms error':>9} |")
-    print("|------|-----------|-----------|----------------|-----------|")
+    print(f"| {'N':>4} | {'method':<10} | {'wall [s]':>9} | {'peak RSS [GiB]':>14} | {'rms error':>9} |")
+    print("|------|------------|-----------|----------------|-----------|")
     for n in args.sizes:
         asn = simulate(n, workdir, args.quick)
         for method in methods:
-            if method == "naive" and n > args.naive_max:
+            if method.startswith("naive") and n > args.naive_max:
                 results[method][n] = {"skipped": f"> --naive-max {args.naive_max}"}
             elif method == "stock" and n > args.stock_max:
                 results[method][n] = {"skipped": f"> --stock-max {args.stock_max}"}
             else:
                 workers = args.workers if method.endswith("w") else 1
-                worker_method = {"ours-disk": "ours-disk"}.get(method, method.split("-")[0])
+                worker_method = method if method in ("ours-disk", "naive-jwst") else method.split("-")[0]
                 if method.endswith("w"):
                     worker_method = "ours-disk"
                 results[method][n] = run_method(worker_method, asn, workers)
             r = results[method][n]
             if "wall" in r:
                 print(
-                    f"| {n:>4} | {method:<9} | {r['wall']:>9.1f} | {r['rss'] / 2**30:>14.2f} | {r['rms']:>9.4f} |",
+                    f"| {n:>4} | {method:<10} | {r['wall']:>9.1f} | {r['rss'] / 2**30:>14.2f} | {r['rms']:>9.4f} |",
                     flush=True,
                 )
             else:
-                print(f"| {n:>4} | {method:<9} | {r.get('skipped') or r.get('error')} |", flush=True)
+                print(f"| {n:>4} | {method:<10} | {r.get('skipped') or r.get('error')} |", flush=True)
     print()
     for method in methods:
         ns = [n for n in args.sizes if "wall" in results[method][n]]
         print(f"scaling exponent ({method}): {slope(ns, [results[method][n]['wall'] for n in ns]):.2f}")
     for n in args.sizes:
-        s, o, v = (results[m][n] for m in ("stock", "ours", "naive"))
+        s, o = results["stock"][n], results["ours"][n]
         parts = []
         if "wall" in s and "wall" in o:
             parts.append(f"ours/stock time {o['wall'] / s['wall']:.2f}")
-        if "wall" in v and "wall" in o:
-            parts.append(f"naive/ours time {v['wall'] / o['wall']:.1f}")
+        for baseline in ("naive", "naive-jwst"):
+            v = results[baseline][n]
+            if "wall" in v and "wall" in o:
+                parts.append(f"{baseline}/ours time {v['wall'] / o['wall']:.1f}")
         if parts:
             print(f"N={n}: " + ", ".join(parts))
     return 0
