@@ -86,7 +86,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         grouping = string(default='visit') # exposures sharing one sky: visit, exposure, group_id, +module/+detector, or meta.* keys joined by '+'
         match_within_groups = boolean(default=True) # also match the exposures inside each group (drifts within a visit)
         grid_scale = float(default=None) # matching grid pixel size in native pixels (>1 coarser, faster); default: 1 for level fits, 2 for level+slope
-        kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='square') # drizzle kernel for matching
+        kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='turbo') # drizzle kernel for matching (turbo: offsets as good as square's, 3x faster)
         pixfrac = float(default=1.0) # drizzle pixel fraction for matching
         pixmap_stepsize = integer(min=1, default=16) # WCS evaluated every this many pixels, interpolated between
         weighting = option('ivar', 'npix', 'equal', default='ivar') # pair weights in the global solution
