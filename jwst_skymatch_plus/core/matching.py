@@ -76,6 +76,9 @@ class MatchConfig:
         Grid pixel size in units of the exposures' native pixel size.
     kernel, pixfrac : str, float
         Drizzle kernel and pixel fraction used to resample for matching.
+        ``'auto'`` is ``'turbo'`` on a grid of native pixels (offsets as
+        good as with ``'square'``, three times faster) and ``'square'`` on
+        coarser grids (where turbo loses some 5-10% in precision).
     pixmap_stepsize : int
         WCS evaluated every this many pixels (interpolated between).
     match_within_groups : bool
@@ -125,7 +128,7 @@ class MatchConfig:
     fit_type: str = "level"
     statistic: DifferenceStatistic = field(default_factory=DifferenceStatistic)
     grid_scale: float = 1.0
-    kernel: str = "turbo"
+    kernel: str = "auto"
     pixfrac: float = 1.0
     pixmap_stepsize: int = 16
     match_within_groups: bool = True
@@ -155,6 +158,13 @@ class MatchConfig:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
         if self.store not in ("memory", "disk"):
             raise ValueError(f"store must be 'memory' or 'disk', got {self.store!r}")
+
+    @property
+    def drizzle_kernel(self) -> str:
+        """The drizzle kernel ``kernel`` stands for (``'auto'`` resolved)."""
+        if self.kernel != "auto":
+            return self.kernel
+        return "turbo" if self.grid_scale <= 1.0 else "square"
 
     @property
     def ncoef(self) -> int:
@@ -553,7 +563,7 @@ def build_group(
             wcs,
             grid,
             box,
-            kernel=config.kernel,
+            kernel=config.drizzle_kernel,
             pixfrac=config.pixfrac,
             pixmap_stepsize=config.pixmap_stepsize,
         )

@@ -29,6 +29,7 @@ __all__ = [
     "exposure_sources",
     "good_pixel_mask",
     "open_library",
+    "open_library_with_metadata",
     "parse_regions",
     "read_all_metadata",
     "sources_from_metadata",
@@ -135,18 +136,69 @@ def package_logging() -> Iterator[None]:
 
 def open_library(step, input_models):
     """Turn any input SkyMatchStep accepts into a ModelLibrary (as it does)."""
+    return open_library_with_metadata(step, input_models)[0]
+
+
+def open_library_with_metadata(step, input_models) -> tuple:
+    """A ModelLibrary of the input and the flat metadata of its members.
+
+    For an association, each member's metadata is read once, here, and its
+    ``group_id`` handed to the library in the association, which the
+    library would otherwise read every file again to compute.
+    """
     from jwst.datamodels import ModelLibrary
 
     output = step.prepare_output(input_models, open_models=False)
     if isinstance(output, ModelLibrary):
-        return output
+        return output, read_all_metadata(output)
     on_disk = not step.in_memory
+    if isinstance(output, (str, Path)) and Path(output).suffix.lower() in (".json", ".yaml", ".yml"):
+        asn, metas = _association_with_group_ids(Path(output))
+        return ModelLibrary(asn, on_disk=on_disk), metas
     if on_disk and not isinstance(output, (str, Path, dict)):
         # Models already in memory cannot be moved to an on-disk library
         # (jwst's SkyMatchStep fails here); keep them where they are.
         log.info("in_memory=False: the input models are already in memory and stay there.")
         on_disk = False
-    return ModelLibrary(output, on_disk=on_disk)
+    library = ModelLibrary(output, on_disk=on_disk)
+    return library, read_all_metadata(library)
+
+
+def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
+    """An association file as a dictionary with absolute member paths and group ids."""
+    from jwst.associations import load_asn
+    from jwst.datamodels.utils import attrs_to_group_id
+    from stdatamodels.jwst.datamodels import read_metadata
+
+    path = path.expanduser().resolve()
+    with path.open() as handle:
+        asn = dict(load_asn(handle))
+    asn["table_name"] = path.name
+    product = dict(asn["products"][0])
+    members, metas = [], []
+    with unvalidated_reads():
+        for member in product["members"]:
+            member = dict(member)
+            expname = Path(member["expname"])
+            member["expname"] = os.fspath(expname if expname.is_absolute() else path.parent / expname)
+            meta = dict(read_metadata(member["expname"], flatten=True))
+            if "group_id" not in member:
+                prefix = "meta.observation."
+                observation = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
+                member["group_id"] = meta.get("meta.group_id") or attrs_to_group_id(observation)
+            # What the library's own read_metadata adds from the association.
+            meta["meta.asn.exptype"] = member.get("exptype", "science")
+            meta["meta.asn.table_name"] = asn["table_name"]
+            for attr in ("group_id", "tweakreg_catalog"):
+                if attr in member:
+                    meta[f"meta.{attr}"] = member[attr]
+            if "asn_pool" in asn:
+                meta["meta.asn.pool_name"] = asn["asn_pool"]
+            members.append(member)
+            metas.append(meta)
+    product["members"] = members
+    asn["products"] = [product, *asn["products"][1:]]
+    return asn, metas
 
 
 def read_all_metadata(library) -> list[dict]:

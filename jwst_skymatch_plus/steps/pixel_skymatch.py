@@ -23,10 +23,9 @@ from ._library import (
     check_single_configuration,
     exposure_sources,
     good_pixel_mask,
-    open_library,
+    open_library_with_metadata,
     package_logging,
     parse_regions,
-    read_all_metadata,
     sources_from_metadata,
     unvalidated_reads,
 )
@@ -86,7 +85,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         grouping = string(default='visit') # exposures sharing one sky: visit, exposure, group_id, +module/+detector, or meta.* keys joined by '+'
         match_within_groups = boolean(default=True) # also match the exposures inside each group (drifts within a visit)
         grid_scale = float(default=None) # matching grid pixel size in native pixels (>1 coarser, faster); default: 1 for level fits, 2 for level+slope
-        kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='turbo') # drizzle kernel for matching (turbo: offsets as good as square's, 3x faster)
+        kernel = option('auto', 'square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='auto') # drizzle kernel for matching; auto: turbo on native pixels (3x faster than square, as accurate), square on coarser grids
         pixfrac = float(default=1.0) # drizzle pixel fraction for matching
         pixmap_stepsize = integer(min=1, default=16) # WCS evaluated every this many pixels, interpolated between
         weighting = option('ivar', 'npix', 'equal', default='ivar') # pair weights in the global solution
@@ -155,8 +154,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             )
             return super().process(input_models)
 
-        library = open_library(self, input_models)
-        metas = read_all_metadata(library)
+        library, metas = open_library_with_metadata(self, input_models)
         names = [exposure_label(m, i) for i, m in enumerate(metas)]
         if len(library) < 2:
             return self._skip(library, f"only {len(library)} exposure(s): nothing to match")
