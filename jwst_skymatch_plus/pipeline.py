@@ -110,6 +110,24 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         """Loggers stpipe configures when this pipeline runs: ours and jwst's."""
         return PACKAGE_LOGGERS
 
+    @classmethod
+    def _get_crds_parameters(cls, dataset):
+        """CRDS parameters of the first science member, or of the first member of any type.
+
+        jwst's version fails on an association without science members (one
+        of background observations only, which this pipeline can process).
+        """
+        if isinstance(dataset, (str, os.PathLike)) and Path(dataset).suffix.lower() == ".json":
+            from jwst.datamodels import ModelLibrary
+
+            asn = load_association(dataset)
+            members = asn["products"][0]["members"]
+            if members and not any(m.get("exptype", "science").lower() == "science" for m in members):
+                library = ModelLibrary(os.fspath(dataset), asn_n_members=1)
+                with library, unvalidated_reads():
+                    return dict(library.read_metadata(0)), "jwst"
+        return super()._get_crds_parameters(dataset)
+
     # ------------------------------------------------------------------ run
 
     def process(self, input_data):
@@ -134,7 +152,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         if self.output_file is None and "name" in library.asn["products"][0]:
             self.output_file = library.asn["products"][0]["name"]
         if len(library) == 0:
-            raise ValueError("No science exposures to process (all members were background observations?)")
+            raise ValueError("No exposures to process")
 
         with library:
             metas = [dict(library.read_metadata(i)) for i in range(len(library))]
@@ -225,6 +243,11 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         else:
             log.info("No background observations found (rule: %s)", rule.describe())
 
+        if not any(keep):
+            raise ValueError(
+                f"No science exposures to process: all {len(exposures)} are background observations "
+                f"({rule.describe()}); set process_bgr_like_science=True to make a mosaic of them"
+            )
         on_disk = not self.in_memory
         if isinstance(input_data, (str, os.PathLike, Mapping)):
             if isinstance(input_data, Mapping):

@@ -323,3 +323,38 @@ def test_strun_with_options_is_rerun_safe(mosaic_dir, tmp_path):
         assert len(list(tmp_path.glob("*_i2d_single.fits"))) == 5
     np.testing.assert_array_equal(results[0], results[1])
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_association_of_background_observations_only_is_refused(mosaic_dir, tmp_path):
+    sim, asn, _ = mosaic_dir
+    only_background = write_association(
+        list(sim.filenames), asn.parent, product_name="bgr_only", exptypes=["background"] * len(sim.filenames)
+    )
+    with pytest.raises(ValueError, match="No science exposures"):
+        Image3PlusPipeline.call(str(only_background), output_dir=str(tmp_path), steps=OFFLINE)
+
+
+def test_single_exposure_still_makes_a_mosaic(mosaic_dir, tmp_path, caplog):
+    sim, asn, _ = mosaic_dir
+    single = write_association([sim.filenames[0]], asn.parent, product_name="one_exposure")
+    Image3PlusPipeline.call(str(single), output_dir=str(tmp_path), save_results=True, steps=OFFLINE)
+    assert (tmp_path / "one_exposure_i2d.fits").exists()
+    assert "nothing to match" in caplog.text
+
+
+def test_background_only_association_processed_like_science(mosaic_dir, tmp_path):
+    sim, asn, _ = mosaic_dir
+    only_background = write_association(
+        list(sim.filenames[:2]), asn.parent, product_name="bgr_pair", exptypes=["background"] * 2
+    )
+    Image3PlusPipeline.call(
+        str(only_background),
+        output_dir=str(tmp_path),
+        save_results=True,
+        process_bgr_like_science=True,
+        steps=OFFLINE,
+    )
+    assert (tmp_path / "bgr_pair_i2d.fits").exists()
