@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BGR_CHECK_ALIASES",
     "BGR_CHECK_TYPES",
     "BackgroundRule",
     "Exposure",
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 
 #: Rules for recognising background observations (see the module docs).
 BGR_CHECK_TYPES = ("asn_exptype", "name", "keyword", "target_name", "parallel")
+
+#: PJPipe's names for the same rules, accepted so its configurations carry over.
+BGR_CHECK_ALIASES = {"parallel_off": "parallel", "check_in_name": "name", "filename": "name"}
 
 #: Association member types a level-3 imaging run reads; others (target
 #: acquisitions, ...) are ignored, as calwebb_image3 does.
@@ -90,6 +94,8 @@ class BackgroundRule:
     value: str = "true"
 
     def __post_init__(self) -> None:
+        if self.check_type in BGR_CHECK_ALIASES:
+            object.__setattr__(self, "check_type", BGR_CHECK_ALIASES[self.check_type])
         if self.check_type not in BGR_CHECK_TYPES:
             raise ValueError(
                 f"Unknown background rule {self.check_type!r}; choose from {', '.join(BGR_CHECK_TYPES)}"

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from jwst.pipeline import Image3Pipeline
 
-from .background import BGR_CHECK_TYPES, BackgroundRule, classify_exposures, format_times, load_association
+from .background import (
+    BGR_CHECK_ALIASES,
+    BGR_CHECK_TYPES,
+    BackgroundRule,
+    classify_exposures,
+    format_times,
+    load_association,
+)
 from .core.grouping import instrument_family, parse_families, regrouped_id
 from .steps._library import PACKAGE_LOGGERS, AtomicSaveMixin, unvalidated_reads
 from .steps.pixel_skymatch import PixelSkyMatchStep
@@ -73,7 +80,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
     tweakreg_degroup_nircam_short_chips = boolean(default=False)  # tweakreg aligns each NIRCam short-wavelength chip separately
     skymatch_group_dithers = string(default='')  # families whose dithers of a visit share one sky level (skymatch grouping 'visit')
     skymatch_degroup_dithers = string(default='')  # families whose exposures each get their own sky level (grouping 'group_id')
-    bgr_check_type = option({", ".join(repr(t) for t in BGR_CHECK_TYPES)}, default='asn_exptype')  # how background observations are recognised
+    bgr_check_type = option({", ".join(repr(t) for t in (*BGR_CHECK_TYPES, *BGR_CHECK_ALIASES))}, default='asn_exptype')  # how background observations are recognised (PJPipe's names accepted)
     bgr_background_name = string(default='off')  # text in the file name (bgr_check_type='name') or target name ('target_name')
     bgr_keyword = string(default='meta.observation.bkgdtarg')  # metadata keyword for bgr_check_type='keyword'
     bgr_keyword_value = string(default='true')  # value of bgr_keyword that marks a background observation

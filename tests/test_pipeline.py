@@ -207,6 +207,7 @@ def test_background_rules(mosaic_dir):
     assert [e.background for e in flagged] == [False, True]
     with pytest.raises(ValueError, match="Unknown background rule"):
         BackgroundRule("nonsense")
+    assert BackgroundRule("parallel_off").check_type == "parallel"  # PJPipe's name
 
 
 def test_background_observation_left_out_then_processed_like_science(mosaic_dir, products, tmp_path):
