@@ -16,6 +16,7 @@ except PackageNotFoundError:  # running from a source tree
 
 _LAZY = {
     "PixelSkyMatchStep": "jwst_skymatch_plus.steps.pixel_skymatch",
+    "LevelMatchStep": "jwst_skymatch_plus.steps.level_match",
     "Image3PlusPipeline": "jwst_skymatch_plus.pipeline",
 }
 

@@ -359,3 +359,22 @@ def test_background_only_association_processed_like_science(mosaic_dir, tmp_path
         steps=OFFLINE,
     )
     assert (tmp_path / "bgr_pair_i2d.fits").exists()
+
+
+def test_optional_level_match_stage(mosaic_dir, tmp_path):
+    from jwst_skymatch_plus.pipeline import Image3PlusPipeline as Pipe
+
+    assert Pipe().level_match.skip  # off unless asked for
+    _, asn, _ = mosaic_dir
+    Pipe.call(
+        str(asn),
+        output_dir=str(tmp_path),
+        save_results=True,
+        steps={**OFFLINE, "level_match": {"skip": False}},
+    )
+    crf = sorted(tmp_path.glob("*_crf.fits"))
+    with datamodels.open(crf[0]) as model:
+        record = model.meta.instance["skymatch_plus"]
+        assert set(record) == {"level_match", "pixel_skymatch"}
+        assert model.meta.cal_step.skymatch == "COMPLETE"
+    assert (tmp_path / "sim_mosaic_level_match.ecsv").exists()

@@ -32,6 +32,7 @@ __all__ = [
     "open_library_with_metadata",
     "parse_regions",
     "read_all_metadata",
+    "report_base",
     "sources_from_metadata",
     "unvalidated_reads",
 ]
@@ -199,6 +200,20 @@ def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
     product["members"] = members
     asn["products"] = [product, *asn["products"][1:]]
     return asn, metas
+
+
+def report_base(step, library, default: str = "output") -> tuple[Path, str]:
+    """Directory and file stem for a step's tables, as stpipe names its outputs."""
+    parent = getattr(step, "parent", None)
+    directory = step.output_dir or (parent.output_dir if parent is not None else None) or "."
+    stem = step.output_file or (parent.output_file if parent is not None else None)
+    if not stem:
+        try:
+            stem = library.asn["products"][0].get("name")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            stem = None
+    stem = Path(stem).stem if stem else default
+    return Path(directory), stem
 
 
 def read_all_metadata(library) -> list[dict]:

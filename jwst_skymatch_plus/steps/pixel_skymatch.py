@@ -26,6 +26,7 @@ from ._library import (
     open_library_with_metadata,
     package_logging,
     parse_regions,
+    report_base,
     sources_from_metadata,
     unvalidated_reads,
 )
@@ -442,24 +443,11 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 "Planes were subtracted from the data (subtracted=True): a scalar level cannot carry a plane."
             )
 
-    def _output_base(self, library) -> tuple[Path, str]:
-        """Directory and file stem for reports, like stpipe names outputs."""
-        parent = getattr(self, "parent", None)
-        directory = self.output_dir or (parent.output_dir if parent is not None else None) or "."
-        stem = self.output_file or (parent.output_file if parent is not None else None)
-        if not stem:
-            try:
-                stem = library.asn["products"][0].get("name")
-            except (KeyError, IndexError, TypeError, AttributeError):
-                stem = None
-        stem = Path(stem).stem if stem else "skymatch"
-        return Path(directory), stem
-
     def _write_reports(self, library, result, names, levels, planes) -> None:
         table = (self.offsets_table or "").strip()
         parent = getattr(self, "parent", None)
         saving = self.save_results or (parent is not None and parent.save_results)
-        directory, stem = self._output_base(library)
+        directory, stem = report_base(self, library, default="skymatch")
         if table.lower() == "none" or (not table and not saving):
             table_path = None
         else:

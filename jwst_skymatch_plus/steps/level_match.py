@@ -1,0 +1,253 @@
+"""LevelMatchStep: multi-stage level matching (dithers, Lyot, NIRCam short chips, tiles)."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+from jwst.stpipe import Step
+
+from ..core.grouping import exposure_label
+from ..core.matching import MatchConfig
+from ..core.pairs import DifferenceStatistic
+from ..core.regions import miri_lyot_region
+from ..core.stages import STAGES, run_stages
+from ._library import (
+    PACKAGE_LOGGERS,
+    AtomicSaveMixin,
+    MaskSettings,
+    check_single_configuration,
+    exposure_sources,
+    good_pixel_mask,
+    open_library_with_metadata,
+    package_logging,
+    report_base,
+    unvalidated_reads,
+)
+from ._report import atomic_path
+from .pixel_skymatch import RECORD_KEY
+
+__all__ = ["LevelMatchStep"]
+
+log = logging.getLogger(__name__)
+
+#: PJPipe's reprojection functions and the drizzle kernel that plays each part here.
+REPROJECT_KERNELS = {"interp": "auto", "exact": "square", "adaptive": "gaussian"}
+#: PJPipe's pair weights and ours.
+WEIGHT_METHODS = {"equal": "equal", "npix": "npix", "rms": "ivar"}
+
+
+class LevelMatchStep(AtomicSaveMixin, Step):
+    """Match background levels stage by stage and subtract them from the data.
+
+    Stages (each optional, each with its own fit type), in order: dithers
+    inside each mosaic tile; the MIRI Lyot coronagraph region onto its
+    exposure's main field (``recombine_lyot``); the NIRCam short-wavelength
+    chips against each other (``combine_nircam_short``); mosaic tiles against
+    each other.  Every correction is subtracted from the data (constants and
+    planes alike) and recorded per stage in ``meta.skymatch_plus.level_match``
+    and in a table written next to the outputs; ``meta.background`` is left
+    to sky matching.  Grouping comes from metadata, never from file names.
+    """
+
+    class_alias = "level_match"
+
+    spec = """
+        do_dithers = boolean(default=True) # match dithers inside each mosaic tile
+        recombine_lyot = boolean(default=False) # match the MIRI Lyot coronagraph region to its exposure's main field
+        combine_nircam_short = boolean(default=False) # match the four NIRCam short chips of each module
+        do_mosaic_tiles = boolean(default=True) # match mosaic tiles (visits) against each other
+        fit_type_dithers = option('level', 'level+slope', default='level') # fit per stage: constant or plane
+        fit_type_recombine_lyot = option('level', 'level+slope', default='level')
+        fit_type_combine_nircam_short = option('level', 'level+slope', default='level')
+        fit_type_mosaic_tiles = option('level', 'level+slope', default='level')
+        reference = string(default='auto') # tile held fixed: auto (closest to background obs. if known, else most overlapping pairs), flattest, most_connected, closest_to_background, a name or tile number, '' (match_down)
+        background_times = string(default='') # MJDs of background observations (comma-separated)
+        match_down = boolean(default=True) # gauge when no reference tile applies
+        do_local_subtraction = boolean(default=True) # mask sources (segmentation of each image) before differencing
+        sigma = float(min=0.0, default=3.0) # detection threshold (sigma) for source masks and clipping threshold
+        npixels = integer(min=1, default=3) # minimum source size (pixels) for source masks
+        dilate_size = integer(min=1, default=7) # source mask growth (pixels)
+        do_sigma_clip = boolean(default=True) # sigma-clip the per-pixel differences
+        max_iters = integer(min=0, default=20) # clipping iterations
+        max_points = integer(min=1, default=10000) # largest number of points drawn per pair in diagnostic histograms
+        weight_method = option('equal', 'npix', 'rms', default='rms') # pair weights in the solution (rms: inverse variance)
+        min_area_percent = float(min=0.0, max=1.0, default=0.002) # pairs overlapping less than this fraction of the smaller image are dropped
+        min_linear_frac = float(min=0.0, max=1.0, default=0.2) # ... or less than this fraction of its extent along both axes
+        rms_sig_limit = float(min=0.0, default=5.0) # pairs deviating by more than this many sigma after the fit are cut
+        reproject_func = option('interp', 'exact', 'adaptive', default='interp') # resampling onto the common grid: drizzle kernel auto (turbo on native pixels, square on coarser grids), square or gaussian
+        grid_scale = float(default=None) # matching grid pixel in native pixels (default 1; 2 when a plane is fitted)
+        dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
+        table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
+        in_memory = boolean(default=True) # keep exposures in memory
+    """  # noqa: E501
+
+    reference_file_types: list = []
+
+    @staticmethod
+    def get_stpipe_loggers():
+        """Loggers stpipe configures when this step runs: ours and jwst's."""
+        return PACKAGE_LOGGERS
+
+    def process(self, input_models):
+        """Match levels stage by stage.
+
+        Parameters
+        ----------
+        input_models : str, list, ModelContainer or ModelLibrary
+            An association, a list of models or files, or a library.
+
+        Returns
+        -------
+        ModelLibrary
+            The exposures with the corrections subtracted from their data.
+        """
+        with package_logging():
+            return self._process(input_models)
+
+    def _stages(self) -> list[str]:
+        wanted = {
+            "dithers": self.do_dithers,
+            "lyot": self.recombine_lyot,
+            "nircam_short": self.combine_nircam_short,
+            "tiles": self.do_mosaic_tiles,
+        }
+        return [s for s in STAGES if wanted[s]]
+
+    def _config(self) -> MatchConfig:
+        plane = "level+slope" in (
+            self.fit_type_dithers,
+            self.fit_type_recombine_lyot,
+            self.fit_type_combine_nircam_short,
+            self.fit_type_mosaic_tiles,
+        )
+        grid_scale = self.grid_scale if self.grid_scale is not None else (2.0 if plane else 1.0)
+        nclip = self.max_iters if self.do_sigma_clip else 0
+        return MatchConfig(
+            statistic=DifferenceStatistic("median", nclip, self.sigma, self.sigma),
+            grid_scale=grid_scale,
+            kernel=REPROJECT_KERNELS[self.reproject_func],
+            weighting=WEIGHT_METHODS[self.weight_method],
+            min_overlap_fraction=self.min_area_percent,
+            min_linear_fraction=self.min_linear_frac,
+            robust=True,
+            reject_sigma=self.rms_sig_limit,
+            mask_sources=self.do_local_subtraction,
+            source_nsigma=self.sigma,
+            source_npixels=self.npixels,
+            source_dilate=self.dilate_size,
+            store="memory" if self.in_memory else "disk",
+        )
+
+    def _process(self, input_models):
+        library, metas = open_library_with_metadata(self, input_models)
+        names = [exposure_label(m, i) for i, m in enumerate(metas)]
+        stages = self._stages()
+        if len(library) < 2 or not stages:
+            reason = "no stage selected" if not stages else f"only {len(library)} exposure(s)"
+            log.warning("Level matching skipped: %s.", reason)
+            return library
+        check_single_configuration(metas, names)
+        # The Lyot region takes part only in its own stage; the mask keeps it.
+        settings = MaskSettings(self.dqbits, None, None, False, ())
+        mask = partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags)
+        lyot = [_lyot_region(m) for m in metas]
+        background_times = [float(v) for v in self.background_times.replace(",", " ").split()]
+        log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
+        with library:
+            sources, _ = exposure_sources(library, mask, names)
+            outcomes = run_stages(
+                sources,
+                metas,
+                stages,
+                {
+                    "dithers": self.fit_type_dithers,
+                    "lyot": self.fit_type_recombine_lyot,
+                    "nircam_short": self.fit_type_combine_nircam_short,
+                    "tiles": self.fit_type_mosaic_tiles,
+                },
+                self._config(),
+                lyot_region=lambda k: lyot[k],
+                reference=self.reference,
+                background_times=background_times,
+                match_down=self.match_down,
+                progress=lambda line: log.info("Level matching %s", line),
+            )
+        self._apply(library, outcomes)
+        self._write_table(library, names, outcomes)
+        return library
+
+    def _apply(self, library, outcomes) -> None:
+        with library:
+            for index in range(len(library)):
+                with unvalidated_reads():
+                    model = library.borrow(index)
+                try:
+                    record = {}
+                    for outcome in outcomes:
+                        c = outcome.corrections[index]
+                        if c is None:
+                            continue
+                        model.data = model.data - c.evaluate(model.data.shape)
+                        entry = c.plane.as_dict()
+                        if c.region is not None:
+                            entry["rows"] = [c.region[0].start or 0, c.region[0].stop or model.data.shape[0]]
+                            entry["columns"] = [
+                                c.region[1].start or 0,
+                                c.region[1].stop or model.data.shape[1],
+                            ]
+                        record[outcome.stage] = entry
+                    model.meta.instance.setdefault(RECORD_KEY, {})["level_match"] = {
+                        "stages": [o.stage for o in outcomes],
+                        "corrections": record,
+                    }
+                finally:
+                    library.shelve(model, index, modify=True)
+
+    def _write_table(self, library, names, outcomes) -> None:
+        parent = getattr(self, "parent", None)
+        saving = self.save_results or (parent is not None and parent.save_results)
+        if (self.table or "").lower() == "none" or (not self.table and not saving):
+            return
+        rows = []
+        for outcome in outcomes:
+            for k, c in enumerate(outcome.corrections):
+                plane = c.plane if c is not None else None
+                rows.append(
+                    {
+                        "exposure": names[k],
+                        "stage": outcome.stage,
+                        "applied": c is not None,
+                        "region": "lyot" if c is not None and c.region is not None else "detector",
+                        "level": plane.level if plane else np.nan,
+                        "slope_x": plane.slope_x if plane else np.nan,
+                        "slope_y": plane.slope_y if plane else np.nan,
+                        "x_center": plane.x_center if plane else np.nan,
+                        "y_center": plane.y_center if plane else np.nan,
+                    }
+                )
+        table = Table(rows=rows)
+        table.meta["reference"] = next((o.reference for o in outcomes if o.reference), "")
+        directory, stem = report_base(self, library, default="mosaic")
+        path = Path(self.table) if self.table else directory / f"{stem}_level_match.ecsv"
+        with atomic_path(path) as tmp:
+            table.write(tmp, format="ascii.ecsv", overwrite=True)
+        log.info("Level-matching corrections written to %s", path)
+
+
+def _lyot_region(meta: dict) -> tuple[slice, slice] | None:
+    """The Lyot coronagraph of a MIRI imager exposure (from metadata), or None."""
+    if str(meta.get("meta.instrument.name", "")).upper() != "MIRI":
+        return None
+    if str(meta.get("meta.instrument.detector", "")).upper() != "MIRIMAGE":
+        return None
+    shape = (int(meta["meta.subarray.ysize"]), int(meta["meta.subarray.xsize"]))
+    return miri_lyot_region(
+        shape,
+        xstart=int(meta.get("meta.subarray.xstart") or 1),
+        ystart=int(meta.get("meta.subarray.ystart") or 1),
+        full_frame=str(meta.get("meta.subarray.name") or "FULL").upper() == "FULL",
+    )

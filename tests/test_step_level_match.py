@@ -1,0 +1,184 @@
+"""LevelMatchStep and the stage driver against the simulator's truth."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from conftest import copy_models
+
+from jwst_skymatch_plus.core.stages import run_stages
+from jwst_skymatch_plus.simulate import (
+    background_noise_floor,
+    background_rms_error,
+    offset_noise_floor,
+    offset_rms_error,
+    simulate_mosaic,
+)
+from jwst_skymatch_plus.steps.level_match import LevelMatchStep
+
+ENV = {**os.environ, "STPIPE_DISABLE_CRDS_STEPPARS": "true"}
+
+
+def records(library) -> list[dict]:
+    """Per-exposure level-matching record (stage -> correction dict)."""
+    out = []
+    with library:
+        for i in range(len(library)):
+            m = library.borrow(i)
+            out.append(dict(m.meta.instance["skymatch_plus"]["level_match"]["corrections"]))
+            library.shelve(m, i, modify=False)
+    return out
+
+
+def total(recs, key="level", skip=("lyot",)) -> np.ndarray:
+    return np.array([sum(c[key] for s, c in r.items() if s not in skip) for r in recs])
+
+
+@pytest.fixture(scope="module")
+def lyot_mosaic():
+    """MIRI, 3 x 2 tiles x 4 dithers, per-exposure drifts and a Lyot offset per exposure."""
+    return simulate_mosaic(
+        "miri",
+        shape=(192, 192),
+        tiles=(3, 2),
+        dithers=4,
+        exposure_offset_sigma=0.05,
+        lyot_offset_sigma=0.3,
+        seed=11,
+    )
+
+
+def test_dithers_then_tiles_recover_per_exposure_offsets(lyot_mosaic):
+    sim = lyot_mosaic
+    recs = records(LevelMatchStep.call(copy_models(sim)))
+    assert all(set(r) == {"dithers", "tiles"} for r in recs)
+    err = offset_rms_error(total(recs), sim.truth.level)
+    # Two stages each at the noise limit of their own overlaps.
+    assert err < 3 * offset_noise_floor(sim)
+    # Dither corrections have zero mean per tile: the tile keeps its level.
+    for visit in np.unique(sim.truth.visit):
+        sel = sim.truth.visit == visit
+        assert abs(np.mean([r["dithers"]["level"] for r, s in zip(recs, sel, strict=True) if s])) < 1e-9
+
+
+def test_lyot_region_recombined_with_its_own_exposure(lyot_mosaic):
+    sim = lyot_mosaic
+    recs = records(LevelMatchStep.call(copy_models(sim), recombine_lyot=True))
+    lyot = np.array([r["lyot"]["level"] for r in recs])
+    # The Lyot region (~54 x 54 pixels here) is tied to main fields through
+    # the dithers' overlaps; with 0.1 noise per pixel each correction is good
+    # to ~0.1 * sqrt(2 / 2900) ~ 0.003: allow 5 sigma.
+    assert np.sqrt(np.mean((lyot - sim.truth.lyot_offset) ** 2)) < 5 * 0.1 * np.sqrt(2 / 2900)
+    assert sim.truth.lyot_offset.std() > 0.1  # the offsets were there to be found
+    assert all(r["lyot"]["rows"][1] == 192 for r in recs)
+    # The main field is not moved by the Lyot stage.
+    err = offset_rms_error(total(recs), sim.truth.level)
+    assert err < 3 * offset_noise_floor(sim)
+
+
+def test_nircam_short_chips_all_corrected():
+    sim = simulate_mosaic(
+        "nircam_short",
+        shape=(160, 160),
+        tiles=(2, 1),
+        dithers=3,
+        visit_offset_sigma=0.5,
+        exposure_offset_sigma=0.05,
+        seed=4,
+    )
+    # The simulator draws an offset per detector file, so chips differ.
+    recs = records(LevelMatchStep.call(copy_models(sim), combine_nircam_short=True))
+    chips = np.array([r["nircam_short"]["level"] for r in recs])
+    detectors = sim.truth.detector
+    assert len(set(detectors)) == 8  # four chips in each module
+    # Every chip gets a correction, not only the first of each module.
+    for det in set(detectors):
+        assert np.any(np.abs(chips[detectors == det]) > 1e-6)
+    err = offset_rms_error(total(recs, skip=()), sim.truth.level)
+    assert err < 3 * offset_noise_floor(sim)
+
+
+def test_planes_per_stage():
+    sim = simulate_mosaic(
+        "miri",
+        shape=(192, 192),
+        tiles=(3, 2),
+        dithers=2,
+        gradient_sigma=0.4,
+        exposure_offset_sigma=0.0,
+        seed=21,
+    )
+    recs = records(
+        LevelMatchStep.call(
+            copy_models(sim), fit_type_dithers="level+slope", fit_type_mosaic_tiles="level+slope"
+        )
+    )
+    planes = np.stack([total(recs, k) for k in ("level", "slope_x", "slope_y")], axis=1)
+    err = background_rms_error(sim, planes, "level+slope")
+    assert err < 3 * background_noise_floor(sim, "level+slope")
+    # Rows and columns are not swapped: the recovered x slope follows the true x slope.
+    assert np.corrcoef(planes[:, 1], sim.truth.gradient[:, 0])[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("rule", ["flattest", "most_connected", "closest_to_background"])
+def test_reference_rules_hold_the_chosen_tile_at_zero(lyot_mosaic, rule):
+    sim = lyot_mosaic
+    kwargs = {"reference": rule}
+    if rule == "closest_to_background":
+        # A background observation just after the third visit.
+        t3 = [m.meta.exposure.mid_time for m, v in zip(sim.models, sim.truth.visit, strict=True) if v == 3]
+        kwargs["background_times"] = f"{max(t3) + 0.001:.8f}"
+    library = LevelMatchStep.call(copy_models(sim), do_dithers=False, **kwargs)
+    recs = records(library)
+    tiles = np.array([r["tiles"]["level"] for r in recs])
+    zero = np.abs(tiles) < 1e-9
+    assert zero.any()
+    reference_visits = set(sim.truth.visit[zero])
+    assert len(reference_visits) == 1
+    if rule == "closest_to_background":
+        assert reference_visits == {3}
+    if rule == "most_connected":
+        # The middle tiles of a 3 x 2 layout overlap the most others.
+        assert sim.truth.tile[zero][0] in (1, 4)
+    # Without the dither stage a tile gets one level: the mean of its exposures' truth.
+    tile_truth = np.array([sim.truth.level[sim.truth.visit == v].mean() for v in sim.truth.visit])
+    assert offset_rms_error(tiles, tile_truth) < 3 * offset_noise_floor(sim)
+
+
+def test_stage_driver_rejects_unknown_stage(lyot_mosaic):
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_stages([], [], ["dithers", "background"], {}, None)
+
+
+def test_strun_table_and_inputs_untouched(lyot_mosaic, tmp_path):
+    sim = lyot_mosaic
+    asn = sim.write(tmp_path / "in")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "in").iterdir()}
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "strun"),
+            "level_match",
+            str(asn),
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "in").iterdir()}
+    assert before == after
+    table = Table.read(tmp_path / "out" / "sim_mosaic_level_match.ecsv")
+    assert set(table["stage"]) == {"dithers", "tiles"}
+    assert len(table) == 2 * len(sim.models)
+    outputs = sorted((tmp_path / "out").glob("*_levelmatchstep.fits")) or sorted(
+        (tmp_path / "out").glob("*_level_match.fits")
+    )
+    assert len(outputs) == len(sim.models)
