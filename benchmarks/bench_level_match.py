@@ -1,0 +1,97 @@
+"""LevelMatchStep against PixelSkyMatchStep and jwst's SkyMatchStep on the same mosaics.
+
+For each scenario the three run on copies of the same simulated exposures,
+in this process, one after the other.  The error is the RMS of the total
+per-exposure background removed (LevelMatchStep: the sum of its stages'
+corrections, the Lyot stage excluded) against the simulator's truth, free
+constant removed, in units of the noise floor.
+
+Usage::
+
+    python benchmarks/bench_level_match.py            # full-frame MIRI
+    python benchmarks/bench_level_match.py --quick    # 256 x 256 detectors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
+
+import numpy as np
+
+from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
+
+
+def scenarios(quick: bool) -> dict[str, dict]:
+    shape = (256, 256) if quick else None
+    base = {"shape": shape, "tiles": (3, 2), "dithers": 4, "visit_offset_sigma": 0.5}
+    return {
+        "visit_offsets": {**base, "exposure_offset_sigma": 0.0, "seed": 1},
+        "dither_drifts": {**base, "exposure_offset_sigma": 0.2, "seed": 2},
+        "drifts+lyot": {**base, "exposure_offset_sigma": 0.2, "lyot_offset_sigma": 0.5, "seed": 3},
+    }
+
+
+def level_match_levels(library) -> np.ndarray:
+    out = []
+    with library:
+        for i in range(len(library)):
+            m = library.borrow(i)
+            record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+            out.append(sum(c["level"] for stage, c in record.items() if stage != "lyot"))
+            library.shelve(m, i, modify=False)
+    return np.array(out)
+
+
+def background_levels(library) -> np.ndarray:
+    out = []
+    with library:
+        for i in range(len(library)):
+            m = library.borrow(i)
+            level = m.meta.background.level
+            out.append(np.nan if level is None else float(level))
+            library.shelve(m, i, modify=False)
+    return np.array(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="256 x 256 detectors")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)
+
+    from jwst.skymatch import SkyMatchStep
+
+    from jwst_skymatch_plus import LevelMatchStep, PixelSkyMatchStep
+
+    methods = (
+        ("stock", SkyMatchStep, {"skymethod": "match"}, background_levels),
+        ("pixel", PixelSkyMatchStep, {}, background_levels),
+        ("level_match", LevelMatchStep, {}, level_match_levels),
+    )
+    print(f"# bench_level_match ({'256x256' if args.quick else 'full-frame'} MIRI)")
+    print("| scenario | n | floor | " + " | ".join(f"{m[0]}/floor | t {m[0]} [s]" for m in methods) + " |")
+    print("|---" * (3 + 2 * len(methods)) + "|")
+    for name, spec in scenarios(args.quick).items():
+        sim = simulate_mosaic("miri", **spec)
+        floor = offset_noise_floor(sim)
+        cells = []
+        for _label, cls, kwargs, read in methods:
+            models = [m.copy() for m in sim.models]
+            t0 = time.perf_counter()
+            library = cls.call(models, **kwargs)
+            wall = time.perf_counter() - t0
+            err = offset_rms_error(read(library), sim.truth.level)
+            cells.append(f"{err / floor:.2f} | {wall:.1f}")
+            del library, models
+        print(f"| {name} | {len(sim.models)} | {floor:.5f} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
