@@ -14,7 +14,7 @@ import numpy as np
 
 from .solve import apply_match_down
 
-__all__ = ["REFERENCE_RULES", "apply_reference", "choose_reference"]
+__all__ = ["REFERENCE_RULES", "apply_reference", "choose_reference", "reference_for_result"]
 
 REFERENCE_RULES = ("most_connected", "flattest", "closest_to_background")
 
@@ -125,3 +125,45 @@ def apply_reference(
         sel = component == label
         out[sel] = levels[sel] - np.nanmean(levels[in_ref & sel])
     return out
+
+
+def reference_for_result(
+    rule: str,
+    result,
+    metas: Sequence,
+    group_names: Sequence[Sequence[str]],
+    background_times: Sequence[float] = (),
+) -> int:
+    """:func:`choose_reference` fed from a :class:`~jwst_skymatch_plus.core.matching.MatchResult`.
+
+    Parameters
+    ----------
+    rule : str
+        See :func:`choose_reference`.
+    result : MatchResult
+        The matching outcome (groups, used pairs, flatness).
+    metas : sequence of mapping
+        Flat metadata per exposure (for the groups' mid times).
+    group_names : sequence of sequence of str
+        Exposure names of each group.
+    background_times : sequence of float
+        MJDs of background observations.
+    """
+    kept = [p for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok]
+    times = []
+    for members in result.groups:
+        t = [
+            metas[k].get("meta.exposure.mid_time") or metas[k].get("meta.exposure.start_time")
+            for k in members
+        ]
+        t = [float(v) for v in t if v is not None]
+        times.append(float(np.mean(t)) if t else np.nan)
+    return choose_reference(
+        rule,
+        group_names=group_names,
+        used_pairs=[(p.i, p.j) for p in kept],
+        pair_pixels=[p.npix for p in kept],
+        flatness=result.group_flatness,
+        group_times=times,
+        background_times=list(background_times),
+    )

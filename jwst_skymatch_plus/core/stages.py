@@ -36,7 +36,7 @@ import numpy as np
 from .grouping import group_exposures, instrument_family
 from .matching import ExposureSource, MatchConfig, MatchResult, match_exposures
 from .planes import DetectorPlane, detector_plane
-from .reference import apply_reference, choose_reference
+from .reference import apply_reference, reference_for_result
 
 __all__ = ["STAGES", "Correction", "StageOutcome", "corrected_source", "run_stages"]
 
@@ -260,26 +260,8 @@ def _reference(result: MatchResult, metas, reference: str, background_times) -> 
         rule = "closest_to_background" if background_times else "most_connected"
     if not rule:
         return None, ""
-    used = [(p.i, p.j) for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok]
-    pixels = [p.npix for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok]
-    times = []
-    for members in result.groups:
-        t = [
-            metas[k].get("meta.exposure.mid_time") or metas[k].get("meta.exposure.start_time")
-            for k in members
-        ]
-        t = [float(v) for v in t if v is not None]
-        times.append(float(np.mean(t)) if t else np.nan)
     names = [[str(metas[k].get("meta.filename")) for k in members] for members in result.groups]
-    g = choose_reference(
-        rule,
-        group_names=names,
-        used_pairs=used,
-        pair_pixels=pixels,
-        flatness=result.group_flatness,
-        group_times=times,
-        background_times=list(background_times or []),
-    )
+    g = reference_for_result(rule, result, metas, names, background_times or ())
     return g, rule
 
 

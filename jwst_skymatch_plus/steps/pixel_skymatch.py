@@ -15,7 +15,7 @@ from ..core.grouping import exposure_label, group_exposures
 from ..core.matching import MatchConfig, MatchResult, default_grid_scale, match_exposures
 from ..core.pairs import DifferenceStatistic
 from ..core.planes import DetectorPlane, detector_plane
-from ..core.reference import apply_reference, choose_reference
+from ..core.reference import apply_reference, reference_for_result
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -289,32 +289,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         if not rule:
             return None
         group_names = [[names[k] for k in members] for members in result.groups]
-        used = [
-            (p.i, p.j) for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok
-        ]
-        pixels = [p.npix for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok]
-        times = []
-        for members in result.groups:
-            t = [
-                metas[k].get("meta.exposure.mid_time") or metas[k].get("meta.exposure.start_time")
-                for k in members
-            ]
-            t = [float(v) for v in t if v is not None]
-            times.append(float(np.mean(t)) if t else np.nan)
-        bg_times = (
-            [float(v) for v in self.background_times.replace(",", " ").split()]
-            if self.background_times
-            else []
-        )
-        g = choose_reference(
-            rule,
-            group_names=group_names,
-            used_pairs=used,
-            pair_pixels=pixels,
-            flatness=result.group_flatness,
-            group_times=times,
-            background_times=bg_times,
-        )
+        bg_times = [float(v) for v in self.background_times.replace(",", " ").split()]
+        g = reference_for_result(rule, result, metas, group_names, bg_times)
         log.info("Reference group (held at zero): %d (%s), chosen by %r.", g + 1, group_names[g][0], rule)
         return g
 
