@@ -182,3 +182,108 @@ def test_strun_table_and_inputs_untouched(lyot_mosaic, tmp_path):
         (tmp_path / "out").glob("*_level_match.fits")
     )
     assert len(outputs) == len(sim.models)
+
+
+def test_flattest_reference_is_the_tile_with_least_gradient():
+    # A flat scene (no emission, few sources) and strong per-visit gradients:
+    # the flattest tile is the one whose injected gradient is smallest.
+    sim = simulate_mosaic(
+        "miri",
+        shape=(128, 128),
+        tiles=(3, 1),
+        dithers=2,
+        gradient_sigma=3.0,
+        exposure_offset_sigma=0.0,
+        emission=0.0,
+        n_sources=5,
+        seed=4,
+    )
+    steepness = {
+        v: np.hypot(*sim.truth.gradient[sim.truth.visit == v][0]) for v in np.unique(sim.truth.visit)
+    }
+    flattest = min(steepness, key=steepness.get)
+    assert sorted(steepness.values())[1] > 2 * steepness[flattest]  # the choice is not a coin toss
+    recs = records(LevelMatchStep.call(copy_models(sim), do_dithers=False, reference="flattest"))
+    tiles = np.array([r["tiles"]["level"] for r in recs])
+    assert set(sim.truth.visit[np.abs(tiles) < 1e-9]) == {flattest}
+
+
+@pytest.mark.parametrize("how", ["name", "number"])
+def test_reference_by_exposure_name_or_tile_number(lyot_mosaic, how):
+    sim = lyot_mosaic
+    k = int(np.flatnonzero(sim.truth.visit == 5)[0])
+    reference = sim.models[k].meta.filename if how == "name" else "5"
+    recs = records(LevelMatchStep.call(copy_models(sim), reference=reference))
+    tiles = np.array([r["tiles"]["level"] for r in recs])
+    assert set(sim.truth.visit[np.abs(tiles) < 1e-9]) == {5}
+
+
+def test_nircam_short_plane_fit_keeps_levels_and_adds_no_slopes():
+    # The simulator's gradients are detector-frame planes shared by all
+    # chips of a visit, so a tile's chips differ by levels only: a plane fit
+    # between chips must find those levels and slopes at the noise level.
+    sim = simulate_mosaic(
+        "nircam_short",
+        shape=(128, 128),
+        tiles=(2, 1),
+        dithers=3,
+        visit_offset_sigma=0.5,
+        exposure_offset_sigma=0.05,
+        seed=6,
+    )
+    recs = records(
+        LevelMatchStep.call(
+            copy_models(sim),
+            combine_nircam_short=True,
+            fit_type_combine_nircam_short="level+slope",
+        )
+    )
+    assert all(set(r) == {"dithers", "nircam_short", "tiles"} for r in recs)
+    floor = offset_noise_floor(sim)
+    assert offset_rms_error(total(recs, skip=()), sim.truth.level) < 3 * floor
+    # Largest level change a fitted slope makes at a detector corner.
+    corner = np.array(
+        [64 * (abs(r["nircam_short"]["slope_x"]) + abs(r["nircam_short"]["slope_y"])) for r in recs]
+    )
+    assert np.all(corner > 0)  # a plane was fitted on every chip
+    assert np.sqrt(np.mean(corner**2)) < 3 * background_noise_floor(sim, "level+slope")
+
+
+def test_outputs_keep_dq_and_differ_by_the_recorded_correction(lyot_mosaic, tmp_path):
+    from stdatamodels.jwst import datamodels
+
+    sim = lyot_mosaic
+    inputs = copy_models(sim)
+    library = LevelMatchStep.call(copy_models(sim), recombine_lyot=True, fit_type_dithers="level+slope")
+    with library:
+        for i in range(len(library)):
+            m = library.borrow(i)
+            record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+            # DQ untouched, NON_SCIENCE included (PJPipe's uint8 cast dropped it).
+            np.testing.assert_array_equal(m.dq, inputs[i].dq)
+            assert (m.dq & (1 << 9)).any()
+            removed = inputs[i].data - m.data
+            main = np.isfinite(removed)
+            rows, cols = record["lyot"]["rows"], record["lyot"]["columns"]
+            main[rows[0] : rows[1], cols[0] : cols[1]] = False
+            # Outside the Lyot region the data moved by dither plane + tile level.
+            d = record["dithers"]
+            y, x = np.nonzero(main)
+            expected = (
+                d["level"]
+                + d["slope_x"] * (x - d["x_center"])
+                + d["slope_y"] * (y - d["y_center"])
+                + record["tiles"]["level"]
+            )
+            # float32 rounding of the data (bright sources reach thousands).
+            rounding = 1e-5 + 4 * np.spacing(np.abs(inputs[i].data[main]))
+            assert np.all(np.abs(removed[main] - expected) <= rounding)
+            if i == 0:
+                m.save(tmp_path / "out_cal.fits")
+            library.shelve(m, i, modify=False)
+    with datamodels.open(tmp_path / "out_cal.fits") as reopened:
+        assert reopened.meta.instance["skymatch_plus"]["level_match"]["stages"] == [
+            "dithers",
+            "lyot",
+            "tiles",
+        ]
