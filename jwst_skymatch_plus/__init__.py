@@ -17,6 +17,8 @@ except PackageNotFoundError:  # running from a source tree
 _LAZY = {
     "PixelSkyMatchStep": "jwst_skymatch_plus.steps.pixel_skymatch",
     "LevelMatchStep": "jwst_skymatch_plus.steps.level_match",
+    "GetWCSAdjustStep": "jwst_skymatch_plus.steps.wcs_adjust",
+    "ApplyWCSAdjustStep": "jwst_skymatch_plus.steps.wcs_adjust",
     "Image3PlusPipeline": "jwst_skymatch_plus.pipeline",
 }
 

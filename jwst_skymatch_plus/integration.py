@@ -17,5 +17,7 @@ def get_steps() -> list[tuple[str, str, bool]]:
     return [
         ("jwst_skymatch_plus.PixelSkyMatchStep", "pixel_skymatch", False),
         ("jwst_skymatch_plus.LevelMatchStep", "level_match", False),
+        ("jwst_skymatch_plus.steps.wcs_adjust.GetWCSAdjustStep", "get_wcs_adjust", False),
+        ("jwst_skymatch_plus.steps.wcs_adjust.ApplyWCSAdjustStep", "apply_wcs_adjust", False),
         ("jwst_skymatch_plus.Image3PlusPipeline", "calwebb_image3_plus", True),
     ]

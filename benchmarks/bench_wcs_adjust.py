@@ -1,0 +1,93 @@
+"""Shift error (pixels, against the simulator's true pointings) and wall time of the WCS-adjust steps.
+
+Usage::
+
+    python benchmarks/bench_wcs_adjust.py           # full-frame MIRI, 3 x 3 tiles x 4 dithers
+    python benchmarks/bench_wcs_adjust.py --quick   # 256 x 256 detectors, 2 x 2 tiles x 2 dithers
+
+Only the catalog (tweakreg) method exists so far; the error is measured after
+removing the common shift (the alignment is relative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
+
+import numpy as np
+
+from jwst_skymatch_plus.simulate import simulate_mosaic
+from jwst_skymatch_plus.steps.wcs_adjust import ApplyWCSAdjustStep, GetWCSAdjustStep
+
+
+def _errors(models, sim) -> tuple[np.ndarray, np.ndarray]:
+    """Per exposure: mean and worst (5x5 grid) offset from the true WCS, common shift removed."""
+    offsets = []
+    for m, true_wcs in zip(models, sim.true_wcs, strict=True):
+        ny, nx = m.data.shape
+        x, y = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
+        xt, yt = true_wcs.invert(*m.meta.wcs(x, y), with_bounding_box=False)
+        offsets.append(np.stack([xt - x, yt - y]).reshape(2, -1))
+    offsets = np.array(offsets)  # (exposure, axis, point)
+    offsets -= offsets.mean(axis=(0, 2))[None, :, None]
+    return np.hypot(*offsets.mean(axis=2).T), np.hypot(offsets[:, 0], offsets[:, 1]).max(axis=1)
+
+
+def run(quick: bool, seed: int = 3) -> None:
+    """Simulate, measure, apply, and print one table row per method."""
+    rng = np.random.default_rng(seed)
+    if quick:
+        layout = dict(shape=(256, 256), tiles=(2, 2), tile_overlap=0.5, dithers=2)
+        n_sources = 3000
+    else:
+        layout = dict(tiles=(3, 3), tile_overlap=0.2, dithers=4)
+        n_sources = 20000
+    n_visits = layout["tiles"][0] * layout["tiles"][1]
+    misalignment = {
+        v + 1: (*rng.uniform(-0.7, 0.7, 2), float(rng.uniform(-0.05, 0.05))) for v in range(n_visits)
+    }
+    sim = simulate_mosaic(
+        "miri", **layout, misalignment=misalignment, n_sources=n_sources, emission=1.0, seed=seed
+    )
+    before, _ = _errors(sim.models, sim)
+    print(f"{len(sim.models)} exposures of {sim.models[0].data.shape}, {n_visits} visits")
+    print(
+        f"{'method':10s} {'visits measured':>16s} {'rms err px':>11s} {'max err px':>11s} "
+        f"{'corner px':>10s} {'before px':>10s} {'get s':>7s} {'apply s':>8s}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        step = GetWCSAdjustStep(tweakreg_parameters="{'searchrad': 3.0}", table_path=f"{tmp}/t.ecsv")
+        step.run([m.copy() for m in sim.models])
+        t1 = time.perf_counter()
+        result = ApplyWCSAdjustStep.call([m.copy() for m in sim.models], table=str(step.table_paths[0]))
+        t2 = time.perf_counter()
+        models = []
+        with result:
+            for i in range(len(result)):
+                m = result.borrow(i)
+                models.append(m)
+                result.shelve(m, i, modify=False)
+        rel, worst = _errors(models, sim)
+        measured = int(np.sum(step.table["measured"]))
+        print(
+            f"{'tweakreg':10s} {measured:>10d} / {n_visits:<3d} {np.sqrt(np.mean(rel**2)):11.4f} "
+            f"{rel.max():11.4f} {worst.max():10.4f} {before.max():10.2f} {t1 - t0:7.1f} {t2 - t1:8.1f}"
+        )
+
+
+def main() -> None:
+    """Command-line entry."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small detectors (a few seconds)")
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    run(args.quick, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,505 @@
+"""GetWCSAdjustStep and ApplyWCSAdjustStep: per-visit WCS corrections carried between bands.
+
+JWST's relative pointing within a visit is excellent while guide-star
+astrometry differs between visits by up to a few arcsec.  ``get_wcs_adjust``
+measures one correction per visit in a reference band that has point
+sources; ``apply_wcs_adjust`` applies it to any band's exposures of the same
+visits.  The table between them is ECSV, ASDF or TOML (see
+``docs/wcs_adjust.rst``).  The algorithms live in
+:mod:`jwst_skymatch_plus.core.alignment`.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import os
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+from jwst.stpipe import Step
+
+from ..core.alignment import SkyAffine, apply_affine_to_wcs, detector_samples, fit_sky_affine
+from ._library import open_library, package_logging, report_base
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ApplyWCSAdjustStep",
+    "GetWCSAdjustStep",
+    "read_wcs_adjust_table",
+    "visit_key",
+    "write_wcs_adjust_table",
+]
+
+PACKAGE_LOGGERS = ["jwst_skymatch_plus", "jwst"]
+RECORD_KEY = "skymatch_plus"
+TABLE_FORMATS = ("ecsv", "asdf", "toml")
+
+# name, dtype, fill when unmeasured, description
+_COLUMNS = (
+    ("visit_id", str, "", "jw<program><observation><visit>"),
+    ("program", str, "", "Program number"),
+    ("observation", str, "", "Observation number"),
+    ("visit", str, "", "Visit number"),
+    ("method", str, "", "How the correction was measured"),
+    ("filter", str, "", "Filter of the reference band"),
+    ("measured", bool, False, "False: no correction measured (shift and matrix NaN)"),
+    ("status", str, "", "Why not measured, or remarks"),
+    ("n_exposures", int, 0, "Reference-band exposures of the visit"),
+    ("n_aligned", int, 0, "Of those, exposures whose WCS the measurement corrected"),
+    ("ra_ref", float, math.nan, "Tangent point of the correction, RA, deg"),
+    ("dec_ref", float, math.nan, "Tangent point of the correction, Dec, deg"),
+    ("shift_ra", float, math.nan, "Shift of the tangent point towards East, arcsec"),
+    ("shift_dec", float, math.nan, "Shift of the tangent point towards North, arcsec"),
+    ("rotation", float, math.nan, "Change of position angle, deg"),
+    ("scale", float, math.nan, "Scale factor sqrt(|det(matrix)|)"),
+    ("m11", float, math.nan, "Matrix element (East, East)"),
+    ("m12", float, math.nan, "Matrix element (East, North)"),
+    ("m21", float, math.nan, "Matrix element (North, East)"),
+    ("m22", float, math.nan, "Matrix element (North, North)"),
+    ("n_matches", int, 0, "Sources tweakreg matched in the visit's fit(s)"),
+    ("fit_rms", float, math.nan, "RMS of the exposures' corrections about the visit's one, arcsec"),
+)
+
+
+def _norm(value) -> str:
+    """Metadata numbers as the zero-padded strings of JWST file names."""
+    if value is None:
+        return ""
+    text = str(value).strip()
+    return text.lstrip("0") or "0" if text.isdigit() else text
+
+
+def visit_key(model) -> tuple[str, str, str]:
+    """``(program, observation, visit)`` of an exposure, numbers without leading zeros."""
+    obs = model.meta.observation
+    return (_norm(obs.program_number), _norm(obs.observation_number), _norm(obs.visit_number))
+
+
+def _visit_id(key: tuple[str, str, str]) -> str:
+    p, o, v = key
+    return f"jw{p.zfill(5)}{o.zfill(3)}{v.zfill(3)}"
+
+
+# --------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------
+def _row(key, **values) -> dict:
+    row = {name: fill for name, _, fill, _ in _COLUMNS}
+    row.update(visit_id=_visit_id(key), program=key[0], observation=key[1], visit=key[2])
+    row.update(values)
+    return row
+
+
+def _affine_row(affine: SkyAffine) -> dict:
+    m = affine.matrix
+    return {
+        "ra_ref": affine.ra0,
+        "dec_ref": affine.dec0,
+        "shift_ra": float(affine.shift[0]),
+        "shift_dec": float(affine.shift[1]),
+        "rotation": affine.rotation,
+        "scale": affine.scale,
+        "m11": m[0, 0],
+        "m12": m[0, 1],
+        "m21": m[1, 0],
+        "m22": m[1, 1],
+    }
+
+
+def build_wcs_adjust_table(rows: Sequence[dict], meta: dict | None = None) -> Table:
+    """A WCS adjustment table from row dicts (missing columns take their unmeasured value)."""
+    table = Table()
+    for name, kind, fill, description in _COLUMNS:
+        dtype = {str: str, bool: bool, int: np.int64, float: np.float64}[kind]
+        table[name] = np.array([r.get(name, fill) for r in rows], dtype=dtype) if rows else np.zeros(0, dtype)
+        table[name].description = description
+    for col in ("ra_ref", "dec_ref", "rotation"):
+        table[col].unit = "deg"
+    for col in ("shift_ra", "shift_dec", "fit_rms"):
+        table[col].unit = "arcsec"
+    table.meta.update(meta or {})
+    return table
+
+
+def row_affine(row) -> SkyAffine:
+    """The correction a measured table row describes."""
+    matrix = [[row["m11"], row["m12"]], [row["m21"], row["m22"]]]
+    return SkyAffine(float(row["ra_ref"]), float(row["dec_ref"]), matrix, [row["shift_ra"], row["shift_dec"]])
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "nan" if math.isnan(value) else repr(float(value))
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_wcs_adjust_table(table: Table, path: str | Path, formats: Sequence[str] = ("ecsv",)) -> list[Path]:
+    """Write the table in each format (atomically), next to ``path`` with the format's suffix.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        The WCS adjustment table.
+    path : str or Path
+        Output path; its suffix is replaced by each format's.
+    formats : sequence of {'ecsv', 'asdf', 'toml'}
+        Formats to write.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    import asdf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        if fmt not in TABLE_FORMATS:
+            raise ValueError(f"table format {fmt!r}: use one of {TABLE_FORMATS}")
+        out = path.with_suffix("." + fmt)
+        if fmt == "ecsv":
+            _atomic_write(out, lambda p: table.write(p, format="ascii.ecsv", overwrite=True))
+        elif fmt == "asdf":
+            tree = {"wcs_adjust": {name: np.asarray(table[name]) for name in table.colnames}}
+            tree["meta"] = dict(table.meta)
+            _atomic_write(out, lambda p, tree=tree: asdf.AsdfFile(tree).write_to(p))
+        else:
+            lines = [f"# {k} = {v}" for k, v in table.meta.items()]
+            for row in table:
+                lines.append("[[visit]]")
+                lines += [f"{name} = {_toml_value(row[name])}" for name in table.colnames]
+            text = "\n".join(lines) + "\n"
+            _atomic_write(out, lambda p, text=text: Path(p).write_text(text))
+        written.append(out)
+    return written
+
+
+def read_wcs_adjust_table(path: str | Path) -> Table:
+    """Read a table written by :func:`write_wcs_adjust_table` (format from the suffix)."""
+    import asdf
+
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix == "ecsv":
+        table = Table.read(path, format="ascii.ecsv")
+    elif suffix == "asdf":
+        with asdf.open(path) as af:
+            cols = {k: np.array(v) for k, v in af.tree["wcs_adjust"].items()}
+            meta = dict(af.tree.get("meta", {}))
+        table = Table(cols, meta=meta)
+    elif suffix == "toml":
+        rows = tomllib.loads(path.read_text()).get("visit", [])
+        table = build_wcs_adjust_table(rows)
+    else:
+        raise ValueError(f"{path}: unknown table format (use .ecsv, .asdf or .toml)")
+    for name, kind, _, _ in _COLUMNS:
+        if kind is str and name in table.colnames:
+            # ECSV reads an all-empty text column back as masked.
+            col = table[name]
+            mask = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)))
+            table[name] = np.array(["" if m else str(v) for v, m in zip(col, mask, strict=True)], dtype=str)
+    for name in ("program", "observation", "visit"):
+        table[name] = [_norm(v) for v in table[name]]
+    return table
+
+
+def _parse_mapping(text: str, what: str) -> dict:
+    if not (text or "").strip():
+        return {}
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"{what}={text!r} is not a dict literal: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}={text!r} is not a dict")
+    return value
+
+
+# --------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------
+class GetWCSAdjustStep(Step):
+    """Measure one WCS correction per visit in a reference band and write it to a table.
+
+    The reference band's exposures are aligned by jwst's TweakRegStep (on
+    copies; the input is returned unchanged), with ``tweakreg_parameters``
+    passed through and ``alignment_catalog`` as its absolute reference
+    catalog.  With ``group_dithers`` the exposures of a visit are aligned
+    as one rigid group.  For each visit (program, observation, visit) one correction of
+    geometry ``fitgeometry`` is fitted to how tweakreg moved its exposures'
+    detector grids on the sky: the average correction of the dithers.
+    Visits none of whose exposures tweakreg corrected are logged and
+    written with ``measured=False`` and NaN values, never as zero.
+    """
+
+    class_alias = "get_wcs_adjust"
+
+    spec = """
+        fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift') # per-visit correction: shift; + rotation; + scale; full linear
+        group_dithers = boolean(default=True) # align the exposures of a visit as one rigid group (else one by one, then averaged)
+        tweakreg_parameters = string(default='') # TweakRegStep parameters as a dict literal, e.g. "{'snr_threshold': 5, 'searchrad': 3.0}"
+        alignment_catalog = string(default='') # absolute reference catalog file (RA/DEC columns) for tweakreg's absolute step
+        table_path = string(default='') # where to write the table ('' = <output_dir>/<product>_wcs_adjust.ecsv)
+        table_formats = string(default='ecsv,toml') # comma-separated: ecsv, asdf, toml
+        in_memory = boolean(default=True) # if False, keep exposures on disk between uses
+    """  # noqa: E501
+
+    reference_file_types: list = []
+
+    @staticmethod
+    def get_stpipe_loggers():
+        """Loggers stpipe configures when this step runs."""
+        return PACKAGE_LOGGERS
+
+    def save_model(self, model, *args, **kwargs):
+        """The product is the table: the exposures are not saved."""
+        del model, args, kwargs
+
+    def process(self, input_data):
+        """Measure per-visit corrections and write the table.
+
+        Parameters
+        ----------
+        input_data : str, Path, list, ModelContainer or ModelLibrary
+            The reference band's exposures.
+
+        Returns
+        -------
+        ModelLibrary
+            The input exposures, unchanged.
+        """
+        with package_logging():
+            return self._process(input_data)
+
+    def _process(self, input_data):
+        formats = [f.strip().lower() for f in self.table_formats.split(",") if f.strip()]
+        if not formats or any(f not in TABLE_FORMATS for f in formats):
+            raise ValueError(f"table_formats={self.table_formats!r}: use one or more of {TABLE_FORMATS}")
+        params = _parse_mapping(self.tweakreg_parameters, "tweakreg_parameters")
+        params.setdefault("fitgeometry", self.fitgeometry)
+        if self.alignment_catalog.strip():
+            params["abs_refcat"] = self.alignment_catalog.strip()
+        library = open_library(self, input_data)
+        copies, keys, filters = [], [], []
+        with library:
+            for i in range(len(library)):
+                model = library.borrow(i)
+                copy = model.copy()
+                keys.append(visit_key(model))
+                if self.group_dithers:
+                    # tweakreg fits one correction per group_id: a whole
+                    # visit constrains rotation far better than one dither.
+                    copy.meta.group_id = _visit_id(keys[-1])
+                copies.append(copy)
+                filters.append(str(model.meta.instrument.filter or ""))
+                library.shelve(model, i, modify=False)
+        samples = [detector_samples(m.data.shape) for m in copies]
+        before = [m.meta.wcs(*s) for m, s in zip(copies, samples, strict=True)]
+        tweakreg = _tweakreg_class()(**params)
+        aligned = tweakreg.run(copies)
+        fits = tweakreg.fit_info or [{}] * len(copies)
+        statuses = [str(f.get("status", "")) for f in fits]
+        # A reference nothing was aligned to measures nothing.
+        any_success = any("SUCCESS" in st for st in statuses)
+        after = []
+        with aligned:
+            for i in range(len(aligned)):
+                model = aligned.borrow(i)
+                # tweakreg's reference group keeps its WCS: a measured zero.
+                ok = "SUCCESS" in statuses[i] or (statuses[i] == "REFERENCE" and any_success)
+                after.append(model.meta.wcs(*samples[i]) if ok else None)
+                aligned.shelve(model, i, modify=False)
+        rows = [self._visit_row(key, keys, filters, before, after, fits) for key in dict.fromkeys(keys)]
+        table = build_wcs_adjust_table(
+            rows,
+            {
+                "method": "tweakreg",
+                "fitgeometry": self.fitgeometry,
+                "absolute": bool(params.get("abs_refcat")),
+            },
+        )
+        directory, stem = report_base(self, library)
+        path = Path(self.table_path) if self.table_path else directory / f"{stem}_wcs_adjust.ecsv"
+        self.table = table
+        self.table_paths = write_wcs_adjust_table(table, path, formats)
+        for p in self.table_paths:
+            log.info("WCS adjustment table written: %s", p)
+        return library
+
+    def _visit_row(self, key, keys, filters, before, after, fits) -> dict:
+        members = [i for i, k in enumerate(keys) if k == key]
+        ok = [i for i in members if after[i] is not None]
+        common = {"method": "tweakreg", "filter": filters[members[0]], "n_exposures": len(members)}
+        if not ok:
+            log.warning(
+                "Visit %s: tweakreg corrected none of its exposures; recorded as unmeasured.", _visit_id(key)
+            )
+            return _row(key, status="tweakreg could not align any exposure of this visit", **common)
+        ra = np.concatenate([before[i][0] for i in ok])
+        dec = np.concatenate([before[i][1] for i in ok])
+        ra_new = np.concatenate([after[i][0] for i in ok])
+        dec_new = np.concatenate([after[i][1] for i in ok])
+        ra0, dec0 = float(np.mean(ra)), float(np.mean(dec))
+        affine, rms = fit_sky_affine(ra, dec, ra_new, dec_new, ra0, dec0, self.fitgeometry)
+        status = (
+            "" if len(ok) == len(members) else f"{len(members) - len(ok)} exposure(s) not aligned, left out"
+        )
+        if all(fits[i].get("status") == "REFERENCE" for i in ok):
+            status = "reference of the relative alignment"
+        # One tweakreg fit per group: count a rigid visit's matches once.
+        n_matches = sum(
+            {str(fits[i].get("group_id", i)): int(fits[i].get("nmatches", 0)) for i in ok}.values()
+        )
+        common["n_matches"] = n_matches
+        log.info(
+            "Visit %s: shift (%+.4f, %+.4f) arcsec, rotation %+.5f deg from %d exposure(s).",
+            _visit_id(key),
+            affine.shift[0],
+            affine.shift[1],
+            affine.rotation,
+            len(ok),
+        )
+        return _row(
+            key, measured=True, status=status, n_aligned=len(ok), fit_rms=rms, **common, **_affine_row(affine)
+        )
+
+
+def _tweakreg_class():
+    from jwst.tweakreg import TweakRegStep
+
+    class FitInfoTweakRegStep(TweakRegStep):
+        """TweakRegStep keeping each exposure's fit status (reference, success, failure)."""
+
+        fit_info: list | None = None
+
+        def _apply_tweakreg_solution(self, images, correctors, *args, **kwargs):
+            self.fit_info = [
+                {**c.meta.get("fit_info", {}), "group_id": c.meta.get("group_id")} for c in correctors
+            ]
+            return super()._apply_tweakreg_solution(images, correctors, *args, **kwargs)
+
+    return FitInfoTweakRegStep
+
+
+class ApplyWCSAdjustStep(Step):
+    """Apply per-visit WCS corrections from a ``get_wcs_adjust`` table to any band's exposures.
+
+    Each exposure is matched to a table row by program, observation and
+    visit number.  Its gwcs is corrected through tweakwcs' JWST corrector
+    (as tweakreg corrects it), then the FITS WCS keywords
+    (``update_fits_wcsinfo``) and ``s_region`` are recomputed and what was
+    applied is recorded in ``meta.skymatch_plus.wcs_adjust``.  Exposures of
+    visits absent from the table, or not measured, are logged and left
+    unchanged.  Input files are never modified; a ModelLibrary is returned.
+    """
+
+    class_alias = "apply_wcs_adjust"
+
+    spec = """
+        table = string(default='') # the table (.ecsv, .asdf or .toml) written by get_wcs_adjust
+        in_memory = boolean(default=True) # if False, keep exposures on disk between uses
+    """
+
+    reference_file_types: list = []
+
+    @staticmethod
+    def get_stpipe_loggers():
+        """Loggers stpipe configures when this step runs."""
+        return PACKAGE_LOGGERS
+
+    def process(self, input_data):
+        """Apply the table's corrections.
+
+        Parameters
+        ----------
+        input_data : str, Path, list, ModelContainer or ModelLibrary
+            Exposures of any band observed in the table's visits.
+
+        Returns
+        -------
+        ModelLibrary
+            The exposures with corrected WCS.
+        """
+        with package_logging():
+            return self._process(input_data)
+
+    def _process(self, input_data):
+        if not self.table.strip():
+            raise ValueError("apply_wcs_adjust needs 'table': a file written by get_wcs_adjust.")
+        table = read_wcs_adjust_table(self.table)
+        rows = {(r["program"], r["observation"], r["visit"]): r for r in table}
+        library = open_library(self, input_data)
+        n_done = 0
+        with library:
+            for i in range(len(library)):
+                model = library.borrow(i)
+                changed = self._apply_one(model, rows.get(visit_key(model)))
+                n_done += changed
+                library.shelve(model, i, modify=changed)
+        log.info("WCS corrections applied to %d of %d exposure(s).", n_done, len(library))
+        return library
+
+    def _apply_one(self, model, row) -> bool:
+        from jwst.assign_wcs.util import update_fits_wcsinfo, update_s_region_imaging
+
+        name = model.meta.filename
+        if row is None:
+            log.warning(
+                "%s: visit %s is not in the table; WCS left unchanged.", name, _visit_id(visit_key(model))
+            )
+            return False
+        if not row["measured"]:
+            log.warning(
+                "%s: visit %s was not measured (%s); WCS left unchanged.",
+                name,
+                row["visit_id"],
+                row["status"],
+            )
+            return False
+        affine = row_affine(row)
+        wi = model.meta.wcsinfo
+        model.meta.wcs = apply_affine_to_wcs(
+            model.meta.wcs, {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref}, affine
+        )
+        update_fits_wcsinfo(model)
+        update_s_region_imaging(model)
+        record = {"table": str(Path(self.table).name), **{k: _plain(row[k]) for k in row.colnames}}
+        model.meta.instance.setdefault(RECORD_KEY, {})["wcs_adjust"] = record
+        log.info(
+            "%s: visit %s shifted by (%+.4f, %+.4f) arcsec, rotated %+.5f deg.",
+            name,
+            row["visit_id"],
+            affine.shift[0],
+            affine.shift[1],
+            affine.rotation,
+        )
+        return True
+
+
+def _plain(value):
+    """Table values as plain Python (for the datamodel's metadata tree)."""
+    return value.item() if isinstance(value, np.generic) else value
