@@ -55,8 +55,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
     """Image3Pipeline with :class:`PixelSkyMatchStep` and optional stages of ours.
 
     Stages, in order: ``assign_mtwcs`` (moving targets) or
-    ``apply_wcs_adjust`` (optional, when the WCS-adjust steps are
-    installed) and ``tweakreg``; ``level_match``
+    ``apply_wcs_adjust`` (optional) and ``tweakreg``; ``level_match``
     (optional); ``skymatch`` (:class:`PixelSkyMatchStep`);
     ``outlier_detection``; ``resample``; ``source_catalog``.  Then, when asked,
     every exposure drizzled alone onto the mosaic grid (``do_drizzle``,
@@ -64,8 +63,8 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
     detector (``do_blot``, ``*_i2d_blot.fits``).
 
     The optional stages are skipped by default and run with
-    ``--steps.level_match.skip=false`` (``--steps.apply_wcs_adjust.skip=false``
-    plus its table, when that step is installed).  Every jwst stage keeps its
+    ``--steps.apply_wcs_adjust.skip=false`` (plus its table) and
+    ``--steps.level_match.skip=false``.  Every jwst stage keeps its
     parameters under ``steps.``.  Grouping switches change the exposures'
     group metadata for this run only; input files are never changed.
     """

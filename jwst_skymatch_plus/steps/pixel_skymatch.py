@@ -278,7 +278,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         message = (
             f"{len(bad)} overlapping group pair(s) are misaligned by more than max_misalignment="
             f"{self.max_misalignment} pixel; pixel matching needs alignment well within a pixel "
-            "(align the exposures first, e.g. with tweakreg):\n" + "\n".join(lines)
+            "(align first: tweakreg, or get_wcs_adjust on a source-rich band and apply_wcs_adjust):\n"
+            + "\n".join(lines)
         )
         if self.alignment_check == "error":
             raise ValueError(message)
