@@ -25,7 +25,8 @@ from astropy.table import Table
 from jwst.stpipe import Step
 
 from ..core.alignment import SkyAffine, apply_affine_to_wcs, detector_samples, fit_sky_affine
-from ._library import open_library, package_logging, report_base
+from ..core.visit_shifts import correlate_visits
+from ._library import MaskSettings, good_pixel_mask, open_library, package_logging, report_base
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +260,16 @@ class GetWCSAdjustStep(Step):
     class_alias = "get_wcs_adjust"
 
     spec = """
-        fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift') # per-visit correction: shift; + rotation; + scale; full linear
+        method = option('tweakreg', 'cross_corr', default='tweakreg') # tweakreg on point sources, or cross-correlation of the visits' overlaps (bands without point sources)
+        fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift') # per-visit correction: shift; + rotation; + scale; full linear (cross_corr: shift or rshift)
         group_dithers = boolean(default=True) # align the exposures of a visit as one rigid group (else one by one, then averaged)
         tweakreg_parameters = string(default='') # TweakRegStep parameters as a dict literal, e.g. "{'snr_threshold': 5, 'searchrad': 3.0}"
         alignment_catalog = string(default='') # absolute reference catalog file (RA/DEC columns) for tweakreg's absolute step
+        max_shift = float(min=0.0, default=3.0) # cross_corr: largest shift between two visits searched, arcsec
+        min_correlation = float(min=0.0, max=1.0, default=0.3) # cross_corr: overlap blocks correlating less are not used
+        min_overlap_pixels = integer(min=16, default=1000) # cross_corr: overlap blocks with fewer common valid pixels are not used
+        passes = integer(min=1, default=6) # cross_corr: measure-and-correct passes at most
+        dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # cross_corr: DQ flags of usable pixels
         table_path = string(default='') # where to write the table ('' = <output_dir>/<product>_wcs_adjust.ecsv)
         table_formats = string(default='ecsv,toml') # comma-separated: ecsv, asdf, toml
         in_memory = boolean(default=True) # if False, keep exposures on disk between uses
@@ -319,6 +326,29 @@ class GetWCSAdjustStep(Step):
                 library.shelve(model, i, modify=False)
         samples = [detector_samples(m.data.shape) for m in copies]
         before = [m.meta.wcs(*s) for m, s in zip(copies, samples, strict=True)]
+        if self.method == "cross_corr":
+            after, fits = self._cross_correlate(copies, keys, samples)
+        else:
+            after, fits = self._tweakreg(copies, samples, params)
+        rows = [self._visit_row(key, keys, filters, before, after, fits) for key in dict.fromkeys(keys)]
+        table = build_wcs_adjust_table(
+            rows,
+            {
+                "method": self.method,
+                "fitgeometry": self.fitgeometry,
+                "absolute": bool(params.get("abs_refcat")),
+            },
+        )
+        directory, stem = report_base(self, library)
+        path = Path(self.table_path) if self.table_path else directory / f"{stem}_wcs_adjust.ecsv"
+        self.table = table
+        self.table_paths = write_wcs_adjust_table(table, path, formats)
+        for p in self.table_paths:
+            log.info("WCS adjustment table written: %s", p)
+        return library
+
+    def _tweakreg(self, copies, samples, params):
+        """Sky positions of every exposure's samples after tweakreg (None: not aligned), and fit info."""
         tweakreg = _tweakreg_class()(**params)
         aligned = tweakreg.run(copies)
         fits = tweakreg.fit_info or [{}] * len(copies)
@@ -333,32 +363,52 @@ class GetWCSAdjustStep(Step):
                 ok = "SUCCESS" in statuses[i] or (statuses[i] == "REFERENCE" and any_success)
                 after.append(model.meta.wcs(*samples[i]) if ok else None)
                 aligned.shelve(model, i, modify=False)
-        rows = [self._visit_row(key, keys, filters, before, after, fits) for key in dict.fromkeys(keys)]
-        table = build_wcs_adjust_table(
-            rows,
-            {
-                "method": "tweakreg",
-                "fitgeometry": self.fitgeometry,
-                "absolute": bool(params.get("abs_refcat")),
-            },
+        return after, fits
+
+    def _cross_correlate(self, copies, keys, samples):
+        """Sample sky positions after cross-correlating the visits (None: unmeasured), and fit info."""
+        settings = MaskSettings(self.dqbits, None, None, True, ())
+        data = [(np.nan_to_num(m.data), good_pixel_mask(m, settings)) for m in copies]
+        wcsinfo = [
+            {k: float(getattr(m.meta.wcsinfo, k)) for k in ("v2_ref", "v3_ref", "roll_ref")} for m in copies
+        ]
+        units = list(dict.fromkeys(keys))
+        unit_of = [units.index(k) for k in keys]
+        if self.fitgeometry in ("rscale", "general"):
+            log.info(
+                "cross_corr fits shifts and rotations: fitgeometry=%r done as 'rshift'.", self.fitgeometry
+            )
+        result = correlate_visits(
+            data,
+            [m.meta.wcs for m in copies],
+            wcsinfo,
+            unit_of,
+            max_shift_arcsec=self.max_shift,
+            fit_rotation=self.fitgeometry != "shift",
+            min_pixels=self.min_overlap_pixels,
+            min_correlation=self.min_correlation,
+            passes=self.passes,
         )
-        directory, stem = report_base(self, library)
-        path = Path(self.table_path) if self.table_path else directory / f"{stem}_wcs_adjust.ecsv"
-        self.table = table
-        self.table_paths = write_wcs_adjust_table(table, path, formats)
-        for p in self.table_paths:
-            log.info("WCS adjustment table written: %s", p)
-        return library
+        used = [s for s, ok in zip(result.samples, result.solution.used, strict=True) if ok]
+        after, fits = [], []
+        for i, u in enumerate(unit_of):
+            blocks = sum(u in (s.a, s.b) for s in used)
+            ok = bool(result.measured[u])
+            after.append(result.wcs[i](*samples[i]) if ok else None)
+            fits.append({"status": "SUCCESS" if ok else "FAILED", "nmatches": blocks, "group_id": str(u)})
+        return after, fits
 
     def _visit_row(self, key, keys, filters, before, after, fits) -> dict:
         members = [i for i, k in enumerate(keys) if k == key]
         ok = [i for i in members if after[i] is not None]
-        common = {"method": "tweakreg", "filter": filters[members[0]], "n_exposures": len(members)}
+        common = {"method": self.method, "filter": filters[members[0]], "n_exposures": len(members)}
         if not ok:
             log.warning(
-                "Visit %s: tweakreg corrected none of its exposures; recorded as unmeasured.", _visit_id(key)
+                "Visit %s: %s aligned none of its exposures; recorded as unmeasured.",
+                _visit_id(key),
+                self.method,
             )
-            return _row(key, status="tweakreg could not align any exposure of this visit", **common)
+            return _row(key, status=f"{self.method} could not align any exposure of this visit", **common)
         ra = np.concatenate([before[i][0] for i in ok])
         dec = np.concatenate([before[i][1] for i in ok])
         ra_new = np.concatenate([after[i][0] for i in ok])

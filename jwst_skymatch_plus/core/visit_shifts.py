@@ -1,0 +1,519 @@
+"""Relative WCS corrections of visits from cross-correlating their overlaps.
+
+Each visit (its exposures co-added on the common grid) is compared with every
+visit it overlaps.  The overlap is cut into blocks; in each block
+:func:`~jwst_skymatch_plus.core.registration.measure_shift` measures where
+the features of one visit sit in the other, to a few hundredths of a pixel.
+Every block gives two linear equations for the two visits' displacement
+fields ``D_u(p) = t_u + w_u * R (p - c_u)`` (a shift ``t_u`` and, when asked,
+a small rotation ``w_u`` about the visit centre ``c_u``; ``R`` turns by 90
+degrees), and all visits are solved together by least squares.  Block
+measurements that disagree with the solution by more than ``reject_sigma``
+robust standard deviations are dropped and the solution repeated.
+
+Differences fix the displacements only up to a transform common to each
+connected set of visits; the solution is the one of least norm, with the
+mean displacement of each set removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid import BBox, SkyGrid, overlap_bbox
+from .resample import Resampled
+
+__all__ = [
+    "ShiftSample",
+    "UnitSolution",
+    "measure_block_shifts",
+    "solve_unit_shifts",
+    "unit_correction_points",
+]
+
+log = logging.getLogger(__name__)
+
+_ROT = np.array([[0.0, -1.0], [1.0, 0.0]])
+
+
+@dataclass(frozen=True)
+class ShiftSample:
+    """Features of unit ``a`` at grid position ``(x, y)`` appear at ``(x + dx, y + dy)`` in unit ``b``."""
+
+    a: int
+    b: int
+    x: float
+    y: float
+    dx: float
+    dy: float
+    correlation: float
+    significance: float
+    n_pixels: int
+
+
+@dataclass
+class UnitSolution:
+    """Displacement field of every unit on the grid (pixels), and how well it is known."""
+
+    shift: np.ndarray  # (n, 2): t_u, grid pixels
+    rotation: np.ndarray  # (n,): w_u, radians
+    center: np.ndarray  # (n, 2): c_u, grid pixels
+    component: np.ndarray  # (n,): connected set; -1 unmeasured
+    n_samples: np.ndarray  # (n,): block measurements used
+    rms: float  # residual RMS of the used samples, grid pixels
+    uncertainty: np.ndarray  # (n,): 1-sigma of the shift, grid pixels
+    used: np.ndarray  # (n_samples,) bool
+
+    def displacement(self, u: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Displacement of unit ``u`` at grid positions (pixels)."""
+        px = np.asarray(x, float) - self.center[u, 0]
+        py = np.asarray(y, float) - self.center[u, 1]
+        w = self.rotation[u]
+        return self.shift[u, 0] - w * py, self.shift[u, 1] + w * px
+
+
+@dataclass(frozen=True)
+class BlockShift:
+    """Shift of one block: features of ``a`` at ``p`` appear at ``p + (dx, dy)`` in ``b``."""
+
+    dx: float
+    dy: float
+    correlation: float
+    n_pixels: int
+
+
+def has_structure(image: np.ndarray, valid: np.ndarray, threshold: float = 5.0) -> bool:
+    """Whether an image holds structure well above its pixel noise (something to register).
+
+    The noise comes from differences of neighbouring pixels; the structure
+    is the robust scatter of the image smoothed by a Gaussian of 2 pixels,
+    compared with what noise alone leaves after that smoothing (noise /
+    (4 sqrt(pi)) for white noise).
+    """
+    from scipy import ndimage
+
+    from .registration import fill_invalid
+
+    pairs = valid[:, 1:] & valid[:, :-1]
+    if pairs.sum() < 100:
+        return False
+    diff = np.diff(image, axis=1)[pairs]
+    noise = 1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0)
+    smooth = ndimage.gaussian_filter(fill_invalid(image, valid), 2.0)[valid]
+    scatter = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
+    return bool(scatter > threshold * noise / (4.0 * math.sqrt(math.pi)))
+
+
+def register_block(
+    image_a: np.ndarray,
+    valid_a: np.ndarray,
+    image_b: np.ndarray,
+    valid_b: np.ndarray,
+    *,
+    max_shift: int,
+    min_pixels: int = 1000,
+    iterations: int = 3,
+) -> BlockShift | None:
+    """Shift between two co-registered cutouts: masked cross-correlation, then a gradient fit.
+
+    The whole-pixel shift is the peak of the masked normalised
+    cross-correlation (scikit-image); it uses all the structure, extended
+    emission included, and ignores masked pixels.  The remaining sub-pixel
+    shift is fitted by linear least squares on the images' gradients
+    (``b - a = -grad(a) . d + c0 + c1 x + c2 y``, a plane taking up any
+    background difference), iterated with ``a`` re-interpolated at the
+    current shift.  Returns None when the peak lies beyond ``max_shift`` or
+    too few valid pixels remain.
+    """
+    from scipy import ndimage
+    from skimage.registration import phase_cross_correlation
+
+    from .registration import fill_invalid
+
+    if min(valid_a.sum(), valid_b.sum()) < min_pixels:
+        return None
+    if not (has_structure(image_a, valid_a) and has_structure(image_b, valid_b)):
+        return None  # a flat or noise-only block would give a chance peak
+    a = np.where(valid_a, image_a, 0.0)
+    b = np.where(valid_b, image_b, 0.0)
+    shift = phase_cross_correlation(b, a, reference_mask=valid_b, moving_mask=valid_a, overlap_ratio=0.5)
+    shift = np.asarray(shift[0] if isinstance(shift, tuple) else shift, dtype=float)
+    if not np.all(np.isfinite(shift)) or np.max(np.abs(shift)) > max_shift:
+        return None
+    ky, kx = np.rint(shift).astype(int).tolist()
+    # Compare b(p) with a(p - k) on the rows and columns both cover.
+    ny, nx = a.shape
+    ys, yd = (slice(0, ny - ky), slice(ky, ny)) if ky >= 0 else (slice(-ky, ny), slice(0, ny + ky))
+    xs, xd = (slice(0, nx - kx), slice(kx, nx)) if kx >= 0 else (slice(-kx, nx), slice(0, nx + kx))
+    a_k = fill_invalid(image_a[ys, xs], valid_a[ys, xs])
+    b_k = np.asarray(image_b[yd, xd], dtype=np.float64)
+    both = valid_a[ys, xs] & valid_b[yd, xd]
+    # A peak found on a sliver of the block (large shift) is not trusted.
+    if both.sum() < max(min_pixels, 0.5 * min(valid_a.sum(), valid_b.sum())):
+        return None
+    yy, xx = np.nonzero(both)
+    scale = max(a_k.shape)
+    d = np.zeros(2)  # (dy, dx) beyond the whole-pixel shift
+    for _ in range(iterations):
+        a_d = ndimage.shift(a_k, d, order=3, mode="nearest")
+        # Gradient of the mean of both images: symmetric, so less biased by
+        # either one's noise.
+        gy, gx = np.gradient(0.5 * (a_d + fill_invalid(b_k, valid_b[yd, xd])))
+        design = np.column_stack([-gx[yy, xx], -gy[yy, xx], np.ones(yy.size), xx / scale, yy / scale])
+        coef, *_ = np.linalg.lstsq(design, b_k[yy, xx] - a_d[yy, xx], rcond=None)
+        d += (coef[1], coef[0])
+        if np.hypot(coef[0], coef[1]) < 1e-4 or np.max(np.abs(d)) > 1.5:
+            break
+    if np.max(np.abs(d)) > 1.5:
+        return None
+    a_d = ndimage.shift(a_k, d, order=3, mode="nearest")
+    corr = float(np.corrcoef(a_d[yy, xx], b_k[yy, xx])[0, 1])
+    return BlockShift(kx + float(d[1]), ky + float(d[0]), corr, int(yy.size))
+
+
+def _blocks(box: BBox, size: int) -> list[BBox]:
+    ny, nx = box.shape
+    nbx, nby = max(1, round(nx / size)), max(1, round(ny / size))
+    xs = np.linspace(box.x0, box.x1, nbx + 1).round().astype(int)
+    ys = np.linspace(box.y0, box.y1, nby + 1).round().astype(int)
+    return [BBox(xs[i], xs[i + 1], ys[j], ys[j + 1]) for j in range(nby) for i in range(nbx)]
+
+
+def measure_block_shifts(
+    images: Sequence[Resampled],
+    *,
+    max_shift: int,
+    block_size: int = 256,
+    min_pixels: int = 1000,
+    min_correlation: float = 0.3,
+) -> tuple[list[ShiftSample], int]:
+    """Shifts between every pair of overlapping units, block by block.
+
+    Parameters
+    ----------
+    images : sequence of Resampled
+        Each unit's co-added image on the common grid.
+    max_shift : int
+        Largest shift searched, grid pixels.
+    block_size : int
+        Overlaps are cut into blocks of at most about this many pixels a
+        side, and at least three along their longer side (several blocks
+        per overlap constrain rotations; each must hold structure).
+    min_pixels, min_correlation : float
+        Blocks with fewer common valid pixels or a weaker correlation (after
+        alignment) are not used.
+
+    Returns
+    -------
+    samples : list of ShiftSample
+    n_tried : int
+        Blocks examined.
+    """
+    samples, tried = [], 0
+    for a in range(len(images)):
+        for b in range(a + 1, len(images)):
+            common = overlap_bbox(images[a].bbox, images[b].bbox)
+            if common.size < min_pixels:
+                continue
+            size = min(block_size, max(64, max(common.shape) // 3))
+            for block in _blocks(common, size):
+                ia, wa = images[a].cutout(block)
+                ib, wb = images[b].cutout(block)
+                both = (wa > 0) & (wb > 0)
+                if both.sum() < min_pixels:
+                    continue
+                tried += 1
+                shift = register_block(ia, wa > 0, ib, wb > 0, max_shift=max_shift, min_pixels=min_pixels)
+                if shift is None or shift.correlation < min_correlation:
+                    continue
+                yy, xx = np.nonzero(both)
+                samples.append(
+                    ShiftSample(
+                        a,
+                        b,
+                        float(block.x0 + xx.mean()),
+                        float(block.y0 + yy.mean()),
+                        shift.dx,
+                        shift.dy,
+                        shift.correlation,
+                        math.nan,
+                        shift.n_pixels,
+                    )
+                )
+    return samples, tried
+
+
+def _components(n: int, samples: Sequence[ShiftSample], used: np.ndarray) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = [(s.a, s.b) for s, ok in zip(samples, used, strict=True) if ok]
+    comp = np.full(n, -1)
+    if not pairs:
+        return comp
+    i, j = np.array(pairs).T
+    graph = coo_matrix((np.ones(len(pairs)), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    touched = np.zeros(n, bool)
+    touched[i] = touched[j] = True
+    comp[touched] = labels[touched]
+    return comp
+
+
+def solve_unit_shifts(
+    n: int,
+    samples: Sequence[ShiftSample],
+    centers: np.ndarray,
+    *,
+    fit_rotation: bool = True,
+    reject_sigma: float = 5.0,
+    max_iter: int = 5,
+) -> UnitSolution:
+    """Least-squares displacement fields of all units from block shift samples.
+
+    Parameters
+    ----------
+    n : int
+        Number of units.
+    samples : sequence of ShiftSample
+        Measurements (see :func:`measure_block_shifts`).
+    centers : numpy.ndarray, shape (n, 2)
+        Grid position of each unit's centre (rotation pivot).
+    fit_rotation : bool
+        Fit a small rotation per unit as well as a shift.
+    reject_sigma : float
+        Samples off the solution by more than this many robust standard
+        deviations are dropped (iteratively).
+    max_iter : int
+        Rejection rounds.
+
+    Returns
+    -------
+    UnitSolution
+    """
+    npar = 3 if fit_rotation else 2
+    m = len(samples)
+    used = np.ones(m, bool)
+    centers = np.asarray(centers, float)
+    if m == 0:
+        return UnitSolution(
+            np.full((n, 2), np.nan),
+            np.full(n, np.nan),
+            centers,
+            np.full(n, -1),
+            np.zeros(n, int),
+            math.nan,
+            np.full(n, np.nan),
+            used,
+        )
+    # Two rows per sample: d = D_b(p) - D_a(p).
+    design = np.zeros((2 * m, npar * n))
+    target = np.zeros(2 * m)
+    weight = np.zeros(2 * m)
+    for k, s in enumerate(samples):
+        for unit, sign in ((s.b, 1.0), (s.a, -1.0)):
+            col = npar * unit
+            design[2 * k, col] = sign
+            design[2 * k + 1, col + 1] = sign
+            if fit_rotation:
+                rx, ry = _ROT @ (np.array([s.x, s.y]) - centers[unit])
+                design[2 * k, col + 2] = sign * rx
+                design[2 * k + 1, col + 2] = sign * ry
+        target[2 * k : 2 * k + 2] = (s.dx, s.dy)
+        weight[2 * k : 2 * k + 2] = math.sqrt(s.n_pixels)
+    params = np.zeros(npar * n)
+    for _ in range(max_iter):
+        rows = np.repeat(used, 2)
+        w = weight[rows]
+        params, *_ = np.linalg.lstsq(design[rows] * w[:, None], target[rows] * w, rcond=None)
+        resid = (target - design @ params).reshape(m, 2)
+        dist = np.hypot(resid[:, 0], resid[:, 1])
+        scale = 1.4826 * np.median(dist[used]) + 1e-3
+        worst = np.argmax(np.where(used, dist, -1.0))
+        if dist[worst] <= reject_sigma * scale or used.sum() <= 2:
+            break
+        used[worst] = False
+    comp = _components(n, samples, used)
+    shift = params.reshape(n, npar)[:, :2].copy()
+    rotation = params.reshape(n, npar)[:, 2].copy() if fit_rotation else np.zeros(n)
+    # Least-norm already centres each set; make it explicit for the shifts.
+    for label in np.unique(comp[comp >= 0]):
+        sel = comp == label
+        shift[sel] -= shift[sel].mean(axis=0)
+    shift[comp < 0] = np.nan
+    rotation[comp < 0] = np.nan
+    resid = (target - design @ params).reshape(m, 2)[used]
+    rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1)))) if resid.size else math.nan
+    counts = np.zeros(n, int)
+    for s, ok in zip(samples, used, strict=True):
+        if ok:
+            counts[[s.a, s.b]] += 1
+    uncertainty = np.where(counts > 0, rms / np.sqrt(np.maximum(counts, 1)), np.nan)
+    return UnitSolution(shift, rotation, centers, comp, counts, rms, uncertainty, used)
+
+
+def unit_correction_points(
+    solution: UnitSolution, u: int, box: BBox, grid: SkyGrid
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sky positions before and after correcting unit ``u``, on a 5 x 5 grid over its box.
+
+    A feature that unit ``u``'s WCS places at grid position ``p`` truly lies
+    at ``p - D_u(p)``: the correction moves sky positions from the first to
+    the second set returned.
+
+    Returns
+    -------
+    ra, dec, ra_new, dec_new : numpy.ndarray
+        Degrees.
+    """
+    xs = np.linspace(box.x0, box.x1 - 1, 5)
+    ys = np.linspace(box.y0, box.y1 - 1, 5)
+    x, y = (a.ravel() for a in np.meshgrid(xs, ys))
+    dx, dy = solution.displacement(u, x, y)
+    ra, dec = grid.pixel_to_world(x, y)
+    ra_new, dec_new = grid.pixel_to_world(x - dx, y - dy)
+    return np.asarray(ra), np.asarray(dec), np.asarray(ra_new), np.asarray(dec_new)
+
+
+@dataclass
+class CorrelationAlignment:
+    """Outcome of :func:`correlate_visits`."""
+
+    wcs: list  # corrected gwcs per exposure (the input object where its visit was not measured)
+    measured: np.ndarray  # (n_units,) bool
+    solution: UnitSolution | None  # last pass
+    samples: list[ShiftSample]  # last pass
+    passes: int
+
+
+def coadd_on_grid(exposures: Sequence[tuple], grid: SkyGrid, kernel: str = "square") -> Resampled:
+    """``(data, good, wcs)`` exposures drizzled onto ``grid`` and averaged, inside their joint box."""
+    from .grid import footprint_of
+    from .resample import resample_to_grid
+
+    boxes = [grid.bbox_of(footprint_of(wcs, data.shape)) for data, _, wcs in exposures]
+    box = boxes[0]
+    for b in boxes[1:]:
+        box = box.union(b)
+    acc = np.zeros(box.shape, np.float64)
+    wsum = np.zeros(box.shape, np.float64)
+    for (data, good, wcs), b in zip(exposures, boxes, strict=True):
+        r = resample_to_grid(data, good, wcs, grid, b, kernel=kernel)
+        sl = b.slices_in(box)
+        acc[sl] += r.image * r.weight
+        wsum[sl] += r.weight
+    with np.errstate(invalid="ignore", divide="ignore"):
+        image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
+    return Resampled(box, image, wsum.astype(np.float32))
+
+
+def correlate_visits(
+    data: Sequence[tuple[np.ndarray, np.ndarray]],
+    wcs: Sequence,
+    wcsinfo: Sequence[dict],
+    unit_of: Sequence[int],
+    *,
+    grid_scale: float = 1.0,
+    max_shift_arcsec: float = 3.0,
+    fit_rotation: bool = True,
+    min_pixels: int = 1000,
+    min_correlation: float = 0.3,
+    passes: int = 6,
+    tolerance: float = 0.01,
+) -> CorrelationAlignment:
+    """Align units (visits) to each other by cross-correlating their overlaps, iteratively.
+
+    Each pass co-adds every unit on one grid with the current WCSs, measures
+    block shifts in all overlaps, solves for every unit's shift (and
+    rotation), and corrects the WCSs.  The first pass may find only the
+    overlaps that hold enough common structure at a large shift; later
+    passes, on nearly aligned images, measure every overlap precisely and
+    search only near zero.
+
+    Parameters
+    ----------
+    data : sequence of (data, good)
+        Per exposure: the image and its usable-pixel mask.
+    wcs, wcsinfo : sequences
+        Per exposure: its gwcs and ``{'v2_ref', 'v3_ref', 'roll_ref'}``.
+    unit_of : sequence of int
+        Unit (visit) index of every exposure.
+    grid_scale : float
+        Grid pixel in native pixels.
+    max_shift_arcsec : float
+        Largest shift searched in the first pass.
+    fit_rotation : bool
+        Fit a rotation per unit as well as a shift.
+    min_pixels, min_correlation : float
+        Block selection (see :func:`measure_block_shifts`).
+    passes : int
+        Most passes.
+    tolerance : float
+        Stop when no unit moves by more than this (grid pixels).
+    """
+    from .alignment import apply_affine_to_wcs, fit_sky_affine
+
+    unit_of = np.asarray(unit_of)
+    n_units = int(unit_of.max()) + 1
+    grid = SkyGrid.for_exposures(list(wcs), [d.shape for d, _ in data], grid_scale)
+    scale = grid.pixel_scale * 3600.0
+    current = list(wcs)
+    max_shift = max(1, math.ceil(max_shift_arcsec / scale))
+    solution, samples, done = None, [], 0
+    # Shifts first; rotations once the units are close (a rotation needs
+    # several blocks per unit, which the first, large-shift pass may lack).
+    rotating = False
+    for _ in range(passes):
+        done += 1
+        images = [
+            coadd_on_grid([(*data[k], current[k]) for k in np.flatnonzero(unit_of == u)], grid)
+            for u in range(n_units)
+        ]
+        samples, tried = measure_block_shifts(
+            images, max_shift=max_shift, min_pixels=min_pixels, min_correlation=min_correlation
+        )
+        centers = np.array(
+            [[(im.bbox.x0 + im.bbox.x1 - 1) / 2, (im.bbox.y0 + im.bbox.y1 - 1) / 2] for im in images]
+        )
+        solution = solve_unit_shifts(n_units, samples, centers, fit_rotation=rotating)
+        moved = 0.0
+        for u in range(n_units):
+            if solution.component[u] < 0:
+                continue
+            ra, dec, ra_new, dec_new = unit_correction_points(solution, u, images[u].bbox, grid)
+            step, _ = fit_sky_affine(
+                ra,
+                dec,
+                ra_new,
+                dec_new,
+                float(np.mean(ra)),
+                float(np.mean(dec)),
+                "rshift" if rotating else "shift",
+            )
+            for k in np.flatnonzero(unit_of == u):
+                current[k] = apply_affine_to_wcs(current[k], wcsinfo[k], step)
+            corners = np.array(
+                [[images[u].bbox.x0, images[u].bbox.y0], [images[u].bbox.x1, images[u].bbox.y1]]
+            )
+            dx, dy = solution.displacement(u, corners[:, 0], corners[:, 1])
+            moved = max(moved, float(np.max(np.hypot(dx, dy))))
+        log.info(
+            "Cross-correlation pass %d: %d of %d overlap block(s) used, largest correction %.3f pixel.",
+            done,
+            int(solution.used.sum()),
+            tried,
+            moved,
+        )
+        max_shift = max(2, min(max_shift, math.ceil(3 * moved) + 2))
+        if moved < tolerance or (moved < 0.1 and not rotating and fit_rotation):
+            if rotating or not fit_rotation:
+                break
+            rotating = True
+    measured = solution.component >= 0 if solution is not None else np.zeros(n_units, bool)
+    out = [current[k] if measured[unit_of[k]] else wcs[k] for k in range(len(wcs))]
+    return CorrelationAlignment(out, measured, solution, samples, done)
