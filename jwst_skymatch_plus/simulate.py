@@ -500,6 +500,7 @@ def simulate_mosaic(
     gradient_sigma: float = 0.0,
     sky_gradient: float = 0.0,
     lyot_offset_sigma: float = 0.0,
+    detector_offset_sigma: float = 0.0,
     noise: float = 0.1,
     emission: float = 10.0,
     n_blobs: int = 40,
@@ -561,6 +562,9 @@ def simulate_mosaic(
         100 arcsec (random direction): part of the scene, not of the offsets.
     lyot_offset_sigma : float
         MIRI only: standard deviation of an extra offset in the Lyot region.
+    detector_offset_sigma : float
+        Standard deviation of a fixed offset per detector (the same in every
+        exposure), as between the NIRCam short-wavelength chips.
     noise : float
         Per-pixel Gaussian noise sigma; exposure ``k`` gets ``noise`` times a
         factor in [0.8, 1.2].
@@ -683,6 +687,12 @@ def simulate_mosaic(
     n_visits = visit
     visit_offsets = rng.normal(0.0, visit_offset_sigma, n_visits)
     visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2)) / np.array([nx, ny])
+    # Drawn only when asked for, so other simulations keep their random stream.
+    detector_offsets = (
+        {det.name: float(rng.normal(0.0, detector_offset_sigma)) for det in layout.detectors}
+        if detector_offset_sigma
+        else {}
+    )
     shifts = {
         v + 1: (
             float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
@@ -729,7 +739,7 @@ def simulate_mosaic(
             wcs = _make_gwcs(det2v23, pointing, (ap_v2, ap_v3), layout.shape)
             twcs = _make_gwcs(det2v23, true_pointing, (ap_v2, ap_v3), layout.shape)
             sigma = noise * rng.uniform(0.8, 1.2)
-            level = sky_level + visit_offsets[v - 1] + drift
+            level = sky_level + visit_offsets[v - 1] + drift + detector_offsets.get(det.name, 0.0)
             grad = visit_gradients[v - 1]
             lyot_off = (
                 rng.normal(0.0, lyot_offset_sigma)
