@@ -159,3 +159,37 @@ def test_outputs_are_written_through_a_rename(small_mosaic, tmp_path, monkeypatc
     assert not [p for p in out.iterdir() if p.name.startswith(".saving_")]
     with ModelLibrary(str(asn)) as lib:  # inputs open as before
         assert len(lib) == len(small_mosaic.models)
+
+
+# ------------------------------------------------ LevelMatchStep and WCS steps
+
+
+def test_level_match_bad_inputs(mosaic, caplog):
+    from jwst_skymatch_plus import LevelMatchStep
+
+    # One exposure: nothing to match, returned unchanged with a warning.
+    single = copy_models(mosaic)[:1]
+    before = single[0].data.copy()
+    with caplog.at_level(logging.WARNING):
+        result = LevelMatchStep.call(single)
+    assert "Level matching skipped" in caplog.text
+    with result:
+        m = result.borrow(0)
+        np.testing.assert_array_equal(m.data, before)
+        result.shelve(m, 0, modify=False)
+    # Missing WCS: an error naming the exposure.
+    models = copy_models(mosaic)
+    models[2].meta.wcs = None
+    with pytest.raises(ValueError, match=models[2].meta.filename):
+        LevelMatchStep.call(models)
+    # Mixed instruments: refused.
+    nircam = simulate_mosaic("nircam_long", shape=(64, 64), tiles=(1, 1), dithers=1, detectors=["NRCALONG"])
+    with pytest.raises(ValueError, match=r"MIRI.*\n.*NIRCAM|NIRCAM.*\n.*MIRI"):
+        LevelMatchStep.call(copy_models(mosaic) + copy_models(nircam))
+
+
+def test_apply_wcs_adjust_needs_a_table(mosaic):
+    from jwst_skymatch_plus.steps.wcs_adjust import ApplyWCSAdjustStep
+
+    with pytest.raises((ValueError, OSError)):
+        ApplyWCSAdjustStep.call(copy_models(mosaic))
