@@ -193,3 +193,21 @@ def test_apply_wcs_adjust_needs_a_table(mosaic):
 
     with pytest.raises((ValueError, OSError)):
         ApplyWCSAdjustStep.call(copy_models(mosaic))
+
+
+def test_alignment_that_cannot_be_checked_is_reported(caplog):
+    # Smooth emission only: no small-scale structure to measure shifts with.
+    sim = simulate_mosaic(
+        "miri",
+        shape=(128, 128),
+        tiles=(2, 2),
+        dithers=1,
+        n_sources=0,
+        emission=30.0,
+        n_blobs=10,
+        misalignment={2: (0.5, -0.4, 0.0)},
+        seed=13,
+    )
+    with caplog.at_level(logging.WARNING):
+        PixelSkyMatchStep.call(copy_models(sim))
+    assert "could not be verified on 6 of 6" in caplog.text

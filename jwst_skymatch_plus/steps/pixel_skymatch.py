@@ -266,6 +266,15 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 len(trusted),
                 f"; {untrusted} pair(s) had too little structure to measure" if untrusted else "",
             )
+        if untrusted and untrusted * 2 >= len(result.alignment):
+            # Silence here would read as "aligned": say the check could not look.
+            log.warning(
+                "Alignment could not be verified on %d of %d overlapping group pair(s): too little "
+                "small-scale structure to measure a shift (smooth emission?). Pixel matching still "
+                "needs alignment well within a pixel.",
+                untrusted,
+                len(result.alignment),
+            )
         if not bad:
             return
         first = {g: names[members[0]] for g, members in enumerate(result.groups)}
