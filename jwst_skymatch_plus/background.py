@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,7 @@ class Exposure:
     reason: str | None
     start_time: float | None
     mid_time: float | None
+    meta: dict = field(default_factory=dict, compare=False, repr=False)  # flat metadata, as read
 
     def time(self, kind: str = "mid") -> float | None:
         """Start or mid time (MJD); mid falls back to start when unknown."""
@@ -244,6 +245,7 @@ def _exposure(filename: str, exptype: str, meta: Mapping, rule: BackgroundRule) 
         reason=reason,
         start_time=_float_or_none(meta.get("meta.exposure.start_time")),
         mid_time=_float_or_none(meta.get("meta.exposure.mid_time")),
+        meta=dict(meta),
     )
 
 

@@ -19,8 +19,10 @@ from .background import (
     load_association,
 )
 from .core.grouping import instrument_family, parse_families, regrouped_id
-from .steps._library import PACKAGE_LOGGERS, AtomicSaveMixin, unvalidated_reads
+from .steps._library import PACKAGE_LOGGERS, AtomicSaveMixin, label_member, unvalidated_reads
+from .steps.level_match import LevelMatchStep
 from .steps.pixel_skymatch import PixelSkyMatchStep
+from .steps.wcs_adjust import ApplyWCSAdjustStep
 
 __all__ = ["Image3PlusPipeline"]
 
@@ -28,27 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Our optional stages: they run only when their ``skip`` is set to False.
 OPTIONAL_STAGES = ("apply_wcs_adjust", "level_match")
-
-
-def _optional_stage_defs() -> dict:
-    """Our optional stages, for the steps of them that are installed."""
-    defs = {}
-    try:
-        from .steps.wcs_adjust import ApplyWCSAdjustStep
-
-        defs["apply_wcs_adjust"] = ApplyWCSAdjustStep
-    except ImportError:  # pragma: no cover - only while a step is not part of the package
-        pass
-    try:
-        from .steps.level_match import LevelMatchStep
-
-        defs["level_match"] = LevelMatchStep
-    except ImportError:  # pragma: no cover
-        pass
-    return defs
-
-
-_OPTIONAL = _optional_stage_defs()
 
 
 class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
@@ -93,9 +74,9 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
 
     step_defs = {
         "assign_mtwcs": Image3Pipeline.step_defs["assign_mtwcs"],
-        **{k: v for k, v in _OPTIONAL.items() if k == "apply_wcs_adjust"},
+        "apply_wcs_adjust": ApplyWCSAdjustStep,
         "tweakreg": Image3Pipeline.step_defs["tweakreg"],
-        **{k: v for k, v in _OPTIONAL.items() if k == "level_match"},
+        "level_match": LevelMatchStep,
         "skymatch": PixelSkyMatchStep,
         "outlier_detection": Image3Pipeline.step_defs["outlier_detection"],
         "resample": Image3Pipeline.step_defs["resample"],
@@ -155,14 +136,14 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         self.resample.save_results = self.save_results
         self.source_catalog.save_results = self.save_results
 
-        library = self._load_input_as_library(input_data)
+        library, metas = self._open_input(input_data)
         if self.output_file is None and "name" in library.asn["products"][0]:
             self.output_file = library.asn["products"][0]["name"]
         if len(library) == 0:
             raise ValueError("No exposures to process")
-
-        with library:
-            metas = [dict(library.read_metadata(i)) for i in range(len(library))]
+        if metas is None:
+            with library:
+                metas = [dict(library.read_metadata(i)) for i in range(len(library))]
         self._configure_skymatch_grouping(metas)
 
         if len(library.group_names) >= 1:
@@ -173,13 +154,13 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
             if is_moving:
                 library = self.assign_mtwcs.run(library)
             else:
-                library = self._run_optional("apply_wcs_adjust", library)
+                library = self.apply_wcs_adjust.run(library)
                 jwst_groups = self._regroup_for_tweakreg(library, metas)
                 library = self.tweakreg.run(library)
                 if jwst_groups is not None:
                     # Outlier detection and resample need jwst's exposure groups.
                     set_group_ids(library, jwst_groups)
-            library = self._run_optional("level_match", library)
+            library = self.level_match.run(library)
             library = self.skymatch.run(library)
             library = self.outlier_detection.run(library)
         elif self.skymatch.skymethod == "match":
@@ -198,12 +179,6 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         if self.do_blot:
             self._blot_mosaic(library, mosaic)
 
-    def _run_optional(self, name: str, library):
-        step = getattr(self, name, None)
-        if step is None or step.skip:
-            return library
-        return step.run(library)
-
     # ------------------------------------------------------- input and grouping
 
     def _background_rule(self) -> BackgroundRule:
@@ -215,16 +190,23 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         )
 
     def _load_input_as_library(self, input_data):
-        """Load the science exposures (and background ones when asked) into a ModelLibrary.
+        """Load the science exposures (and background ones when asked) into a ModelLibrary."""
+        return self._open_input(input_data)[0]
+
+    def _open_input(self, input_data):
+        """The exposures to process as a ModelLibrary, and their metadata when it was read here.
 
         Background observations are recognised by ``bgr_check_type``; their
         times go to ``skymatch`` (and ``level_match``) as the reference for
-        ``reference='closest_to_background'``.
+        ``reference='closest_to_background'``.  For an association, each
+        member's metadata is read once, while classifying it, and its group
+        id handed to the library (which would otherwise read every file
+        again); the metadata is returned, or None where it was not read.
         """
         from jwst.datamodels import ModelLibrary
 
         if isinstance(input_data, ModelLibrary):
-            return input_data
+            return input_data, None
         if isinstance(input_data, (str, os.PathLike)) and Path(input_data).suffix.lower() in (
             ".fits",
             ".asdf",
@@ -261,14 +243,15 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
                 asn, asn_dir = dict(input_data), Path.cwd()
             else:
                 asn, asn_dir = load_association(input_data), Path(input_data).resolve().parent
-            asn = _filtered_association(asn, asn_dir, keep)
-            return ModelLibrary(asn, on_disk=on_disk)
+            asn, metas = _filtered_association(asn, asn_dir, exposures, keep)
+            return ModelLibrary(asn, on_disk=on_disk), metas
         items = [input_data] if not isinstance(input_data, Sequence) else list(input_data)
         chosen = [item for item, k in zip(items, keep, strict=True) if k]
-        return ModelLibrary(
+        library = ModelLibrary(
             [item if not isinstance(item, os.PathLike) else os.fspath(item) for item in chosen],
             on_disk=on_disk,
         )
+        return library, None
 
     def _pass_background_times(self, background) -> None:
         times = [t for t in (e.time("mid") for e in background) if t is not None]
@@ -412,22 +395,29 @@ def set_group_ids(library, group_ids: Sequence[str]) -> list[str]:
     return original
 
 
-def _filtered_association(asn: dict, asn_dir: Path, keep: Sequence[bool]) -> dict:
-    """The association with absolute member paths, background members dropped or kept as science."""
+def _filtered_association(asn: dict, asn_dir: Path, exposures, keep: Sequence[bool]) -> tuple[dict, list]:
+    """The association with absolute paths, background members dropped or kept as science.
+
+    Returns the association and the metadata of its members (read while
+    classifying them), each member given its group id.
+    """
     from .background import association_members
 
     members = association_members(asn, asn_dir)
     if len(members) != len(keep):
         raise RuntimeError("association members changed while reading them")
-    product = dict(asn["products"][0])
-    product["members"] = [
-        {**member, "expname": path, "exptype": "science"}
-        for (member, path), k in zip(members, keep, strict=True)
-        if k
-    ]
     out = {k: v for k, v in asn.items() if k != "products"}
-    out["products"] = [product]
-    return out
+    kept, metas = [], []
+    for (member, path), exposure, k in zip(members, exposures, keep, strict=True):
+        if not k:
+            continue
+        member = {**member, "expname": path, "exptype": "science"}
+        meta = dict(exposure.meta)
+        label_member(member, meta, out)
+        kept.append(member)
+        metas.append(meta)
+    out["products"] = [{**asn["products"][0], "members": kept}]
+    return out, metas
 
 
 def _grid_wcs(mosaic) -> dict:

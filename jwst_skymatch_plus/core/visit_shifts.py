@@ -52,7 +52,6 @@ class ShiftSample:
     dx: float
     dy: float
     correlation: float
-    significance: float
     n_pixels: int
 
 
@@ -241,7 +240,6 @@ def measure_block_shifts(
                         shift.dx,
                         shift.dy,
                         shift.correlation,
-                        math.nan,
                         shift.n_pixels,
                     )
                 )

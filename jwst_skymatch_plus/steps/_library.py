@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ __all__ = [
     "check_single_configuration",
     "exposure_sources",
     "good_pixel_mask",
+    "label_member",
     "open_library",
     "open_library_with_metadata",
     "parse_regions",
@@ -165,10 +166,32 @@ def open_library_with_metadata(step, input_models) -> tuple:
     return library, read_all_metadata(library)
 
 
+def label_member(member: dict, meta: dict, asn: Mapping) -> None:
+    """Give an association member its ``group_id`` and its metadata what the association adds.
+
+    A member that already carries its ``group_id`` spares ``ModelLibrary``
+    a second read of the file; the metadata gets the association fields the
+    library's own ``read_metadata`` would add.  Both are updated in place.
+    """
+    from jwst.datamodels.utils import attrs_to_group_id
+
+    if "group_id" not in member:
+        prefix = "meta.observation."
+        observation = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
+        member["group_id"] = meta.get("meta.group_id") or attrs_to_group_id(observation)
+    meta["meta.asn.exptype"] = member.get("exptype", "science")
+    if "table_name" in asn:
+        meta["meta.asn.table_name"] = asn["table_name"]
+    for attr in ("group_id", "tweakreg_catalog"):
+        if attr in member:
+            meta[f"meta.{attr}"] = member[attr]
+    if "asn_pool" in asn:
+        meta["meta.asn.pool_name"] = asn["asn_pool"]
+
+
 def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
     """An association file as a dictionary with absolute member paths and group ids."""
     from jwst.associations import load_asn
-    from jwst.datamodels.utils import attrs_to_group_id
     from stdatamodels.jwst.datamodels import read_metadata
 
     path = path.expanduser().resolve()
@@ -183,18 +206,7 @@ def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
             expname = Path(member["expname"])
             member["expname"] = os.fspath(expname if expname.is_absolute() else path.parent / expname)
             meta = dict(read_metadata(member["expname"], flatten=True))
-            if "group_id" not in member:
-                prefix = "meta.observation."
-                observation = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
-                member["group_id"] = meta.get("meta.group_id") or attrs_to_group_id(observation)
-            # What the library's own read_metadata adds from the association.
-            meta["meta.asn.exptype"] = member.get("exptype", "science")
-            meta["meta.asn.table_name"] = asn["table_name"]
-            for attr in ("group_id", "tweakreg_catalog"):
-                if attr in member:
-                    meta[f"meta.{attr}"] = member[attr]
-            if "asn_pool" in asn:
-                meta["meta.asn.pool_name"] = asn["asn_pool"]
+            label_member(member, meta, asn)
             members.append(member)
             metas.append(meta)
     product["members"] = members
