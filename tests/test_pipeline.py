@@ -287,7 +287,7 @@ def test_blotted_mosaic_geometry_and_values(mosaic_dir, products):
     assert abs(np.median(diff)) < 0.01
 
 
-def test_blot_fill_value_and_bad_fill_value(mosaic_dir, tmp_path):
+def test_bad_blot_fill_value_is_refused(mosaic_dir, tmp_path):
     _, asn, _ = mosaic_dir
     with pytest.raises(ValueError, match="blot_fillval"):
         Image3PlusPipeline.call(
