@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ImageShift", "fill_invalid", "highpass", "masked_correlation", "measure_shift"]
+__all__ = [
+    "ImageShift",
+    "fill_invalid",
+    "highpass",
+    "masked_correlation",
+    "masked_difference",
+    "measure_shift",
+]
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,44 @@ def fill_invalid(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return _fill_invalid(image, np.asarray(valid, bool))
 
 
+def _masked_moments(
+    a: np.ndarray, valid_a: np.ndarray, b: np.ndarray, valid_b: np.ndarray, max_shift: int
+) -> dict[str, np.ndarray]:
+    """Sums over the common valid pixels of ``a`` at ``p`` and ``b`` at ``p + u``, for every ``u``.
+
+    Keys: ``n`` (pixel count), ``a``, ``b``, ``aa``, ``bb``, ``ab``; each an
+    array of shape ``(2 * max_shift + 1,) * 2`` indexed ``[max_shift + uy,
+    max_shift + ux]``.  FFT-based, so the cost does not grow with ``max_shift``.
+    """
+    from scipy import fft
+
+    ma = valid_a.astype(np.float64)
+    mb = valid_b.astype(np.float64)
+    a = np.where(valid_a, a, 0.0)
+    b = np.where(valid_b, b, 0.0)
+    shape = (a.shape[0] + max_shift + 1, a.shape[1] + max_shift + 1)
+    shape = tuple(fft.next_fast_len(s, real=True) for s in shape)
+    iy = np.arange(-max_shift, max_shift + 1) % shape[0]
+    ix = np.arange(-max_shift, max_shift + 1) % shape[1]
+
+    def spectrum(x):
+        return fft.rfft2(x, shape)
+
+    def corr(fx, fy):
+        # sum_p x[p] * y[p + u] for the allowed u.
+        return fft.irfft2(np.conj(fx) * fy, shape)[np.ix_(iy, ix)]
+
+    fa, fb, fma, fmb = spectrum(a), spectrum(b), spectrum(ma), spectrum(mb)
+    return {
+        "n": np.round(corr(fma, fmb)),
+        "ab": corr(fa, fb),
+        "a": corr(fa, fmb),
+        "b": corr(fma, fb),
+        "aa": corr(spectrum(a * a), fmb),
+        "bb": corr(fma, spectrum(b * b)),
+    }
+
+
 def masked_correlation(
     a: np.ndarray, valid_a: np.ndarray, b: np.ndarray, valid_b: np.ndarray, max_shift: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,36 +192,54 @@ def masked_correlation(
     overlap : numpy.ndarray
         Number of pixels valid in both at each shift.
     """
-    from scipy import fft
-
-    ma = valid_a.astype(np.float64)
-    mb = valid_b.astype(np.float64)
-    a = np.where(valid_a, a, 0.0)
-    b = np.where(valid_b, b, 0.0)
-    shape = (a.shape[0] + max_shift + 1, a.shape[1] + max_shift + 1)
-    shape = tuple(fft.next_fast_len(s, real=True) for s in shape)
-    iy = np.arange(-max_shift, max_shift + 1) % shape[0]
-    ix = np.arange(-max_shift, max_shift + 1) % shape[1]
-
-    def spectrum(x):
-        return fft.rfft2(x, shape)
-
-    def corr(fx, fy):
-        # sum_p x[p] * y[p + u] for the allowed u.
-        return fft.irfft2(np.conj(fx) * fy, shape)[np.ix_(iy, ix)]
-
-    fa, fb, fma, fmb = spectrum(a), spectrum(b), spectrum(ma), spectrum(mb)
-    n = np.round(corr(fma, fmb))
+    s = _masked_moments(a, valid_a, b, valid_b, max_shift)
+    n = s["n"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        sab = corr(fa, fb)
-        sa = corr(fa, fmb)
-        sb = corr(fma, fb)
-        saa = corr(spectrum(a * a), fmb)
-        sbb = corr(fma, spectrum(b * b))
-        num = sab - sa * sb / n
-        den = np.sqrt(np.clip(saa - sa**2 / n, 0, None) * np.clip(sbb - sb**2 / n, 0, None))
+        num = s["ab"] - s["a"] * s["b"] / n
+        den = np.sqrt(
+            np.clip(s["aa"] - s["a"] ** 2 / n, 0, None) * np.clip(s["bb"] - s["b"] ** 2 / n, 0, None)
+        )
         ncc = np.where((n > 0) & (den > 0), num / den, np.nan)
     return ncc, n
+
+
+def masked_difference(
+    a: np.ndarray, valid_a: np.ndarray, b: np.ndarray, valid_b: np.ndarray, max_shift: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean squared difference ``b(p + u) - a(p) - c`` for integer shifts up to ``max_shift``.
+
+    ``c``, the mean difference at each shift, is removed: two exposures of
+    the same sky differ by a background level.  Unlike the normalised
+    correlation this is the likelihood of a shift under white noise, so it
+    stays unbiased on smooth emission, where normalising by each shift's
+    local variance favours whichever overlap happens to be most linear.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        Same-shape images (values outside the masks are ignored).
+    valid_a, valid_b : numpy.ndarray of bool
+        Their valid pixels.
+    max_shift : int
+        Largest shift (pixels) along each axis.
+
+    Returns
+    -------
+    msd : numpy.ndarray, shape (2 * max_shift + 1, 2 * max_shift + 1)
+        Indexed as the correlation of :func:`masked_correlation`; NaN where
+        no pixel is common.
+    overlap : numpy.ndarray
+        Number of pixels valid in both at each shift.
+    """
+    # Centring keeps the sums of squares small: less cancellation.
+    a = a - np.mean(a[valid_a]) if valid_a.any() else a
+    b = b - np.mean(b[valid_b]) if valid_b.any() else b
+    s = _masked_moments(a, valid_a, b, valid_b, max_shift)
+    n = s["n"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ssd = s["aa"] + s["bb"] - 2.0 * s["ab"] - (s["b"] - s["a"]) ** 2 / n
+        msd = np.where(n > 0, np.clip(ssd, 0, None) / n, np.nan)
+    return msd, n
 
 
 def _central_crop(valid: np.ndarray, max_side: int) -> tuple[slice, slice]:

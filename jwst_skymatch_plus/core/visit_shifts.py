@@ -2,14 +2,16 @@
 
 Each visit (its exposures co-added on the common grid) is compared with every
 visit it overlaps.  The overlap is cut into blocks; in each block
-:func:`~jwst_skymatch_plus.core.registration.measure_shift` measures where
-the features of one visit sit in the other, to a few hundredths of a pixel.
-Every block gives two linear equations for the two visits' displacement
-fields ``D_u(p) = t_u + w_u * R (p - c_u)`` (a shift ``t_u`` and, when asked,
-a small rotation ``w_u`` about the visit centre ``c_u``; ``R`` turns by 90
-degrees), and all visits are solved together by least squares.  Block
-measurements that disagree with the solution by more than ``reject_sigma``
-robust standard deviations are dropped and the solution repeated.
+:func:`register_block` finds the whole-pixel shift of least squared
+difference, then fits the sub-pixel remainder on the images' gradients, to a
+few hundredths of a pixel, with a formal error.  Every block gives two linear
+equations for the two visits' displacement fields
+``D_u(p) = t_u + w_u * R (p - c_u)`` (a shift ``t_u`` and, when asked, a
+small rotation ``w_u`` about the visit centre ``c_u``; ``R`` turns by 90
+degrees), and all visits are solved together by weighted least squares.
+Block measurements that disagree with the solution by more than
+``reject_sigma`` times their errors (robustly scaled) are dropped and the
+solution repeated.
 
 Differences fix the displacements only up to a transform common to each
 connected set of visits; the solution is the one of least norm, with the
@@ -39,6 +41,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ROT = np.array([[0.0, -1.0], [1.0, 0.0]])
+_PRESMOOTH = 1.0  # Gaussian sigma (pixels) applied to both cutouts before the sub-pixel fit
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class ShiftSample:
     dy: float
     correlation: float
     n_pixels: int
+    sigma_x: float = math.nan
+    sigma_y: float = math.nan
 
 
 @dataclass
@@ -84,6 +89,8 @@ class BlockShift:
     dy: float
     correlation: float
     n_pixels: int
+    sigma_x: float = math.nan  # formal 1-sigma error of dx (white noise assumed)
+    sigma_y: float = math.nan
 
 
 def has_structure(image: np.ndarray, valid: np.ndarray, threshold: float = 5.0) -> bool:
@@ -98,14 +105,66 @@ def has_structure(image: np.ndarray, valid: np.ndarray, threshold: float = 5.0) 
 
     from .registration import fill_invalid
 
-    pairs = valid[:, 1:] & valid[:, :-1]
-    if pairs.sum() < 100:
+    noise = _noise(image, valid)
+    if not np.isfinite(noise):
         return False
-    diff = np.diff(image, axis=1)[pairs]
-    noise = 1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0)
     smooth = ndimage.gaussian_filter(fill_invalid(image, valid), 2.0)[valid]
     scatter = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
     return bool(scatter > threshold * noise / (4.0 * math.sqrt(math.pi)))
+
+
+def _noise(image: np.ndarray, valid: np.ndarray) -> float:
+    """Pixel noise from differences of horizontal neighbours (robust; NaN if too few)."""
+    pairs = valid[:, 1:] & valid[:, :-1]
+    if pairs.sum() < 100:
+        return math.nan
+    diff = np.diff(image, axis=1)[pairs]
+    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
+
+
+def _tame_outliers(image: np.ndarray, valid: np.ndarray, k: float = 4.0) -> np.ndarray:
+    """Image (holes filled) with each pixel held within ``k`` noise sigma of its 3x3 median.
+
+    A cosmic ray's square dominates a sum of squared differences; whether it
+    falls inside the common area changes with the shift and can move the
+    minimum.  Bounded like this it cannot, while a point source keeps its
+    place (its 3x3 median is high too).
+    """
+    from scipy import ndimage
+
+    from .registration import fill_invalid
+
+    filled = fill_invalid(image, valid)
+    median = ndimage.median_filter(filled, 3)
+    bound = k * _noise(image, valid)
+    if not np.isfinite(bound):
+        return median
+    return median + np.clip(filled - median, -bound, bound)
+
+
+def _one_sided_outliers(a: np.ndarray, b: np.ndarray, both: np.ndarray, noise: float, k: float = 5.0):
+    """Pixels where one image holds something the other has nowhere nearby (cosmic rays, bad pixels).
+
+    With the images aligned to within a pixel, a feature of the sky in
+    ``b`` lies between the smallest and largest value of ``a`` in the 3x3
+    neighbourhood (and vice versa), up to the noise and the level
+    difference; a cosmic ray does not.  This is the envelope test of
+    drizzle-style outlier rejection.  Flagged pixels are grown by one pixel,
+    the spread resampling gives them.
+    """
+    from scipy import ndimage
+
+    if not np.isfinite(noise) or not both.any():
+        return np.zeros_like(both)
+    level = float(np.median((b - a)[both]))
+    margin = k * noise
+    out = (b - level > ndimage.maximum_filter(a, 3) + margin) | (
+        b - level < ndimage.minimum_filter(a, 3) - margin
+    )
+    out |= (a + level > ndimage.maximum_filter(b, 3) + margin) | (
+        a + level < ndimage.minimum_filter(b, 3) - margin
+    )
+    return ndimage.binary_dilation(out & both)
 
 
 def register_block(
@@ -116,63 +175,98 @@ def register_block(
     *,
     max_shift: int,
     min_pixels: int = 1000,
-    iterations: int = 3,
+    iterations: int = 8,
+    clip: float = 5.0,
 ) -> BlockShift | None:
-    """Shift between two co-registered cutouts: masked cross-correlation, then a gradient fit.
+    """Shift between two co-registered cutouts: least squared difference, then a gradient fit.
 
-    The whole-pixel shift is the peak of the masked normalised
-    cross-correlation (scikit-image); it uses all the structure, extended
-    emission included, and ignores masked pixels.  The remaining sub-pixel
-    shift is fitted by linear least squares on the images' gradients
-    (``b - a = -grad(a) . d + c0 + c1 x + c2 y``, a plane taking up any
-    background difference), iterated with ``a`` re-interpolated at the
-    current shift.  Returns None when the peak lies beyond ``max_shift`` or
-    too few valid pixels remain.
+    The whole-pixel shift minimises the mean squared difference of the
+    cutouts over their common valid pixels, a background level removed
+    (:func:`~jwst_skymatch_plus.core.registration.masked_difference`): the
+    noise likelihood of the shift, which uses all the structure, extended
+    emission included, without the bias a normalised correlation has on
+    smooth emission.  The sub-pixel remainder is fitted by linear least
+    squares on the images' gradients (``b - a = -grad(a) . d + c``),
+    iterated with ``a`` re-interpolated at the current shift; once the fit
+    has settled, pixels off it by more than ``clip`` robust standard
+    deviations (cosmic rays, variable sources) are left out.  Only a level
+    is fitted, not a plane: on smooth emission a plane is nearly the same
+    as a shift.  Returns None when the best shift lies on the edge of the
+    search, or too few valid pixels remain.
     """
     from scipy import ndimage
-    from skimage.registration import phase_cross_correlation
 
-    from .registration import fill_invalid
+    from .registration import fill_invalid, masked_difference
 
-    if min(valid_a.sum(), valid_b.sum()) < min_pixels:
+    n_a, n_b = int(valid_a.sum()), int(valid_b.sum())
+    if min(n_a, n_b) < min_pixels:
         return None
     if not (has_structure(image_a, valid_a) and has_structure(image_b, valid_b)):
-        return None  # a flat or noise-only block would give a chance peak
-    a = np.where(valid_a, image_a, 0.0)
-    b = np.where(valid_b, image_b, 0.0)
-    shift = phase_cross_correlation(b, a, reference_mask=valid_b, moving_mask=valid_a, overlap_ratio=0.5)
-    shift = np.asarray(shift[0] if isinstance(shift, tuple) else shift, dtype=float)
-    if not np.all(np.isfinite(shift)) or np.max(np.abs(shift)) > max_shift:
-        return None
-    ky, kx = np.rint(shift).astype(int).tolist()
+        return None  # a flat or noise-only block would give a chance minimum
+    msd, n = masked_difference(
+        _tame_outliers(image_a, valid_a), valid_a, _tame_outliers(image_b, valid_b), valid_b, max_shift
+    )
+    # A minimum found on a sliver of the block (large shift) is not trusted.
+    msd = np.where(n >= max(min_pixels, 0.5 * min(n_a, n_b)), msd, np.inf)
+    iy, ix = np.unravel_index(int(np.argmin(msd)), msd.shape)
+    if not np.isfinite(msd[iy, ix]) or max(abs(iy - max_shift), abs(ix - max_shift)) >= max_shift:
+        return None  # on the edge: the true minimum may lie outside the search
+    ky, kx = iy - max_shift, ix - max_shift
     # Compare b(p) with a(p - k) on the rows and columns both cover.
-    ny, nx = a.shape
+    ny, nx = image_a.shape
     ys, yd = (slice(0, ny - ky), slice(ky, ny)) if ky >= 0 else (slice(-ky, ny), slice(0, ny + ky))
     xs, xd = (slice(0, nx - kx), slice(kx, nx)) if kx >= 0 else (slice(-kx, nx), slice(0, nx + kx))
-    a_k = fill_invalid(image_a[ys, xs], valid_a[ys, xs])
-    b_k = np.asarray(image_b[yd, xd], dtype=np.float64)
-    both = valid_a[ys, xs] & valid_b[yd, xd]
-    # A peak found on a sliver of the block (large shift) is not trusted.
-    if both.sum() < max(min_pixels, 0.5 * min(valid_a.sum(), valid_b.sum())):
-        return None
+    good_a, good_b = valid_a[ys, xs], valid_b[yd, xd]
+    a_k, b_k = fill_invalid(image_a[ys, xs], good_a), fill_invalid(image_b[yd, xd], good_b)
+    noise = math.hypot(_noise(image_a, valid_a), _noise(image_b, valid_b))
+    outliers = _one_sided_outliers(a_k, b_k, good_a & good_b, noise)
+    good_a, good_b = good_a & ~outliers, good_b & ~outliers
+    # Both smoothed alike before any sub-pixel interpolation: interpolating
+    # raw pixels averages their noise by an amount that depends on the
+    # fractional shift, which pulls the fit towards half-pixel shifts
+    # whenever the structure is weak.  After a 1-pixel Gaussian the
+    # interpolation hardly changes the noise.
+    a_k = ndimage.gaussian_filter(fill_invalid(a_k, good_a), _PRESMOOTH)
+    b_k = ndimage.gaussian_filter(fill_invalid(b_k, good_b), _PRESMOOTH)
+    both = ndimage.binary_erosion(good_a & good_b, iterations=2)
     yy, xx = np.nonzero(both)
-    scale = max(a_k.shape)
+    if yy.size < min_pixels:
+        return None
+    keep = np.ones(yy.size, bool)
     d = np.zeros(2)  # (dy, dx) beyond the whole-pixel shift
-    for _ in range(iterations):
+    for it in range(iterations):
         a_d = ndimage.shift(a_k, d, order=3, mode="nearest")
         # Gradient of the mean of both images: symmetric, so less biased by
         # either one's noise.
-        gy, gx = np.gradient(0.5 * (a_d + fill_invalid(b_k, valid_b[yd, xd])))
-        design = np.column_stack([-gx[yy, xx], -gy[yy, xx], np.ones(yy.size), xx / scale, yy / scale])
-        coef, *_ = np.linalg.lstsq(design, b_k[yy, xx] - a_d[yy, xx], rcond=None)
+        gy, gx = np.gradient(0.5 * (a_d + b_k))
+        design = np.column_stack([-gx[yy, xx], -gy[yy, xx], np.ones(yy.size)])
+        target = b_k[yy, xx] - a_d[yy, xx]
+        coef, *_ = np.linalg.lstsq(design[keep], target[keep], rcond=None)
         d += (coef[1], coef[0])
-        if np.hypot(coef[0], coef[1]) < 1e-4 or np.max(np.abs(d)) > 1.5:
+        if np.max(np.abs(d)) > 1.5:
+            return None  # the gradient fit left the whole-pixel minimum
+        step = float(np.hypot(coef[0], coef[1]))
+        if step < 0.05 or it >= 2:
+            resid = target - design @ coef
+            keep = np.abs(resid) < clip * 1.4826 * np.median(np.abs(resid[keep])) + 1e-30
+        if step < 1e-4:
             break
-    if np.max(np.abs(d)) > 1.5:
-        return None
     a_d = ndimage.shift(a_k, d, order=3, mode="nearest")
-    corr = float(np.corrcoef(a_d[yy, xx], b_k[yy, xx])[0, 1])
-    return BlockShift(kx + float(d[1]), ky + float(d[0]), corr, int(yy.size))
+    corr = float(np.corrcoef(a_d[yy, xx][keep], b_k[yy, xx][keep])[0, 1])
+    # Formal errors of the last fit.  Where the structure in the block is
+    # close to a plane, a shift is nearly a level change and these grow: the
+    # block then carries little weight, or none (see ``max_sigma``).
+    # The smoothing correlates the noise over about 4 pi sigma^2 pixels,
+    # which the white-noise formula would count as independent.
+    resid = (target - design @ coef)[keep]
+    dof = max(int(keep.sum()) - 3, 1)
+    try:
+        cov = np.linalg.inv(design[keep].T @ design[keep]) * float(resid @ resid) / dof
+        cov *= 4.0 * math.pi * _PRESMOOTH**2
+        sx, sy = float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1]))
+    except np.linalg.LinAlgError:
+        sx = sy = math.inf
+    return BlockShift(kx + float(d[1]), ky + float(d[0]), corr, int(keep.sum()), sx, sy)
 
 
 def _blocks(box: BBox, size: int) -> list[BBox]:
@@ -241,6 +335,8 @@ def measure_block_shifts(
                         shift.dy,
                         shift.correlation,
                         shift.n_pixels,
+                        shift.sigma_x,
+                        shift.sigma_y,
                     )
                 )
     return samples, tried
@@ -271,6 +367,7 @@ def solve_unit_shifts(
     fit_rotation: bool = True,
     reject_sigma: float = 5.0,
     max_iter: int = 5,
+    sigma_floor: float = 0.02,
 ) -> UnitSolution:
     """Least-squares displacement fields of all units from block shift samples.
 
@@ -289,6 +386,9 @@ def solve_unit_shifts(
         deviations are dropped (iteratively).
     max_iter : int
         Rejection rounds.
+    sigma_floor : float
+        Added in quadrature to each sample's formal error (grid pixels) for
+        its weight: no block is trusted beyond what resampling allows.
 
     Returns
     -------
@@ -323,15 +423,19 @@ def solve_unit_shifts(
                 design[2 * k, col + 2] = sign * rx
                 design[2 * k + 1, col + 2] = sign * ry
         target[2 * k : 2 * k + 2] = (s.dx, s.dy)
-        weight[2 * k : 2 * k + 2] = math.sqrt(s.n_pixels)
+        weight[2 * k : 2 * k + 2] = [
+            1.0 / math.hypot(e, sigma_floor) if math.isfinite(e) else 1.0 / sigma_floor
+            for e in (s.sigma_x, s.sigma_y)
+        ]
     params = np.zeros(npar * n)
-    for _ in range(max_iter):
+    for _ in range(max(max_iter, m // 5)):
         rows = np.repeat(used, 2)
         w = weight[rows]
         params, *_ = np.linalg.lstsq(design[rows] * w[:, None], target[rows] * w, rcond=None)
-        resid = (target - design @ params).reshape(m, 2)
+        # Residuals in units of each sample's error.
+        resid = ((target - design @ params) * weight).reshape(m, 2)
         dist = np.hypot(resid[:, 0], resid[:, 1])
-        scale = 1.4826 * np.median(dist[used]) + 1e-3
+        scale = 1.4826 * np.median(dist[used]) + 1e-6
         worst = np.argmax(np.where(used, dist, -1.0))
         if dist[worst] <= reject_sigma * scale or used.sum() <= 2:
             break
@@ -351,7 +455,17 @@ def solve_unit_shifts(
     for s, ok in zip(samples, used, strict=True):
         if ok:
             counts[[s.a, s.b]] += 1
-    uncertainty = np.where(counts > 0, rms / np.sqrt(np.maximum(counts, 1)), np.nan)
+    # Shift errors from the weighted least-squares covariance (least-norm
+    # gauge, as the solution), scaled by the reduced chi-square when the
+    # samples scatter more than their errors say.
+    rows = np.repeat(used, 2)
+    a_w = design[rows] * weight[rows][:, None]
+    chi = (target[rows] - design[rows] @ params) * weight[rows]
+    dof = max(int(rows.sum()) - np.linalg.matrix_rank(a_w), 1)
+    cov = np.linalg.pinv(a_w.T @ a_w) * max(1.0, float(chi @ chi) / dof)
+    var = np.diag(cov).reshape(n, npar)
+    uncertainty = np.sqrt(var[:, 0] + var[:, 1])
+    uncertainty[comp < 0] = np.nan
     return UnitSolution(shift, rotation, centers, comp, counts, rms, uncertainty, used)
 
 
@@ -402,9 +516,13 @@ def coadd_on_grid(exposures: Sequence[tuple], grid: SkyGrid, kernel: str = "squa
     wsum = np.zeros(box.shape, np.float64)
     for (data, good, wcs), b in zip(exposures, boxes, strict=True):
         r = resample_to_grid(data, good, wcs, grid, b, kernel=kernel)
+        # Grid pixels an exposure only grazes (its edges, the rims of its
+        # holes) carry one input pixel's value, cosmic rays included, at full
+        # contrast: leave them out.
+        weight = np.where(r.weight >= 0.5 * np.max(r.weight, initial=0.0), r.weight, 0.0)
         sl = b.slices_in(box)
-        acc[sl] += r.image * r.weight
-        wsum[sl] += r.weight
+        acc[sl] += r.image * weight
+        wsum[sl] += weight
     with np.errstate(invalid="ignore", divide="ignore"):
         image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
     return Resampled(box, image, wsum.astype(np.float32))
