@@ -43,6 +43,7 @@ from .core.regions import MIRI_FULL_SHAPE, miri_lyot_region
 
 __all__ = [
     "INSTRUMENTS",
+    "alignment_errors",
     "InstrumentLayout",
     "MosaicTruth",
     "SimulatedMosaic",
@@ -191,6 +192,17 @@ class SimulatedMosaic:
 
         """
         return self.scene.sample(wcs, shape)
+
+    def source_catalog(self):
+        """True sky positions of the point sources: an astropy Table with ``RA``, ``DEC`` (deg) and ``peak``.
+
+        The absolute astrometric truth, e.g. for ``alignment_catalog``.
+        """
+        from astropy.table import Table
+
+        x, y = self.scene.sources_pixel.T
+        ra, dec = self.scene.wcs.wcs_pix2world(x, y, 0)
+        return Table({"RA": ra, "DEC": dec, "peak": self.scene.sources_peak})
 
     @property
     def filenames(self) -> list[str]:
@@ -432,10 +444,16 @@ class _Scene:
             img += fine[off : off + n, off : off + n]
         # Point sources with a power-law flux distribution.
         sig = psf_fwhm / 2.3548
+        sources = []
         for _ in range(n_sources):
             cx, cy = rng.uniform(-half, half, 2)
             peak = emission * 5.0 * rng.pareto(1.5) + emission * 0.5
             _add_gaussian(img, coords, cx, cy, sig, sig, 0.0, peak)
+            sources.append((cx, cy, peak))
+        # Pixel (0-based) positions of the point sources on the scene grid.
+        src = np.array(sources, float).reshape(-1, 3)
+        self.sources_pixel = src[:, :2] / scale_arcsec + (n - 1) / 2.0
+        self.sources_peak = src[:, 2]
         self.image = img
         # Pre-filtered spline coefficients: cubic interpolation per exposure.
         self._coeffs = ndimage.spline_filter(img.astype(np.float64), order=3).astype(np.float32)
@@ -515,6 +533,7 @@ def simulate_mosaic(
     misalign_roll: float = 0.0,
     distortion: bool = False,
     misalignment: dict[int, tuple[float, float, float]] | None = None,
+    module_misalignment: dict[str, tuple[float, float]] | None = None,
     filter: str | None = None,
     scene_seed: int | None = None,
     out_dir: str | Path | None = None,
@@ -594,6 +613,10 @@ def simulate_mosaic(
         (arcsec along the detector x and y axes, degrees), overriding
         ``misalign_arcsec``/``misalign_roll``: two bands observed in the same
         visits share them.
+    module_misalignment : dict, optional
+        Extra pointing error of the detectors of one module ``{'B': (dx,
+        dy)}`` (arcsec along detector x and y), on top of the visit's: the
+        inconsistency between the NIRCam modules' WCSs.
     filter : str, optional
         Filter name recorded in the models (default: the layout's).
     scene_seed : int, optional
@@ -737,7 +760,13 @@ def simulate_mosaic(
         for det in layout.detectors:
             det2v23 = _det2v23_model(layout, det, layout.shape, distortion and layout.instrument == "NIRCAM")
             wcs = _make_gwcs(det2v23, pointing, (ap_v2, ap_v3), layout.shape)
-            twcs = _make_gwcs(det2v23, true_pointing, (ap_v2, ap_v3), layout.shape)
+            extra = (module_misalignment or {}).get(det.module)
+            det_pointing = (
+                true_pointing
+                if extra is None
+                else _misaligned(pointing, layout, (shift[0] + extra[0], shift[1] + extra[1]), shift[2])
+            )
+            twcs = _make_gwcs(det2v23, det_pointing, (ap_v2, ap_v3), layout.shape)
             sigma = noise * rng.uniform(0.8, 1.2)
             level = sky_level + visit_offsets[v - 1] + drift + detector_offsets.get(det.name, 0.0)
             grad = visit_gradients[v - 1]
@@ -971,6 +1000,53 @@ def _update_fits_wcs(model) -> None:
 # --------------------------------------------------------------------------
 # Truth comparisons
 # --------------------------------------------------------------------------
+def alignment_errors(
+    models, true_wcs, pixel_scale: float, relative: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """How far each exposure's WCS is from the one its data were rendered with, in pixels.
+
+    Compared on a 5 x 5 grid over each detector.  A relative alignment
+    (exposures aligned to each other, no absolute catalog) is defined only
+    up to one shift and rotation of the whole mosaic, e.g. those of the
+    visit chosen as reference: with ``relative`` the best such common
+    transform is removed first.
+
+    Parameters
+    ----------
+    models : sequence of ImageModel
+        Exposures with the WCS to check.
+    true_wcs : sequence
+        Their true gwcs (``SimulatedMosaic.true_wcs``).
+    pixel_scale : float
+        Arcsec per pixel (``SimulatedMosaic.layout.pixel_scale``).
+    relative : bool
+        Remove the common rigid transform.
+
+    Returns
+    -------
+    mean, worst : numpy.ndarray
+        Per exposure: length of the mean offset vector, and the largest
+        offset of any grid point.
+    """
+    from .core.alignment import fit_sky_affine
+
+    got, true = [], []
+    for m, tw in zip(models, true_wcs, strict=True):
+        ny, nx = m.data.shape
+        x, y = (a.ravel() for a in np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5)))
+        got.append(np.asarray(m.meta.wcs(x, y)))
+        true.append(np.asarray(tw(x, y)))
+    ra, dec = np.concatenate(got, axis=1)
+    ra_t, dec_t = np.concatenate(true, axis=1)
+    if relative:
+        common, _ = fit_sky_affine(ra, dec, ra_t, dec_t, float(ra.mean()), float(dec.mean()), "rshift")
+        ra, dec = common.apply(ra, dec)
+    dx = (ra - ra_t + 180.0) % 360.0 - 180.0
+    err = np.stack([dx * np.cos(np.radians(dec_t)), dec - dec_t]) * 3600.0 / pixel_scale
+    err = err.reshape(2, len(got), -1)
+    return np.hypot(*err.mean(axis=2)), np.hypot(*err).max(axis=1)
+
+
 def offset_rms_error(recovered: np.ndarray, truth: np.ndarray, labels: np.ndarray | None = None) -> float:
     """RMS error of recovered offsets after removing the free constant.
 

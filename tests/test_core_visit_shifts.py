@@ -89,3 +89,22 @@ def test_solve_unit_shifts_recovers_shifts_and_drops_outlier():
     assert not sol.used[-1] and sol.used[:-1].all()
     assert np.all(np.hypot(*(sol.shift - truth).T) < 4 * sol.uncertainty)
     assert np.all(sol.uncertainty < 0.02)
+
+
+def test_dither_levels_recovered_from_overlaps():
+    from jwst_skymatch_plus.core.grid import BBox
+    from jwst_skymatch_plus.core.resample import Resampled
+    from jwst_skymatch_plus.core.visit_shifts import dither_levels
+
+    rng = np.random.default_rng(7)
+    sky = emission((120, 160), seed=9)
+    truth = np.array([0.0, 0.3, -0.2, 0.05])
+    images = []
+    for k, (x0, y0) in enumerate([(0, 0), (20, 10), (40, 0), (30, 20)]):
+        box = BBox(x0, x0 + 100, y0, y0 + 90)
+        cut = sky[y0 : y0 + 90, x0 : x0 + 100] + truth[k] + rng.normal(0, NOISE, (90, 100))
+        images.append(Resampled(box, cut.astype(np.float32), np.ones((90, 100), np.float32)))
+    got = dither_levels(images)
+    expected = truth - truth.mean()
+    # Each pair's median difference over ~5000 pixels: error ~ 1.25 * noise * sqrt(2 / 5000).
+    assert np.allclose(got - got.mean(), expected, atol=5 * 1.25 * NOISE * math.sqrt(2 / 5000))

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from jwst.datamodels import ImageModel, ModelLibrary
 
 from jwst_skymatch_plus import PixelSkyMatchStep
-from jwst_skymatch_plus.simulate import offset_rms_error, simulate_mosaic
+from jwst_skymatch_plus.simulate import alignment_errors, offset_rms_error, simulate_mosaic
 from jwst_skymatch_plus.steps.wcs_adjust import (
     ApplyWCSAdjustStep,
     GetWCSAdjustStep,
@@ -48,10 +49,12 @@ def pointing_errors(models, sim):
 
 
 def relative_errors(models, sim):
-    """Errors after removing the common shift (a relative alignment has no absolute anchor)."""
-    mean, worst = pointing_errors(models, sim)
-    common = mean.mean(axis=0)
-    return np.hypot(*(mean - common).T), worst
+    """Mean and worst errors (pixels) after removing the mosaic's common shift and rotation.
+
+    A relative alignment has no absolute anchor: the whole mosaic may keep
+    the pointing error of whichever visit tweakreg took as reference.
+    """
+    return alignment_errors(models, sim.true_wcs, sim.layout.pixel_scale)
 
 
 def sha(paths):
@@ -194,28 +197,6 @@ def _levels(library):
     return np.array([float(m.meta.background.level) for m in _models(library)])
 
 
-def rigid_residuals(models, sim) -> np.ndarray:
-    """Pixel errors on a 5x5 grid per exposure after removing one rigid transform of the whole mosaic.
-
-    A relative alignment (no absolute catalog) is defined up to such a
-    transform; everything else is error.
-    """
-    from jwst_skymatch_plus.core.alignment import fit_sky_affine
-
-    got, true = [], []
-    for m, true_wcs in zip(models, sim.true_wcs, strict=True):
-        ny, nx = m.data.shape
-        x, y = (a.ravel() for a in np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5)))
-        got.append(m.meta.wcs(x, y))
-        true.append(true_wcs(x, y))
-    ra, dec = (np.concatenate([g[i] for g in got]) for i in (0, 1))
-    ra_t, dec_t = (np.concatenate([t[i] for t in true]) for i in (0, 1))
-    common, _ = fit_sky_affine(ra, dec, ra_t, dec_t, float(ra.mean()), float(dec.mean()), "rshift")
-    ra2, dec2 = common.apply(ra, dec)
-    err = np.hypot((ra2 - ra_t) * np.cos(np.radians(dec_t)), dec2 - dec_t) * 3600 / sim.layout.pixel_scale
-    return err.reshape(len(models), 25)
-
-
 @pytest.fixture(scope="module")
 def emission_only():
     """The same misaligned visits with extended emission and no point sources at all."""
@@ -224,19 +205,20 @@ def emission_only():
 
 def test_cross_correlation_aligns_emission_without_point_sources(emission_only, tmp_path):
     sim = emission_only
-    step = GetWCSAdjustStep(method="cross_corr", table_path=str(tmp_path / "cc.ecsv"))
+    # The method chosen by instrument, as in a configuration for several bands.
+    step = GetWCSAdjustStep(
+        method="{'nircam': 'tweakreg', 'miri': 'cross_corr'}", table_path=str(tmp_path / "cc.ecsv")
+    )
     step.run([m.copy() for m in sim.models])
     assert list(step.table["measured"]) == [True] * 4
+    assert step.table.meta["method"] == "cross_corr"
     assert set(step.table["method"]) == {"cross_corr"}
-    before = rigid_residuals(sim.models, sim)
+    before, _ = relative_errors(sim.models, sim)
     assert before.max() > 3  # several pixels to find
     result = ApplyWCSAdjustStep.call([m.copy() for m in sim.models], table=str(step.table_paths[0]))
-    after = rigid_residuals(_models(result), sim)
-    # What pixel matching needs: well inside its 0.3-pixel alignment check.
-    # (The catalog method reaches the 0.05-pixel goal; on extended emission
-    # alone cross-correlation reaches 0.02-0.08 pixel on these scenes.)
-    assert after[:, 12].max() < 2 * TOLERANCE_PIX  # detector centres
-    assert after.max() < 4 * TOLERANCE_PIX  # corners: rotations recovered too
+    after, worst = relative_errors(_models(result), sim)
+    assert after.max() < TOLERANCE_PIX
+    assert worst.max() < 2 * TOLERANCE_PIX  # corners: rotations recovered too
     PixelSkyMatchStep.call(result, alignment_check="error")  # the alignment check passes
 
 
@@ -250,3 +232,180 @@ def test_cross_correlation_of_flat_fields_is_unmeasured(tmp_path, caplog):
     assert not any(step.table["measured"])
     assert np.all(np.isnan(step.table["shift_ra"]))
     assert "recorded as unmeasured" in caplog.text
+
+
+# --------------------------------------------------------------------------
+# Catalogs: user-supplied sources, absolute reference, NIRCam modules
+# --------------------------------------------------------------------------
+CATALOG_FUNCTION = """
+from pathlib import Path
+
+from astropy.table import Table
+
+
+def truth_catalog(model, directory):
+    return Table.read(Path(directory) / (Path(model.meta.filename).stem + ".ecsv"))
+"""
+
+
+def write_true_detector_catalogs(sim, directory, n_brightest=200):
+    """Per exposure, true detector positions of its brightest point sources: a perfect finder."""
+    stars = sim.source_catalog()
+    stars.sort("peak", reverse=True)
+    for model, true_wcs in zip(sim.models, sim.true_wcs, strict=True):
+        ny, nx = model.data.shape
+        x, y = true_wcs.invert(stars["RA"], stars["DEC"], with_bounding_box=False)
+        inside = (x > 5) & (x < nx - 6) & (y > 5) & (y < ny - 6)
+        cat = Table({"x": x[inside][:n_brightest], "y": y[inside][:n_brightest]})
+        cat.write(Path(directory) / (Path(model.meta.filename).stem + ".ecsv"), format="ascii.ecsv")
+
+
+def test_custom_catalog_function_is_used(rich, tmp_path, caplog):
+    sim, files, _, _ = rich
+    catdir = tmp_path / "cats"
+    catdir.mkdir()
+    write_true_detector_catalogs(sim, catdir)
+    (tmp_path / "mycatalogs.py").write_text(CATALOG_FUNCTION)
+    step = GetWCSAdjustStep(
+        custom_catalog_function=f"{tmp_path / 'mycatalogs.py'}:truth_catalog",
+        custom_catalog_function_kwargs=repr({"directory": str(catdir)}),
+        table_path=str(tmp_path / "custom.ecsv"),
+    )
+    with caplog.at_level(logging.INFO, logger="jwst_skymatch_plus"):
+        step.run([str(f) for f in files])
+    assert "source(s) from" in caplog.text
+    assert list(step.table["measured"]) == [True] * 4
+    result = ApplyWCSAdjustStep.call([str(f) for f in files], table=str(step.table_paths[0]))
+    rel, worst = relative_errors(_models(result), sim)
+    # Noise-free positions: only the fit's own approximations remain.
+    assert rel.max() < 0.2 * TOLERANCE_PIX and worst.max() < 0.4 * TOLERANCE_PIX
+    # Perfect catalogs: tiny but finite uncertainties, zero for tweakreg's reference.
+    err = np.asarray(step.table["shift_error"])
+    assert np.all(np.isfinite(err)) and err.max() < 0.005
+
+
+def test_custom_catalog_function_errors_are_clear(rich, tmp_path):
+    _, files, _, _ = rich
+    (tmp_path / "bad.py").write_text("def nothing(model):\n    return {'ra': [1.0]}\n")
+    cases = [
+        ("no_such_module_xyz:f", ValueError, "cannot import"),
+        (f"{tmp_path / 'bad.py'}:missing", ValueError, "no function"),
+        ("just_a_name", ValueError, "package.module:function"),
+        (f"{tmp_path / 'bad.py'}:nothing", ValueError, "needs x and y"),
+    ]
+    for spec, kind, text in cases:
+        with pytest.raises(kind, match=text):
+            GetWCSAdjustStep.call(
+                [str(f) for f in files], custom_catalog_function=spec, table_path=str(tmp_path / "x.ecsv")
+            )
+
+
+@pytest.fixture(scope="module")
+def offset_everywhere():
+    """The rich field with every visit (the first too) 0.5 arcsec further off: unseen by relative fits."""
+    shifted = {v: (dx + 0.5, dy - 0.3, droll) for v, (dx, dy, droll) in MISALIGNMENT.items()}
+    # Uncrowded: in a crowded field the detected centroids of blends are off
+    # the true positions of the catalog (relative fits do not see it: the
+    # same blend is in every exposure).
+    return simulate_mosaic(
+        "miri", **{**LAYOUT, "misalignment": shifted}, n_sources=600, emission=1.0, scene_seed=21, seed=3
+    )
+
+
+def test_alignment_catalog_gives_absolute_positions(offset_everywhere, tmp_path):
+    sim = offset_everywhere
+    path = tmp_path / "gaia_like.ecsv"
+    sim.source_catalog().write(path, format="ascii.ecsv")
+    results = {}
+    for label, extra in (("relative", {}), ("absolute", {"alignment_catalog": str(path)})):
+        step = GetWCSAdjustStep(
+            tweakreg_parameters="{'searchrad': 3.0}", table_path=str(tmp_path / f"{label}.ecsv"), **extra
+        )
+        step.run([m.copy() for m in sim.models])
+        result = ApplyWCSAdjustStep.call([m.copy() for m in sim.models], table=str(step.table_paths[0]))
+        mean, worst = alignment_errors(_models(result), sim.true_wcs, sim.layout.pixel_scale, relative=False)
+        results[label] = (mean, worst, step.table)
+    # Relative alignment keeps the common pointing error (about 9 MIRI pixels).
+    assert results["relative"][0].min() > 3
+    absolute, worst, table = results["absolute"]
+    assert table.meta["absolute"] and all(table["measured"])
+    assert absolute.max() < TOLERANCE_PIX and worst.max() < 2 * TOLERANCE_PIX
+
+
+def test_nircam_modules_degrouped(tmp_path):
+    """Module B's WCS ~2 pixels off A's: one correction per visit cannot fix both, one per module can."""
+    module_offset = (0.12, -0.09)  # arcsec, ~1.9 and 1.4 NIRCam long-wave pixels
+    sim = simulate_mosaic(
+        "nircam_long",
+        shape=(256, 256),
+        tiles=(2, 1),
+        tile_overlap=0.5,
+        dithers=2,
+        misalignment={1: (0.2, -0.1, 0.0), 2: (-0.15, 0.25, 0.0)},
+        module_misalignment={"B": module_offset},
+        n_sources=15000,
+        emission=1.0,
+        seed=4,
+    )
+    path = tmp_path / "ref.ecsv"
+    sim.source_catalog().write(path, format="ascii.ecsv")
+    modules = np.array([m.meta.instrument.module for m in sim.models])
+    assert set(modules) == {"A", "B"}
+    errors = {}
+    for degroup in (False, True):
+        step = GetWCSAdjustStep(
+            alignment_catalog=str(path),
+            # Pointing errors below 0.4 arcsec: a tight search keeps matches unambiguous.
+            tweakreg_parameters="{'abs_searchrad': 1.0, 'abs_tolerance': 0.2}",
+            degroup_nircam_modules=degroup,
+            fitgeometry="shift",
+            table_path=str(tmp_path / f"nrc_{degroup}.ecsv"),
+        )
+        step.run([m.copy() for m in sim.models])
+        assert all(step.table["measured"])
+        result = ApplyWCSAdjustStep.call([m.copy() for m in sim.models], table=str(step.table_paths[0]))
+        mean, _ = alignment_errors(_models(result), sim.true_wcs, sim.layout.pixel_scale, relative=False)
+        errors[degroup] = (mean, step.table)
+    together, table = errors[False]
+    assert set(table["module"]) == {""} and len(table) == 2
+    assert together.max() > 0.5  # the modules' disagreement is left in one of them
+    apart, table = errors[True]
+    assert sorted(zip(table["visit"], table["module"], strict=True)) == [
+        ("1", "A"),
+        ("1", "B"),
+        ("2", "A"),
+        ("2", "B"),
+    ]
+    assert apart.max() < TOLERANCE_PIX
+
+
+def test_method_by_instrument_and_bad_method(rich, tmp_path):
+    _, files, _, _ = rich
+    with pytest.raises(ValueError, match="no entry for instrument 'miri'"):
+        GetWCSAdjustStep.call(
+            [str(f) for f in files], method="{'nircam': 'tweakreg'}", table_path=str(tmp_path / "a.ecsv")
+        )
+    with pytest.raises(ValueError, match="use one of"):
+        GetWCSAdjustStep.call([str(f) for f in files], method="phase", table_path=str(tmp_path / "b.ecsv"))
+
+
+def test_existing_table_kept_without_overwrite(rich, tmp_path, caplog):
+    _, files, _, step = rich
+    again = GetWCSAdjustStep(overwrite=False, table_path=str(step.table_paths[0]))
+    with caplog.at_level(logging.INFO, logger="jwst_skymatch_plus"):
+        again.run([str(f) for f in files])
+    assert "overwrite=False" in caplog.text
+    assert np.array_equal(again.table["shift_ra"], step.table["shift_ra"])
+
+
+def test_table_from_earlier_version_reads(rich, tmp_path):
+    _, _, _, step = rich
+    old = step.table.copy()
+    old.remove_columns(["module", "shift_error", "correlation"])
+    path = tmp_path / "old.ecsv"
+    old.write(path, format="ascii.ecsv")
+    back = read_wcs_adjust_table(path)
+    assert list(back["module"]) == [""] * len(old) and np.all(np.isnan(back["shift_error"]))
+    with pytest.raises(ValueError, match="not a WCS adjustment table"):
+        Table({"a": [1]}).write(tmp_path / "junk.ecsv", format="ascii.ecsv")
+        read_wcs_adjust_table(tmp_path / "junk.ecsv")

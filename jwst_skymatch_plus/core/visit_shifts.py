@@ -501,10 +501,53 @@ class CorrelationAlignment:
     solution: UnitSolution | None  # last pass
     samples: list[ShiftSample]  # last pass
     passes: int
+    pixel_scale_arcsec: float = math.nan  # of the grid the solution is in
 
 
-def coadd_on_grid(exposures: Sequence[tuple], grid: SkyGrid, kernel: str = "square") -> Resampled:
-    """``(data, good, wcs)`` exposures drizzled onto ``grid`` and averaged, inside their joint box."""
+def dither_levels(images: Sequence[Resampled], min_pixels: int = 100) -> np.ndarray:
+    """Background level of each image relative to the others, from median differences where they overlap.
+
+    For the exposures of one visit, aligned to each other to far better
+    than a pixel: their differences are noise plus a level.  Levels are
+    solved together (:func:`~jwst_skymatch_plus.core.solve.solve_levels`);
+    an image that overlaps none gets 0.
+    """
+    from .solve import solve_levels
+
+    n = len(images)
+    ii, jj, delta, sigma = [], [], [], []
+    for i in range(n):
+        for j in range(i + 1, n):
+            box = overlap_bbox(images[i].bbox, images[j].bbox)
+            if box.is_empty:
+                continue
+            a, wa = images[i].cutout(box)
+            b, wb = images[j].cutout(box)
+            diff = (a - b)[(wa > 0) & (wb > 0)]
+            if diff.size < min_pixels:
+                continue
+            med = float(np.median(diff))
+            mad = 1.4826 * float(np.median(np.abs(diff - med)))
+            ii.append(i)
+            jj.append(j)
+            delta.append(med)
+            sigma.append(max(mad, 1e-12) * math.sqrt(math.pi / 2.0 / diff.size))
+    if not ii:
+        return np.zeros(n)
+    solution = solve_levels(n, np.array(ii), np.array(jj), np.array(delta), np.array(sigma))
+    return np.nan_to_num(np.asarray(solution.levels, float).reshape(n, -1)[:, 0])
+
+
+def coadd_on_grid(
+    exposures: Sequence[tuple], grid: SkyGrid, kernel: str = "square", match_levels: bool = True
+) -> Resampled:
+    """``(data, good, wcs)`` exposures drizzled onto ``grid`` and averaged, inside their joint box.
+
+    With ``match_levels`` the exposures' background levels are matched
+    first (:func:`dither_levels`): a level step where one exposure's
+    footprint ends would look like a shift wherever the emission is faint
+    and smooth.
+    """
     from .grid import footprint_of
     from .resample import resample_to_grid
 
@@ -512,17 +555,21 @@ def coadd_on_grid(exposures: Sequence[tuple], grid: SkyGrid, kernel: str = "squa
     box = boxes[0]
     for b in boxes[1:]:
         box = box.union(b)
-    acc = np.zeros(box.shape, np.float64)
-    wsum = np.zeros(box.shape, np.float64)
+    resampled = []
     for (data, good, wcs), b in zip(exposures, boxes, strict=True):
         r = resample_to_grid(data, good, wcs, grid, b, kernel=kernel)
         # Grid pixels an exposure only grazes (its edges, the rims of its
         # holes) carry one input pixel's value, cosmic rays included, at full
         # contrast: leave them out.
         weight = np.where(r.weight >= 0.5 * np.max(r.weight, initial=0.0), r.weight, 0.0)
-        sl = b.slices_in(box)
-        acc[sl] += r.image * weight
-        wsum[sl] += weight
+        resampled.append(Resampled(b, r.image, weight.astype(np.float32)))
+    levels = dither_levels(resampled) if match_levels and len(resampled) > 1 else np.zeros(len(resampled))
+    acc = np.zeros(box.shape, np.float64)
+    wsum = np.zeros(box.shape, np.float64)
+    for r, level in zip(resampled, levels, strict=True):
+        sl = r.bbox.slices_in(box)
+        acc[sl] += (r.image - level) * r.weight
+        wsum[sl] += r.weight
     with np.errstate(invalid="ignore", divide="ignore"):
         image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
     return Resampled(box, image, wsum.astype(np.float32))
@@ -632,4 +679,4 @@ def correlate_visits(
             rotating = True
     measured = solution.component >= 0 if solution is not None else np.zeros(n_units, bool)
     out = [current[k] if measured[unit_of[k]] else wcs[k] for k in range(len(wcs))]
-    return CorrelationAlignment(out, measured, solution, samples, done)
+    return CorrelationAlignment(out, measured, solution, samples, done, scale)

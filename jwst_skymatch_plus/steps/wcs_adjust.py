@@ -12,6 +12,8 @@ visits.  The table between them is ECSV, ASDF or TOML (see
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ApplyWCSAdjustStep",
     "GetWCSAdjustStep",
+    "load_function",
+    "nircam_module",
     "read_wcs_adjust_table",
     "visit_key",
     "write_wcs_adjust_table",
@@ -41,6 +45,7 @@ __all__ = [
 PACKAGE_LOGGERS = ["jwst_skymatch_plus", "jwst"]
 RECORD_KEY = "skymatch_plus"
 TABLE_FORMATS = ("ecsv", "asdf", "toml")
+METHODS = ("tweakreg", "cross_corr")
 
 # name, dtype, fill when unmeasured, description
 _COLUMNS = (
@@ -48,6 +53,7 @@ _COLUMNS = (
     ("program", str, "", "Program number"),
     ("observation", str, "", "Observation number"),
     ("visit", str, "", "Visit number"),
+    ("module", str, "", "NIRCam module the row is for ('' = every detector of the visit)"),
     ("method", str, "", "How the correction was measured"),
     ("filter", str, "", "Filter of the reference band"),
     ("measured", bool, False, "False: no correction measured (shift and matrix NaN)"),
@@ -64,7 +70,9 @@ _COLUMNS = (
     ("m12", float, math.nan, "Matrix element (East, North)"),
     ("m21", float, math.nan, "Matrix element (North, East)"),
     ("m22", float, math.nan, "Matrix element (North, North)"),
-    ("n_matches", int, 0, "Sources tweakreg matched in the visit's fit(s)"),
+    ("shift_error", float, math.nan, "1-sigma uncertainty of the shift (both axes together), arcsec"),
+    ("n_matches", int, 0, "tweakreg: sources matched in the visit's fit(s); cross_corr: overlap blocks used"),
+    ("correlation", float, math.nan, "cross_corr: median correlation of the blocks used"),
     ("fit_rms", float, math.nan, "RMS of the exposures' corrections about the visit's one, arcsec"),
 )
 
@@ -83,9 +91,26 @@ def visit_key(model) -> tuple[str, str, str]:
     return (_norm(obs.program_number), _norm(obs.observation_number), _norm(obs.visit_number))
 
 
-def _visit_id(key: tuple[str, str, str]) -> str:
-    p, o, v = key
+def nircam_module(model) -> str:
+    """``'A'`` or ``'B'`` for a NIRCam exposure (from its module or detector name), else ``''``."""
+    inst = model.meta.instrument
+    if str(inst.name or "").upper() != "NIRCAM":
+        return ""
+    module = str(getattr(inst, "module", None) or "").upper()
+    if module in ("A", "B"):
+        return module
+    detector = str(inst.detector or "").upper()
+    return detector[3] if detector.startswith("NRC") and detector[3:4] in ("A", "B") else ""
+
+
+def _visit_id(key: tuple[str, ...]) -> str:
+    p, o, v = key[:3]
     return f"jw{p.zfill(5)}{o.zfill(3)}{v.zfill(3)}"
+
+
+def _unit_name(key: tuple[str, ...]) -> str:
+    """Visit id, with the module when the row is for one module."""
+    return _visit_id(key) + (f" module {key[3]}" if len(key) > 3 and key[3] else "")
 
 
 # --------------------------------------------------------------------------
@@ -94,6 +119,7 @@ def _visit_id(key: tuple[str, str, str]) -> str:
 def _row(key, **values) -> dict:
     row = {name: fill for name, _, fill, _ in _COLUMNS}
     row.update(visit_id=_visit_id(key), program=key[0], observation=key[1], visit=key[2])
+    row["module"] = key[3] if len(key) > 3 else ""
     row.update(values)
     return row
 
@@ -123,7 +149,7 @@ def build_wcs_adjust_table(rows: Sequence[dict], meta: dict | None = None) -> Ta
         table[name].description = description
     for col in ("ra_ref", "dec_ref", "rotation"):
         table[col].unit = "deg"
-    for col in ("shift_ra", "shift_dec", "fit_rms"):
+    for col in ("shift_ra", "shift_dec", "shift_error", "fit_rms"):
         table[col].unit = "arcsec"
     table.meta.update(meta or {})
     return table
@@ -217,6 +243,14 @@ def read_wcs_adjust_table(path: str | Path) -> Table:
         table = build_wcs_adjust_table(rows)
     else:
         raise ValueError(f"{path}: unknown table format (use .ecsv, .asdf or .toml)")
+    missing = [c for c in ("program", "observation", "visit", "measured") if c not in table.colnames]
+    if missing:
+        raise ValueError(f"{path}: not a WCS adjustment table (no column {', '.join(missing)})")
+    for name, kind, fill, description in _COLUMNS:
+        if name not in table.colnames:
+            # Written by an earlier version, before this column existed.
+            table[name] = np.full(len(table), fill, dtype=type(fill) if kind is not str else str)
+            table[name].description = description
     for name, kind, _, _ in _COLUMNS:
         if kind is str and name in table.colnames:
             # ECSV reads an all-empty text column back as masked.
@@ -246,25 +280,33 @@ def _parse_mapping(text: str, what: str) -> dict:
 class GetWCSAdjustStep(Step):
     """Measure one WCS correction per visit in a reference band and write it to a table.
 
-    The reference band's exposures are aligned by jwst's TweakRegStep (on
-    copies; the input is returned unchanged), with ``tweakreg_parameters``
-    passed through and ``alignment_catalog`` as its absolute reference
-    catalog.  With ``group_dithers`` the exposures of a visit are aligned
-    as one rigid group.  For each visit (program, observation, visit) one correction of
-    geometry ``fitgeometry`` is fitted to how tweakreg moved its exposures'
-    detector grids on the sky: the average correction of the dithers.
-    Visits none of whose exposures tweakreg corrected are logged and
-    written with ``measured=False`` and NaN values, never as zero.
+    ``method='tweakreg'``: the reference band's exposures are aligned by
+    jwst's TweakRegStep (on copies; the input is returned unchanged), with
+    ``tweakreg_parameters`` passed through, sources from
+    ``custom_catalog_function`` if given, and ``alignment_catalog`` as the
+    absolute reference catalog.  With ``group_dithers`` the exposures of a
+    visit are aligned as one rigid group (per NIRCam module with
+    ``degroup_nircam_modules``).  ``method='cross_corr'``: the visits'
+    co-added dithers are registered on each other in their overlaps
+    (:func:`~jwst_skymatch_plus.core.visit_shifts.correlate_visits`), for
+    bands without point sources.  For each visit one correction of geometry
+    ``fitgeometry`` is fitted to how the measurement moved its exposures'
+    detector grids on the sky.  Visits that could not be measured are
+    logged and written with ``measured=False`` and NaN values, never as
+    zero.
     """
 
     class_alias = "get_wcs_adjust"
 
     spec = """
-        method = option('tweakreg', 'cross_corr', default='tweakreg') # tweakreg on point sources, or cross-correlation of the visits' overlaps (bands without point sources)
+        method = string(default='tweakreg') # 'tweakreg' (point sources) or 'cross_corr' (image overlaps), or a dict by instrument, e.g. "{'nircam': 'tweakreg', 'miri': 'cross_corr'}"
         fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift') # per-visit correction: shift; + rotation; + scale; full linear (cross_corr: shift or rshift)
         group_dithers = boolean(default=True) # align the exposures of a visit as one rigid group (else one by one, then averaged)
+        degroup_nircam_modules = boolean(default=False) # NIRCam: measure modules A and B separately (one table row per visit and module)
         tweakreg_parameters = string(default='') # TweakRegStep parameters as a dict literal, e.g. "{'snr_threshold': 5, 'searchrad': 3.0}"
-        alignment_catalog = string(default='') # absolute reference catalog file (RA/DEC columns) for tweakreg's absolute step
+        alignment_catalog = string(default='') # absolute reference catalog (RA/DEC columns) for tweakreg's absolute step, or a dict literal {target: catalog}
+        custom_catalog_function = string(default='') # tweakreg: 'package.module:function' or 'file.py:function' returning an exposure's source table (x, y detector pixels, 0-based)
+        custom_catalog_function_kwargs = string(default='') # keyword arguments of custom_catalog_function, as a dict literal
         max_shift = float(min=0.0, default=3.0) # cross_corr: largest shift between two visits searched, arcsec
         min_correlation = float(min=0.0, max=1.0, default=0.3) # cross_corr: overlap blocks correlating less are not used
         min_overlap_pixels = integer(min=16, default=1000) # cross_corr: overlap blocks with fewer common valid pixels are not used
@@ -272,6 +314,7 @@ class GetWCSAdjustStep(Step):
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # cross_corr: DQ flags of usable pixels
         table_path = string(default='') # where to write the table ('' = <output_dir>/<product>_wcs_adjust.ecsv)
         table_formats = string(default='ecsv,toml') # comma-separated: ecsv, asdf, toml
+        overwrite = boolean(default=True) # if False and the table exists, keep it and measure nothing
         in_memory = boolean(default=True) # if False, keep exposures on disk between uses
     """  # noqa: E501
 
@@ -308,47 +351,168 @@ class GetWCSAdjustStep(Step):
             raise ValueError(f"table_formats={self.table_formats!r}: use one or more of {TABLE_FORMATS}")
         params = _parse_mapping(self.tweakreg_parameters, "tweakreg_parameters")
         params.setdefault("fitgeometry", self.fitgeometry)
-        if self.alignment_catalog.strip():
-            params["abs_refcat"] = self.alignment_catalog.strip()
+        # TweakRegStep's default (False) matches every group against the
+        # first group's catalog alone, so mosaic tiles that do not overlap
+        # the first visit are never aligned.  Growing the reference catalog
+        # with each aligned group chains the whole mosaic together.
+        params.setdefault("expand_refcat", True)
         library = open_library(self, input_data)
-        copies, keys, filters = [], [], []
+        directory, stem = report_base(self, library)
+        path = Path(self.table_path) if self.table_path else directory / f"{stem}_wcs_adjust.ecsv"
+        if not self.overwrite and path.exists():
+            log.info("%s exists and overwrite=False: kept, nothing measured.", path)
+            self.table = read_wcs_adjust_table(path)
+            self.table_paths = [path]
+            return library
+        copies, keys, filters, instruments, targets = [], [], [], [], []
         with library:
             for i in range(len(library)):
                 model = library.borrow(i)
                 copy = model.copy()
-                keys.append(visit_key(model))
+                module = nircam_module(model) if self.degroup_nircam_modules else ""
+                keys.append((*visit_key(model), module))
                 if self.group_dithers:
                     # tweakreg fits one correction per group_id: a whole
                     # visit constrains rotation far better than one dither.
-                    copy.meta.group_id = _visit_id(keys[-1])
+                    copy.meta.group_id = _visit_id(keys[-1]) + module
                 copies.append(copy)
                 filters.append(str(model.meta.instrument.filter or ""))
+                instruments.append(str(model.meta.instrument.name or "").lower())
+                targets.append(str(model.meta.target.catalog_name or model.meta.target.proposer_name or ""))
                 library.shelve(model, i, modify=False)
+        if len(set(filters)) > 1:
+            log.warning(
+                "The reference exposures mix filters (%s): one band is expected.",
+                ", ".join(sorted(set(filters))),
+            )
+        method = self._resolve_method(instruments)
+        catalog = self._resolve_alignment_catalog(targets)
+        if catalog:
+            params["abs_refcat"] = catalog
         samples = [detector_samples(m.data.shape) for m in copies]
         before = [m.meta.wcs(*s) for m, s in zip(copies, samples, strict=True)]
-        if self.method == "cross_corr":
+        if method == "cross_corr":
             after, fits = self._cross_correlate(copies, keys, samples)
         else:
-            after, fits = self._tweakreg(copies, samples, params)
-        rows = [self._visit_row(key, keys, filters, before, after, fits) for key in dict.fromkeys(keys)]
+            with tempfile.TemporaryDirectory(prefix="wcs_adjust_catalogs") as catdir:
+                if self.custom_catalog_function.strip():
+                    params.update(self._write_custom_catalogs(copies, Path(catdir)))
+                after, fits = self._tweakreg(copies, samples, params)
+        rows = [
+            self._visit_row(method, key, keys, filters, before, after, fits) for key in dict.fromkeys(keys)
+        ]
         table = build_wcs_adjust_table(
             rows,
             {
-                "method": self.method,
+                "method": method,
                 "fitgeometry": self.fitgeometry,
                 "absolute": bool(params.get("abs_refcat")),
+                "degroup_nircam_modules": bool(self.degroup_nircam_modules),
             },
         )
-        directory, stem = report_base(self, library)
-        path = Path(self.table_path) if self.table_path else directory / f"{stem}_wcs_adjust.ecsv"
         self.table = table
         self.table_paths = write_wcs_adjust_table(table, path, formats)
+        n_measured = int(np.sum(table["measured"]))
+        log.info("%d of %d visit row(s) measured by %s.", n_measured, len(table), method)
         for p in self.table_paths:
             log.info("WCS adjustment table written: %s", p)
         return library
 
+    def _resolve_method(self, instruments: list[str]) -> str:
+        """The method for these exposures: ``method`` itself, or its entry for their instrument."""
+        text = self.method.strip()
+        if text.startswith("{"):
+            choice = {str(k).lower(): v for k, v in _parse_mapping(text, "method").items()}
+            found = sorted(set(instruments))
+            if len(found) != 1:
+                raise ValueError(
+                    f"method={text!r} chooses by instrument, but the exposures are from {found}: "
+                    "run get_wcs_adjust once per reference band."
+                )
+            if found[0] not in choice:
+                raise ValueError(f"method={text!r} has no entry for instrument {found[0]!r}")
+            text = str(choice[found[0]])
+            log.info("Method for %s: %s.", found[0].upper(), text)
+        if text not in METHODS:
+            raise ValueError(f"method={self.method!r}: use one of {METHODS} or a dict of them by instrument")
+        return text
+
+    def _resolve_alignment_catalog(self, targets: list[str]) -> str:
+        """The absolute catalog file: ``alignment_catalog``, or its entry for the exposures' target."""
+        text = self.alignment_catalog.strip()
+        if not text.startswith("{"):
+            return text
+        choice = {
+            str(k).strip().lower(): str(v) for k, v in _parse_mapping(text, "alignment_catalog").items()
+        }
+        names = sorted({t.strip().lower() for t in targets})
+        hits = [choice[n] for n in names if n in choice]
+        if len(set(hits)) > 1:
+            raise ValueError(f"alignment_catalog: the exposures' targets {names} map to several catalogs")
+        if not hits:
+            log.warning("alignment_catalog has no entry for target(s) %s: relative alignment only.", names)
+            return ""
+        return hits[0]
+
+    def _write_custom_catalogs(self, copies, directory: Path) -> dict:
+        """Run the user's catalog function on every exposure; TweakRegStep parameters that use the results."""
+        from astropy.table import Table as _Table
+
+        function = load_function(self.custom_catalog_function)
+        kwargs = _parse_mapping(self.custom_catalog_function_kwargs, "custom_catalog_function_kwargs")
+        lines = []
+        for i, model in enumerate(copies):
+            catalog = function(model, **kwargs)
+            if not isinstance(catalog, _Table):
+                try:
+                    catalog = _Table(catalog)
+                except Exception as err:
+                    raise TypeError(
+                        f"{self.custom_catalog_function} returned {type(catalog).__name__} for "
+                        f"{model.meta.filename}, not a table: {err}"
+                    ) from None
+            names = set(catalog.colnames)
+            if not (
+                {"x", "y"} <= names
+                or {"xcentroid", "ycentroid"} <= names
+                or {"x_centroid", "y_centroid"} <= names
+            ):
+                raise ValueError(
+                    f"{self.custom_catalog_function}: the catalog of {model.meta.filename} has columns "
+                    f"{sorted(names)}; it needs x and y (or xcentroid and ycentroid), detector pixels."
+                )
+            name = f"catalog_{i:05d}.ecsv"
+            catalog.write(directory / name, format="ascii.ecsv", overwrite=True)
+            lines.append(f"{model.meta.filename} {name}")
+            log.info(
+                "%s: %d source(s) from %s.", model.meta.filename, len(catalog), self.custom_catalog_function
+            )
+        catfile = directory / "catfile.txt"
+        catfile.write_text("\n".join(lines) + "\n")
+        return {"use_custom_catalogs": True, "catfile": str(catfile)}
+
     def _tweakreg(self, copies, samples, params):
         """Sky positions of every exposure's samples after tweakreg (None: not aligned), and fit info."""
+        if not params.get("abs_refcat"):
+            return self._run_tweakreg(copies, samples, params)
+        # TweakRegStep fits the absolute catalog with all groups as one
+        # rigid body, after their relative fit: groups that overlap no other
+        # (separate tiles, the two NIRCam modules) would keep their errors.
+        # Each group is fitted to the catalog on its own instead.
+        params = {"abs_fitgeometry": params["fitgeometry"], **params}
+        ids = [str(m.meta.group_id) if self.group_dithers else str(i) for i, m in enumerate(copies)]
+        after, fits = [None] * len(copies), [{} for _ in copies]
+        for group in dict.fromkeys(ids):
+            members = [i for i, g in enumerate(ids) if g == group]
+            log.info("Group %s: %d exposure(s) aligned to %s.", group, len(members), params["abs_refcat"])
+            got, info = self._run_tweakreg(
+                [copies[i] for i in members], [samples[i] for i in members], params
+            )
+            for i, a, f in zip(members, got, info, strict=True):
+                after[i], fits[i] = a, {**f, "group_id": group}
+        return after, fits
+
+    def _run_tweakreg(self, copies, samples, params):
         tweakreg = _tweakreg_class()(**params)
         aligned = tweakreg.run(copies)
         fits = tweakreg.fit_info or [{}] * len(copies)
@@ -363,6 +527,12 @@ class GetWCSAdjustStep(Step):
                 ok = "SUCCESS" in statuses[i] or (statuses[i] == "REFERENCE" and any_success)
                 after.append(model.meta.wcs(*samples[i]) if ok else None)
                 aligned.shelve(model, i, modify=False)
+        for f in fits:
+            # Standard error of a fitted shift: the fit's RMS over the matches.
+            n, rmse = int(f.get("nmatches", 0) or 0), float(f.get("rmse", math.nan))
+            f["shift_error"] = (
+                rmse / math.sqrt(n) if n > 0 else (0.0 if f.get("status") == "REFERENCE" else math.nan)
+            )
         return after, fits
 
     def _cross_correlate(self, copies, keys, samples):
@@ -392,23 +562,29 @@ class GetWCSAdjustStep(Step):
         used = [s for s, ok in zip(result.samples, result.solution.used, strict=True) if ok]
         after, fits = [], []
         for i, u in enumerate(unit_of):
-            blocks = sum(u in (s.a, s.b) for s in used)
+            mine = [s.correlation for s in used if u in (s.a, s.b)]
             ok = bool(result.measured[u])
             after.append(result.wcs[i](*samples[i]) if ok else None)
-            fits.append({"status": "SUCCESS" if ok else "FAILED", "nmatches": blocks, "group_id": str(u)})
+            fits.append(
+                {
+                    "status": "SUCCESS" if ok else "FAILED",
+                    "nmatches": len(mine),
+                    "group_id": str(u),
+                    "correlation": float(np.median(mine)) if mine else math.nan,
+                    "shift_error": float(result.solution.uncertainty[u]) * result.pixel_scale_arcsec,
+                }
+            )
         return after, fits
 
-    def _visit_row(self, key, keys, filters, before, after, fits) -> dict:
+    def _visit_row(self, method, key, keys, filters, before, after, fits) -> dict:
         members = [i for i, k in enumerate(keys) if k == key]
         ok = [i for i in members if after[i] is not None]
-        common = {"method": self.method, "filter": filters[members[0]], "n_exposures": len(members)}
+        common = {"method": method, "filter": filters[members[0]], "n_exposures": len(members)}
         if not ok:
             log.warning(
-                "Visit %s: %s aligned none of its exposures; recorded as unmeasured.",
-                _visit_id(key),
-                self.method,
+                "Visit %s: %s aligned none of its exposures; recorded as unmeasured.", _unit_name(key), method
             )
-            return _row(key, status=f"{self.method} could not align any exposure of this visit", **common)
+            return _row(key, status=f"{method} could not align any exposure of this visit", **common)
         ra = np.concatenate([before[i][0] for i in ok])
         dec = np.concatenate([before[i][1] for i in ok])
         ra_new = np.concatenate([after[i][0] for i in ok])
@@ -420,22 +596,61 @@ class GetWCSAdjustStep(Step):
         )
         if all(fits[i].get("status") == "REFERENCE" for i in ok):
             status = "reference of the relative alignment"
-        # One tweakreg fit per group: count a rigid visit's matches once.
-        n_matches = sum(
-            {str(fits[i].get("group_id", i)): int(fits[i].get("nmatches", 0)) for i in ok}.values()
+        # One fit per group (a rigid visit, or a cross-correlation unit):
+        # count its matches and error once.
+        groups = {str(fits[i].get("group_id", i)): fits[i] for i in ok}
+        common["n_matches"] = sum(int(f.get("nmatches", 0) or 0) for f in groups.values())
+        errors = np.array([float(f.get("shift_error", math.nan)) for f in groups.values()])
+        # The visit's correction averages its groups' fits.
+        error = float(np.sqrt(np.sum(errors**2)) / errors.size)
+        if len(groups) > 1 and len(ok) > 1:
+            error = max(error, rms / math.sqrt(len(groups)))
+        correlations = [float(f.get("correlation", math.nan)) for f in groups.values()]
+        common["correlation"] = (
+            float(np.nanmedian(correlations)) if np.isfinite(correlations).any() else math.nan
         )
-        common["n_matches"] = n_matches
         log.info(
-            "Visit %s: shift (%+.4f, %+.4f) arcsec, rotation %+.5f deg from %d exposure(s).",
-            _visit_id(key),
+            "Visit %s: shift (%+.4f, %+.4f) +- %.4f arcsec, rotation %+.5f deg from %d exposure(s).",
+            _unit_name(key),
             affine.shift[0],
             affine.shift[1],
+            error,
             affine.rotation,
             len(ok),
         )
         return _row(
-            key, measured=True, status=status, n_aligned=len(ok), fit_rms=rms, **common, **_affine_row(affine)
+            key,
+            measured=True,
+            status=status,
+            n_aligned=len(ok),
+            fit_rms=rms,
+            shift_error=error,
+            **common,
+            **_affine_row(affine),
         )
+
+
+def load_function(spec: str):
+    """The function ``'package.module:function'`` or ``'path/to/file.py:function'`` names."""
+    target, sep, name = spec.strip().rpartition(":")
+    if not sep or not target or not name:
+        raise ValueError(f"{spec!r}: give a function as 'package.module:function' or 'file.py:function'")
+    if target.endswith(".py"):
+        file = Path(target).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"{spec!r}: no file {file}")
+        module_spec = importlib.util.spec_from_file_location(f"_wcs_adjust_user_{file.stem}", file)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(f"{spec!r}: cannot import {target!r}: {err}") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"{spec!r}: {target!r} has no function {name!r}")
+    return function
 
 
 def _tweakreg_class():
@@ -459,7 +674,8 @@ class ApplyWCSAdjustStep(Step):
     """Apply per-visit WCS corrections from a ``get_wcs_adjust`` table to any band's exposures.
 
     Each exposure is matched to a table row by program, observation and
-    visit number.  Its gwcs is corrected through tweakwcs' JWST corrector
+    visit number, and by NIRCam module where the table has a row per module
+    (``degroup_nircam_modules``).  Its gwcs is corrected through tweakwcs' JWST corrector
     (as tweakreg corrects it), then the FITS WCS keywords
     (``update_fits_wcsinfo``) and ``s_region`` are recomputed and what was
     applied is recorded in ``meta.skymatch_plus.wcs_adjust``.  Exposures of
@@ -501,13 +717,16 @@ class ApplyWCSAdjustStep(Step):
         if not self.table.strip():
             raise ValueError("apply_wcs_adjust needs 'table': a file written by get_wcs_adjust.")
         table = read_wcs_adjust_table(self.table)
-        rows = {(r["program"], r["observation"], r["visit"]): r for r in table}
+        rows = {(r["program"], r["observation"], r["visit"], r["module"]): r for r in table}
         library = open_library(self, input_data)
         n_done = 0
         with library:
             for i in range(len(library)):
                 model = library.borrow(i)
-                changed = self._apply_one(model, rows.get(visit_key(model)))
+                key = visit_key(model)
+                # A module's own row (degroup_nircam_modules) before the visit's.
+                row = rows.get((*key, nircam_module(model)), rows.get((*key, "")))
+                changed = self._apply_one(model, row)
                 n_done += changed
                 library.shelve(model, i, modify=changed)
         log.info("WCS corrections applied to %d of %d exposure(s).", n_done, len(library))
@@ -542,7 +761,7 @@ class ApplyWCSAdjustStep(Step):
         log.info(
             "%s: visit %s shifted by (%+.4f, %+.4f) arcsec, rotated %+.5f deg.",
             name,
-            row["visit_id"],
+            _unit_name((row["program"], row["observation"], row["visit"], row["module"])),
             affine.shift[0],
             affine.shift[1],
             affine.rotation,
