@@ -22,21 +22,21 @@ from .core.grouping import instrument_family, parse_families, regrouped_id
 from .steps._library import PACKAGE_LOGGERS, AtomicSaveMixin, label_member, unvalidated_reads
 from .steps.level_match import LevelMatchStep
 from .steps.pixel_skymatch import PixelSkyMatchStep
-from .steps.wcs_adjust import ApplyWCSAdjustStep
+from .steps.wcs_adjust import ApplyWCSAdjustStep, GetWCSAdjustStep
 
 __all__ = ["Image3PlusPipeline"]
 
 log = logging.getLogger(__name__)
 
 #: Our optional stages: they run only when their ``skip`` is set to False.
-OPTIONAL_STAGES = ("apply_wcs_adjust", "level_match")
+OPTIONAL_STAGES = ("get_wcs_adjust", "apply_wcs_adjust", "level_match")
 
 
 class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
     """Image3Pipeline with :class:`PixelSkyMatchStep` and optional stages of ours.
 
     Stages, in order: ``assign_mtwcs`` (moving targets) or
-    ``apply_wcs_adjust`` (optional) and ``tweakreg``; ``level_match``
+    ``get_wcs_adjust`` and ``apply_wcs_adjust`` (optional) and ``tweakreg``; ``level_match``
     (optional); ``skymatch`` (:class:`PixelSkyMatchStep`);
     ``outlier_detection``; ``resample``; ``source_catalog``.  Then, when asked,
     every exposure drizzled alone onto the mosaic grid (``do_drizzle``,
@@ -44,8 +44,9 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
     detector (``do_blot``, ``*_i2d_blot.fits``).
 
     The optional stages are skipped by default and run with
-    ``--steps.apply_wcs_adjust.skip=false`` (plus its table) and
-    ``--steps.level_match.skip=false``.  Every jwst stage keeps its
+    ``--steps.get_wcs_adjust.skip=false`` (measures this band's table),
+    ``--steps.apply_wcs_adjust.skip=false`` (applies its ``table``, or the
+    one just measured) and ``--steps.level_match.skip=false``.  Every jwst stage keeps its
     parameters under ``steps.``.  Grouping switches change the exposures'
     group metadata for this run only; input files are never changed.
     """
@@ -74,6 +75,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
 
     step_defs = {
         "assign_mtwcs": Image3Pipeline.step_defs["assign_mtwcs"],
+        "get_wcs_adjust": GetWCSAdjustStep,
         "apply_wcs_adjust": ApplyWCSAdjustStep,
         "tweakreg": Image3Pipeline.step_defs["tweakreg"],
         "level_match": LevelMatchStep,
@@ -118,6 +120,18 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
 
     # ------------------------------------------------------------------ run
 
+    def _adjust_wcs(self, library):
+        """The optional WCS stages: measure this band's per-visit table, apply a table."""
+        library = self.get_wcs_adjust.run(library)
+        measured = getattr(self.get_wcs_adjust, "table_paths", None)
+        if measured and not self.apply_wcs_adjust.table.strip():
+            # No table given: align this band by the one just measured.
+            self.apply_wcs_adjust.table = str(measured[0])
+            log.info("apply_wcs_adjust uses the table get_wcs_adjust wrote: %s", measured[0])
+        elif measured and self.apply_wcs_adjust.skip:
+            log.info("WCS adjustment table written (%s); apply_wcs_adjust is skipped.", measured[0])
+        return self.apply_wcs_adjust.run(library)
+
     def process(self, input_data):
         """Run the level-3 imaging stages on an association or a list of exposures.
 
@@ -154,7 +168,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
             if is_moving:
                 library = self.assign_mtwcs.run(library)
             else:
-                library = self.apply_wcs_adjust.run(library)
+                library = self._adjust_wcs(library)
                 jwst_groups = self._regroup_for_tweakreg(library, metas)
                 library = self.tweakreg.run(library)
                 if jwst_groups is not None:

@@ -378,3 +378,39 @@ def test_optional_level_match_stage(mosaic_dir, tmp_path):
         assert set(record) == {"level_match", "pixel_skymatch"}
         assert model.meta.cal_step.skymatch == "COMPLETE"
     assert (tmp_path / "sim_mosaic_level_match.ecsv").exists()
+
+
+def test_optional_wcs_adjust_stages_align_misaligned_visits(tmp_path):
+    """get_wcs_adjust measures this band (cross_corr), apply_wcs_adjust applies it, then sky matching."""
+    from jwst_skymatch_plus.pipeline import Image3PlusPipeline as Pipe
+    from jwst_skymatch_plus.simulate import alignment_errors
+
+    assert Pipe().get_wcs_adjust.skip and Pipe().apply_wcs_adjust.skip  # off unless asked for
+    misalignment = {1: (0.0, 0.0, 0.0), 2: (0.6, -0.4, 0.0), 3: (-0.5, 0.5, 0.0)}
+    sim = simulate_mosaic(
+        "miri",
+        shape=(160, 160),
+        tiles=(3, 1),
+        tile_overlap=0.5,
+        dithers=2,
+        misalignment=misalignment,
+        n_sources=0,
+        emission=30.0,
+        n_blobs=120,
+        seed=6,
+    )
+    asn = sim.write(tmp_path / "in")
+    out = tmp_path / "out"
+    steps = {
+        **OFFLINE,
+        "get_wcs_adjust": {"skip": False, "method": "cross_corr", "fitgeometry": "shift"},
+        "apply_wcs_adjust": {"skip": False},
+        "skymatch": {"alignment_check": "error"},  # misaligned visits would stop the run here
+    }
+    Pipe.call(str(asn), output_dir=str(out), save_results=True, steps=steps)
+    assert (out / "sim_mosaic_wcs_adjust.ecsv").exists()
+    crf = [datamodels.open(p) for p in sorted(out.glob("*_crf.fits"))]
+    assert len(crf) == len(sim.models)
+    assert all("wcs_adjust" in m.meta.instance["skymatch_plus"] for m in crf)
+    rel, _ = alignment_errors(crf, sim.true_wcs, sim.layout.pixel_scale)
+    assert rel.max() < 0.05

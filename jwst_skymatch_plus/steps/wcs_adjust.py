@@ -719,7 +719,7 @@ class ApplyWCSAdjustStep(Step):
         table = read_wcs_adjust_table(self.table)
         rows = {(r["program"], r["observation"], r["visit"], r["module"]): r for r in table}
         library = open_library(self, input_data)
-        n_done = 0
+        applied: dict[tuple, int] = {}
         with library:
             for i in range(len(library)):
                 model = library.borrow(i)
@@ -727,9 +727,21 @@ class ApplyWCSAdjustStep(Step):
                 # A module's own row (degroup_nircam_modules) before the visit's.
                 row = rows.get((*key, nircam_module(model)), rows.get((*key, "")))
                 changed = self._apply_one(model, row)
-                n_done += changed
+                if changed:
+                    unit = (row["program"], row["observation"], row["visit"], row["module"])
+                    applied[unit] = applied.get(unit, 0) + 1
                 library.shelve(model, i, modify=changed)
-        log.info("WCS corrections applied to %d of %d exposure(s).", n_done, len(library))
+        for unit, count in applied.items():
+            row = rows[unit]
+            log.info(
+                "Visit %s: %d exposure(s) shifted by (%+.4f, %+.4f) arcsec, rotated %+.5f deg.",
+                _unit_name(unit),
+                count,
+                row["shift_ra"],
+                row["shift_dec"],
+                row["rotation"],
+            )
+        log.info("WCS corrections applied to %d of %d exposure(s).", sum(applied.values()), len(library))
         return library
 
     def _apply_one(self, model, row) -> bool:
@@ -758,7 +770,7 @@ class ApplyWCSAdjustStep(Step):
         update_s_region_imaging(model)
         record = {"table": str(Path(self.table).name), **{k: _plain(row[k]) for k in row.colnames}}
         model.meta.instance.setdefault(RECORD_KEY, {})["wcs_adjust"] = record
-        log.info(
+        log.debug(
             "%s: visit %s shifted by (%+.4f, %+.4f) arcsec, rotated %+.5f deg.",
             name,
             _unit_name((row["program"], row["observation"], row["visit"], row["module"])),
