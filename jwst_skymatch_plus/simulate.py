@@ -193,6 +193,61 @@ class SimulatedMosaic:
         """
         return self.scene.sample(wcs, shape)
 
+    def write_reference_image(
+        self,
+        path,
+        margin: float = 0.25,
+        noise: float = 0.05,
+        gain: float = 1.0,
+        level: float = 0.0,
+        seed: int = 1,
+    ) -> Path:
+        """Write the true sky around the mosaic as a FITS image with a TAN WCS (an earlier, aligned mosaic).
+
+        Parameters
+        ----------
+        path : str or Path
+            Output FITS file (``SCI`` extension).
+        margin : float
+            Extra extent on each side, as a fraction of the mosaic's.
+        noise : float
+            Gaussian noise added (after ``gain`` and ``level``).
+        gain, level : float
+            Units and zero point of the image: ``gain * sky + level``.
+        seed : int
+            Noise seed.
+        """
+        from astropy.io import fits
+        from astropy.wcs import WCS
+
+        from .core.grid import footprint_of
+
+        corners = []
+        for m in self.models:
+            model = m if not isinstance(m, (str, Path)) else None
+            if model is None:
+                raise ValueError("write_reference_image needs the models in memory")
+            corners.append(footprint_of(model.meta.wcs, model.data.shape, n_edge=2))
+        sky = np.concatenate(corners)
+        dec0 = float(np.mean(sky[:, 1]))
+        ra0 = float(np.degrees(np.angle(np.mean(np.exp(1j * np.radians(sky[:, 0]))))) % 360.0)
+        scale = self.layout.pixel_scale / 3600.0
+        dx = (sky[:, 0] - ra0 + 180.0) % 360.0 - 180.0
+        half_x = np.max(np.abs(dx)) * math.cos(math.radians(dec0)) / scale
+        half_y = np.max(np.abs(sky[:, 1] - dec0)) / scale
+        nx, ny = (int(2 * h * (1 + margin)) + 1 for h in (half_x, half_y))
+        wcs = WCS(naxis=2)
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.crval = [ra0, dec0]
+        wcs.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
+        wcs.wcs.cd = [[-scale, 0.0], [0.0, scale]]
+        data = self.true_sky(wcs, (ny, nx)) * gain + level
+        data = data + np.random.default_rng(seed).normal(0.0, noise, data.shape)
+        path = Path(path)
+        hdus = [fits.PrimaryHDU(), fits.ImageHDU(data.astype(np.float32), wcs.to_header(), name="SCI")]
+        fits.HDUList(hdus).writeto(path, overwrite=True)
+        return path
+
     def source_catalog(self):
         """True sky positions of the point sources: an astropy Table with ``RA``, ``DEC`` (deg) and ``peak``.
 

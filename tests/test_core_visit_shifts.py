@@ -36,8 +36,9 @@ def test_masked_difference_minimum_at_integer_shift_despite_level_and_masks():
     assert msd[iy, ix] < 1e-20 and n[iy, ix] > 0.7 * a.size
 
 
+@pytest.mark.parametrize("coarse", ["difference", "phase"])
 @pytest.mark.parametrize("shift", [(2.3, -1.6), (-0.5, 0.5), (0.0, 0.0)])
-def test_register_block_recovers_shift_with_honest_errors(shift):
+def test_register_block_recovers_shift_with_honest_errors(shift, coarse):
     """Over noise realisations the estimates scatter like their formal errors, around the truth."""
     shape = (128, 128)
     clean_a = emission(shape, seed=4)
@@ -50,7 +51,7 @@ def test_register_block_recovers_shift_with_honest_errors(shift):
         b = clean_b + rng.normal(0, NOISE, shape)
         hits = rng.choice(a.size, 20, replace=False)
         b.flat[hits] += 50 * NOISE  # unflagged cosmic rays
-        r = register_block(a, valid, b, valid, max_shift=4)
+        r = register_block(a, valid, b, valid, max_shift=4, coarse=coarse)
         assert r is not None
         got.append((r.dx, r.dy))
         sig.append((r.sigma_x, r.sigma_y))
@@ -108,3 +109,19 @@ def test_dither_levels_recovered_from_overlaps():
     expected = truth - truth.mean()
     # Each pair's median difference over ~5000 pixels: error ~ 1.25 * noise * sqrt(2 / 5000).
     assert np.allclose(got - got.mean(), expected, atol=5 * 1.25 * NOISE * math.sqrt(2 / 5000))
+
+
+def test_register_block_with_gain_between_bands():
+    """A reference in other units (gain 2.5, offset level): the fitted gain keeps the shift unbiased."""
+    shape = (128, 128)
+    shift = (1.4, -0.7)
+    rng = np.random.default_rng(11)
+    a = 2.5 * emission(shape, seed=4) + 10.0 + rng.normal(0, 2.5 * NOISE, shape)
+    # Pre-scaled by a gain estimate 2 % off, as the reference's would be.
+    a = a / 2.5 * 1.02
+    b = emission(shape, *shift, seed=4) + rng.normal(0, NOISE, shape)
+    valid = np.ones(shape, bool)
+    r = register_block(a, valid, b, valid, max_shift=4, fit_gain=True)
+    assert r is not None
+    err = np.hypot(r.dx - shift[0], r.dy - shift[1])
+    assert err < 4 * np.hypot(r.sigma_x, r.sigma_y) + 1e-3

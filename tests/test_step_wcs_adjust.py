@@ -409,3 +409,22 @@ def test_table_from_earlier_version_reads(rich, tmp_path):
     with pytest.raises(ValueError, match="not a WCS adjustment table"):
         Table({"a": [1]}).write(tmp_path / "junk.ecsv", format="ascii.ecsv")
         read_wcs_adjust_table(tmp_path / "junk.ecsv")
+
+
+def test_cross_correlation_against_reference_image_is_absolute(tmp_path):
+    shifted = {v: (dx + 0.5, dy - 0.3, droll) for v, (dx, dy, droll) in MISALIGNMENT.items()}
+    sim = simulate_mosaic(
+        "miri", **{**LAYOUT, "misalignment": shifted}, n_sources=0, emission=30.0, n_blobs=200, seed=3
+    )
+    # An earlier mosaic of the field, in other units and with another zero point.
+    sim.write_reference_image(tmp_path / "ref.fits", gain=2.5, level=4.0)
+    step = GetWCSAdjustStep(
+        method="cross_corr", reference_image=str(tmp_path / "ref.fits"), table_path=str(tmp_path / "t.ecsv")
+    )
+    step.run([m.copy() for m in sim.models])
+    assert step.table.meta["absolute"] and all(step.table["measured"])
+    result = ApplyWCSAdjustStep.call([m.copy() for m in sim.models], table=str(step.table_paths[0]))
+    before, _ = alignment_errors(sim.models, sim.true_wcs, sim.layout.pixel_scale, relative=False)
+    mean, worst = alignment_errors(_models(result), sim.true_wcs, sim.layout.pixel_scale, relative=False)
+    assert before.min() > 3  # every visit off, the first too
+    assert mean.max() < TOLERANCE_PIX and worst.max() < 2 * TOLERANCE_PIX

@@ -177,6 +177,8 @@ def register_block(
     min_pixels: int = 1000,
     iterations: int = 8,
     clip: float = 5.0,
+    coarse: str = "difference",
+    fit_gain: bool = False,
 ) -> BlockShift | None:
     """Shift between two co-registered cutouts: least squared difference, then a gradient fit.
 
@@ -193,6 +195,18 @@ def register_block(
     is fitted, not a plane: on smooth emission a plane is nearly the same
     as a shift.  Returns None when the best shift lies on the edge of the
     search, or too few valid pixels remain.
+
+    ``fit_gain`` adds a gain to the sub-pixel fit (``b - a = -grad(a) . d
+    + c + (g - 1) a``), for images of different bands or units; a gain
+    error left unfitted would put a copy of the structure in the difference,
+    which correlates with the gradients.  Between exposures of one band the
+    gain is 1 and fitting it would only cost precision: on smooth emission
+    ``a`` is nearly a plane, nearly a shift.
+
+    ``coarse='phase'`` finds the whole-pixel shift with scikit-image's
+    masked phase correlation instead (normalised, hence biased on smooth
+    emission; kept for comparison and for bands whose two images differ by
+    more than a level).
     """
     from scipy import ndimage
 
@@ -203,20 +217,30 @@ def register_block(
         return None
     if not (has_structure(image_a, valid_a) and has_structure(image_b, valid_b)):
         return None  # a flat or noise-only block would give a chance minimum
-    msd, n = masked_difference(
-        _tame_outliers(image_a, valid_a), valid_a, _tame_outliers(image_b, valid_b), valid_b, max_shift
-    )
-    # A minimum found on a sliver of the block (large shift) is not trusted.
-    msd = np.where(n >= max(min_pixels, 0.5 * min(n_a, n_b)), msd, np.inf)
-    iy, ix = np.unravel_index(int(np.argmin(msd)), msd.shape)
-    if not np.isfinite(msd[iy, ix]) or max(abs(iy - max_shift), abs(ix - max_shift)) >= max_shift:
-        return None  # on the edge: the true minimum may lie outside the search
-    ky, kx = iy - max_shift, ix - max_shift
+    min_common = max(min_pixels, 0.5 * min(n_a, n_b))
+    if coarse == "phase":
+        ky, kx = _phase_integer_shift(image_a, valid_a, image_b, valid_b)
+        if max(abs(ky), abs(kx)) >= max_shift:
+            return None
+    elif coarse == "difference":
+        msd, n = masked_difference(
+            _tame_outliers(image_a, valid_a), valid_a, _tame_outliers(image_b, valid_b), valid_b, max_shift
+        )
+        # A minimum found on a sliver of the block (large shift) is not trusted.
+        msd = np.where(n >= min_common, msd, np.inf)
+        iy, ix = np.unravel_index(int(np.argmin(msd)), msd.shape)
+        if not np.isfinite(msd[iy, ix]) or max(abs(iy - max_shift), abs(ix - max_shift)) >= max_shift:
+            return None  # on the edge: the true minimum may lie outside the search
+        ky, kx = int(iy - max_shift), int(ix - max_shift)
+    else:
+        raise ValueError(f"coarse={coarse!r}: use 'difference' or 'phase'")
     # Compare b(p) with a(p - k) on the rows and columns both cover.
     ny, nx = image_a.shape
     ys, yd = (slice(0, ny - ky), slice(ky, ny)) if ky >= 0 else (slice(-ky, ny), slice(0, ny + ky))
     xs, xd = (slice(0, nx - kx), slice(kx, nx)) if kx >= 0 else (slice(-kx, nx), slice(0, nx + kx))
     good_a, good_b = valid_a[ys, xs], valid_b[yd, xd]
+    if (good_a & good_b).sum() < min_common:
+        return None
     a_k, b_k = fill_invalid(image_a[ys, xs], good_a), fill_invalid(image_b[yd, xd], good_b)
     noise = math.hypot(_noise(image_a, valid_a), _noise(image_b, valid_b))
     outliers = _one_sided_outliers(a_k, b_k, good_a & good_b, noise)
@@ -239,7 +263,10 @@ def register_block(
         # Gradient of the mean of both images: symmetric, so less biased by
         # either one's noise.
         gy, gx = np.gradient(0.5 * (a_d + b_k))
-        design = np.column_stack([-gx[yy, xx], -gy[yy, xx], np.ones(yy.size)])
+        columns = [-gx[yy, xx], -gy[yy, xx], np.ones(yy.size)]
+        if fit_gain:
+            columns.append(a_d[yy, xx] - a_d[yy, xx].mean())
+        design = np.column_stack(columns)
         target = b_k[yy, xx] - a_d[yy, xx]
         coef, *_ = np.linalg.lstsq(design[keep], target[keep], rcond=None)
         d += (coef[1], coef[0])
@@ -259,7 +286,7 @@ def register_block(
     # The smoothing correlates the noise over about 4 pi sigma^2 pixels,
     # which the white-noise formula would count as independent.
     resid = (target - design @ coef)[keep]
-    dof = max(int(keep.sum()) - 3, 1)
+    dof = max(int(keep.sum()) - design.shape[1], 1)
     try:
         cov = np.linalg.inv(design[keep].T @ design[keep]) * float(resid @ resid) / dof
         cov *= 4.0 * math.pi * _PRESMOOTH**2
@@ -267,6 +294,20 @@ def register_block(
     except np.linalg.LinAlgError:
         sx = sy = math.inf
     return BlockShift(kx + float(d[1]), ky + float(d[0]), corr, int(keep.sum()), sx, sy)
+
+
+def _phase_integer_shift(image_a, valid_a, image_b, valid_b) -> tuple[int, int]:
+    """Whole-pixel shift of ``b`` relative to ``a`` by scikit-image's masked phase correlation."""
+    from skimage.registration import phase_cross_correlation
+
+    a = np.where(valid_a, image_a, 0.0)
+    b = np.where(valid_b, image_b, 0.0)
+    shift = phase_cross_correlation(b, a, reference_mask=valid_b, moving_mask=valid_a, overlap_ratio=0.5)
+    shift = np.asarray(shift[0] if isinstance(shift, tuple) else shift, dtype=float)
+    if not np.all(np.isfinite(shift)):
+        return (10**9, 10**9)
+    ky, kx = np.rint(shift).astype(int).tolist()
+    return ky, kx
 
 
 def _blocks(box: BBox, size: int) -> list[BBox]:
@@ -284,6 +325,8 @@ def measure_block_shifts(
     block_size: int = 256,
     min_pixels: int = 1000,
     min_correlation: float = 0.3,
+    coarse: str = "difference",
+    gain_unit: int | None = None,
 ) -> tuple[list[ShiftSample], int]:
     """Shifts between every pair of overlapping units, block by block.
 
@@ -300,6 +343,11 @@ def measure_block_shifts(
     min_pixels, min_correlation : float
         Blocks with fewer common valid pixels or a weaker correlation (after
         alignment) are not used.
+    coarse : {'difference', 'phase'}
+        Whole-pixel search of :func:`register_block`.
+    gain_unit : int, optional
+        A unit from another band or in other units (a reference image):
+        blocks it takes part in fit a gain too.
 
     Returns
     -------
@@ -321,7 +369,16 @@ def measure_block_shifts(
                 if both.sum() < min_pixels:
                     continue
                 tried += 1
-                shift = register_block(ia, wa > 0, ib, wb > 0, max_shift=max_shift, min_pixels=min_pixels)
+                shift = register_block(
+                    ia,
+                    wa > 0,
+                    ib,
+                    wb > 0,
+                    max_shift=max_shift,
+                    min_pixels=min_pixels,
+                    coarse=coarse,
+                    fit_gain=gain_unit in (a, b),
+                )
                 if shift is None or shift.correlation < min_correlation:
                     continue
                 yy, xx = np.nonzero(both)
@@ -588,6 +645,8 @@ def correlate_visits(
     min_correlation: float = 0.3,
     passes: int = 6,
     tolerance: float = 0.01,
+    coarse: str = "difference",
+    reference: tuple | None = None,
 ) -> CorrelationAlignment:
     """Align units (visits) to each other by cross-correlating their overlaps, iteratively.
 
@@ -618,6 +677,13 @@ def correlate_visits(
         Most passes.
     tolerance : float
         Stop when no unit moves by more than this (grid pixels).
+    coarse : {'difference', 'phase'}
+        Whole-pixel search of :func:`register_block`.
+    reference : (data, good, wcs), optional
+        A reference image (any WCS with ``pixel_to_world_values``, e.g. an
+        earlier mosaic of the field) that stays fixed: units connected to it
+        through overlaps are aligned to it, not only to each other.  Its
+        values are scaled to the units' (a gain and a level) first.
     """
     from .alignment import apply_affine_to_wcs, fit_sky_affine
 
@@ -627,6 +693,9 @@ def correlate_visits(
     scale = grid.pixel_scale * 3600.0
     current = list(wcs)
     max_shift = max(1, math.ceil(max_shift_arcsec / scale))
+    fixed = None
+    if reference is not None:
+        fixed = _reference_on_grid(reference, grid, [d.shape for d, _ in data], list(wcs))
     solution, samples, done = None, [], 0
     # Shifts first; rotations once the units are close (a rotation needs
     # several blocks per unit, which the first, large-shift pass may lack).
@@ -637,13 +706,22 @@ def correlate_visits(
             coadd_on_grid([(*data[k], current[k]) for k in np.flatnonzero(unit_of == u)], grid)
             for u in range(n_units)
         ]
+        if fixed is not None:
+            images.append(_matched_reference(fixed, images))
         samples, tried = measure_block_shifts(
-            images, max_shift=max_shift, min_pixels=min_pixels, min_correlation=min_correlation
+            images,
+            max_shift=max_shift,
+            min_pixels=min_pixels,
+            min_correlation=min_correlation,
+            coarse=coarse,
+            gain_unit=n_units if fixed is not None else None,
         )
         centers = np.array(
             [[(im.bbox.x0 + im.bbox.x1 - 1) / 2, (im.bbox.y0 + im.bbox.y1 - 1) / 2] for im in images]
         )
-        solution = solve_unit_shifts(n_units, samples, centers, fit_rotation=rotating)
+        solution = solve_unit_shifts(len(images), samples, centers, fit_rotation=rotating)
+        if fixed is not None:
+            solution = _anchor_to(solution, n_units, done == 1)
         moved = 0.0
         for u in range(n_units):
             if solution.component[u] < 0:
@@ -677,6 +755,95 @@ def correlate_visits(
             if rotating or not fit_rotation:
                 break
             rotating = True
-    measured = solution.component >= 0 if solution is not None else np.zeros(n_units, bool)
+    measured = solution.component[:n_units] >= 0 if solution is not None else np.zeros(n_units, bool)
     out = [current[k] if measured[unit_of[k]] else wcs[k] for k in range(len(wcs))]
     return CorrelationAlignment(out, measured, solution, samples, done, scale)
+
+
+def _reference_on_grid(reference: tuple, grid: SkyGrid, shapes, wcs_list) -> Resampled:
+    """The reference image drizzled onto the grid, inside the box of the units (plus a margin)."""
+    from .grid import footprint_of
+    from .resample import resample_to_grid
+
+    data, good, ref_wcs = reference
+    box = None
+    for w, shape in zip(wcs_list, shapes, strict=True):
+        b = grid.bbox_of(footprint_of(w, shape))
+        box = b if box is None else box.union(b)
+    margin = 20
+    box = BBox(box.x0 - margin, box.x1 + margin, box.y0 - margin, box.y1 + margin)
+    data = np.asarray(data, np.float64)
+    good = np.asarray(good, bool) & np.isfinite(data)
+    r = resample_to_grid(np.where(good, data, 0.0), good, ref_wcs, grid, box)
+    if not r.valid.any():
+        raise ValueError("the reference image does not overlap the exposures")
+    return r
+
+
+def _matched_reference(fixed: Resampled, images: Sequence[Resampled]) -> Resampled:
+    """The reference scaled to the units' values: ``gain * reference + level``.
+
+    A wrong gain leaves a copy of the emission in the difference, which the
+    gradient fit partly reads as a shift.  The gain is the median over units
+    of the ratio of robust spreads (10-90 percentile) of unit and reference
+    where they overlap, both smoothed so that their different noise does not
+    count; each unit has its own background, so spreads are not pooled.
+    """
+    from scipy import ndimage
+
+    gains, levels = [], []
+    for im in images:
+        box = overlap_bbox(im.bbox, fixed.bbox)
+        if box.is_empty:
+            continue
+        a, wa = fixed.cutout(box)
+        b, wb = im.cutout(box)
+        both = (wa > 0) & (wb > 0)
+        if both.sum() < 1000:
+            continue
+        ref = ndimage.gaussian_filter(np.where(wa > 0, a, np.median(a[wa > 0])), 2.0)[both]
+        unit = ndimage.gaussian_filter(np.where(wb > 0, b, np.median(b[wb > 0])), 2.0)[both]
+        q_ref, q_unit = np.percentile(ref, [10, 90]), np.percentile(unit, [10, 90])
+        if q_ref[1] > q_ref[0] and q_unit[1] > q_unit[0]:
+            gains.append((q_unit[1] - q_unit[0]) / (q_ref[1] - q_ref[0]))
+            levels.append((np.median(unit), np.median(ref)))
+    if not gains:
+        return fixed
+    gain = float(np.median(gains))
+    level = float(np.median([u - gain * r for u, r in levels]))
+    log.debug("Reference image scaled by %.5g (per unit: %s), level %+.4g.", gain, np.round(gains, 4), level)
+    return Resampled(fixed.bbox, (fixed.image * gain + level).astype(np.float32), fixed.weight)
+
+
+def _anchor_to(solution: UnitSolution, ref: int, warn: bool) -> UnitSolution:
+    """Displacements relative to unit ``ref`` (the fixed reference) in its connected set."""
+    comp = solution.component
+    shift = solution.shift.copy()
+    rotation = solution.rotation.copy()
+    if comp[ref] < 0:
+        if warn:
+            log.warning(
+                "The reference image could not be registered with any visit: relative alignment only."
+            )
+        return solution
+    members = np.flatnonzero(comp == comp[ref])
+    for u in members:
+        # D_u - D_ref is again a shift and a rotation about c_u.
+        dx, dy = solution.displacement(ref, solution.center[u, 0], solution.center[u, 1])
+        shift[u] -= (float(dx), float(dy))
+        rotation[u] -= solution.rotation[ref]
+    if warn and members.size < comp.size:
+        log.warning(
+            "%d visit(s) not connected to the reference image through overlaps: aligned to each other only.",
+            int(comp.size - members.size),
+        )
+    return UnitSolution(
+        shift,
+        rotation,
+        solution.center,
+        comp,
+        solution.n_samples,
+        solution.rms,
+        solution.uncertainty,
+        solution.used,
+    )

@@ -36,6 +36,7 @@ __all__ = [
     "ApplyWCSAdjustStep",
     "GetWCSAdjustStep",
     "load_function",
+    "load_reference_image",
     "nircam_module",
     "read_wcs_adjust_table",
     "visit_key",
@@ -311,6 +312,8 @@ class GetWCSAdjustStep(Step):
         min_correlation = float(min=0.0, max=1.0, default=0.3) # cross_corr: overlap blocks correlating less are not used
         min_overlap_pixels = integer(min=16, default=1000) # cross_corr: overlap blocks with fewer common valid pixels are not used
         passes = integer(min=1, default=6) # cross_corr: measure-and-correct passes at most
+        coarse_search = option('difference', 'phase', default='difference') # cross_corr: whole-pixel search by least squared difference, or scikit-image's masked phase correlation
+        reference_image = string(default='') # cross_corr: FITS image with a celestial WCS (e.g. an earlier mosaic) the visits are aligned to, not only to each other
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # cross_corr: DQ flags of usable pixels
         table_path = string(default='') # where to write the table ('' = <output_dir>/<product>_wcs_adjust.ecsv)
         table_formats = string(default='ecsv,toml') # comma-separated: ecsv, asdf, toml
@@ -406,7 +409,8 @@ class GetWCSAdjustStep(Step):
             {
                 "method": method,
                 "fitgeometry": self.fitgeometry,
-                "absolute": bool(params.get("abs_refcat")),
+                "absolute": bool(params.get("abs_refcat"))
+                or (method == "cross_corr" and bool(self.reference_image.strip())),
                 "degroup_nircam_modules": bool(self.degroup_nircam_modules),
             },
         )
@@ -558,6 +562,8 @@ class GetWCSAdjustStep(Step):
             min_pixels=self.min_overlap_pixels,
             min_correlation=self.min_correlation,
             passes=self.passes,
+            coarse=self.coarse_search,
+            reference=load_reference_image(self.reference_image) if self.reference_image.strip() else None,
         )
         used = [s for s, ok in zip(result.samples, result.solution.used, strict=True) if ok]
         after, fits = [], []
@@ -628,6 +634,24 @@ class GetWCSAdjustStep(Step):
             **common,
             **_affine_row(affine),
         )
+
+
+def load_reference_image(path: str) -> tuple[np.ndarray, np.ndarray, object]:
+    """``(data, good, wcs)`` of a FITS image: its SCI extension, else the first 2-D celestial image."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    with fits.open(path) as hdul:
+        candidates = [h for h in hdul if h.name == "SCI"] + [h for h in hdul if h.name != "SCI"]
+        for hdu in candidates:
+            if hdu.data is None or np.ndim(hdu.data) != 2:
+                continue
+            wcs = WCS(hdu.header)
+            if wcs.has_celestial and wcs.naxis == 2:
+                data = np.asarray(hdu.data, np.float64)
+                log.info("Reference image: %s[%s], %d x %d pixels.", path, hdu.name, *data.shape[::-1])
+                return data, np.isfinite(data), wcs
+    raise ValueError(f"{path}: no 2-D image with a celestial WCS")
 
 
 def load_function(spec: str):
