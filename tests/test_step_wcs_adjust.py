@@ -428,3 +428,23 @@ def test_cross_correlation_against_reference_image_is_absolute(tmp_path):
     mean, worst = alignment_errors(_models(result), sim.true_wcs, sim.layout.pixel_scale, relative=False)
     assert before.min() > 3  # every visit off, the first too
     assert mean.max() < TOLERANCE_PIX and worst.max() < 2 * TOLERANCE_PIX
+
+
+def test_bad_reference_images_are_refused(tmp_path):
+    from astropy.io import fits
+
+    sim = simulate_mosaic("miri", shape=(128, 128), tiles=(2, 1), dithers=1, n_sources=0, seed=2)
+    fits.PrimaryHDU(np.zeros((50, 50), np.float32)).writeto(tmp_path / "nowcs.fits")
+    far = simulate_mosaic("miri", shape=(128, 128), tiles=(1, 1), dithers=1, center=(150.0, 2.0), seed=2)
+    far.write_reference_image(tmp_path / "far.fits")
+    for name, message in (
+        ("nowcs.fits", "no 2-D image with a celestial WCS"),
+        ("far.fits", "does not overlap"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            GetWCSAdjustStep.call(
+                [m.copy() for m in sim.models],
+                method="cross_corr",
+                reference_image=str(tmp_path / name),
+                table_path=str(tmp_path / "t.ecsv"),
+            )

@@ -774,6 +774,20 @@ def _reference_on_grid(reference: tuple, grid: SkyGrid, shapes, wcs_list) -> Res
     box = BBox(box.x0 - margin, box.x1 + margin, box.y0 - margin, box.y1 + margin)
     data = np.asarray(data, np.float64)
     good = np.asarray(good, bool) & np.isfinite(data)
+    if hasattr(ref_wcs, "world_to_pixel_values") and hasattr(ref_wcs, "slice"):
+        # Only the part under the visits is drizzled: a reference mosaic may
+        # be far larger than the field being aligned.
+        gx = np.linspace(box.x0 - 0.5, box.x1 - 0.5, 9)
+        gy = np.linspace(box.y0 - 0.5, box.y1 - 0.5, 9)
+        gx, gy = (a.ravel() for a in np.meshgrid(gx, gy))
+        x, y = ref_wcs.world_to_pixel_values(*grid.pixel_to_world(gx, gy))
+        ny, nx = data.shape
+        x0, x1 = max(0, math.floor(np.nanmin(x)) - 8), min(nx, math.ceil(np.nanmax(x)) + 9)
+        y0, y1 = max(0, math.floor(np.nanmin(y)) - 8), min(ny, math.ceil(np.nanmax(y)) + 9)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError("the reference image does not overlap the exposures")
+        data, good = data[y0:y1, x0:x1], good[y0:y1, x0:x1]
+        ref_wcs = ref_wcs.slice((slice(y0, y1), slice(x0, x1)))
     r = resample_to_grid(np.where(good, data, 0.0), good, ref_wcs, grid, box)
     if not r.valid.any():
         raise ValueError("the reference image does not overlap the exposures")
