@@ -222,6 +222,17 @@ def test_cross_correlation_aligns_emission_without_point_sources(emission_only, 
     PixelSkyMatchStep.call(result, alignment_check="error")  # the alignment check passes
 
 
+def test_cross_correlation_exposure_by_exposure(emission_only, tmp_path):
+    """group_dithers=False: every exposure registered on its own, the visit's correction their average."""
+    sim = emission_only
+    step = GetWCSAdjustStep(method="cross_corr", group_dithers=False, table_path=str(tmp_path / "e.ecsv"))
+    step.run([m.copy() for m in sim.models])
+    assert list(step.table["n_aligned"]) == [2] * 4
+    result = ApplyWCSAdjustStep.call([m.copy() for m in sim.models], table=str(step.table_paths[0]))
+    after, worst = relative_errors(_models(result), sim)
+    assert after.max() < TOLERANCE_PIX and worst.max() < 2 * TOLERANCE_PIX
+
+
 def test_cross_correlation_of_flat_fields_is_unmeasured(tmp_path, caplog):
     flat = simulate_mosaic(
         "miri", **{**LAYOUT, "tiles": (2, 1)}, n_sources=0, emission=0.0, n_blobs=0, seed=5

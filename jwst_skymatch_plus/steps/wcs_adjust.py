@@ -302,7 +302,7 @@ class GetWCSAdjustStep(Step):
     spec = """
         method = string(default='tweakreg') # 'tweakreg' (point sources) or 'cross_corr' (image overlaps), or a dict by instrument, e.g. "{'nircam': 'tweakreg', 'miri': 'cross_corr'}"
         fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift') # per-visit correction: shift; + rotation; + scale; full linear (cross_corr: shift or rshift)
-        group_dithers = boolean(default=True) # align the exposures of a visit as one rigid group (else one by one, then averaged)
+        group_dithers = boolean(default=True) # align the exposures of a visit as one rigid group, or co-added for cross_corr (else one by one, then averaged)
         degroup_nircam_modules = boolean(default=False) # NIRCam: measure modules A and B separately (one table row per visit and module)
         tweakreg_parameters = string(default='') # TweakRegStep parameters as a dict literal, e.g. "{'snr_threshold': 5, 'searchrad': 3.0}"
         alignment_catalog = string(default='') # absolute reference catalog (RA/DEC columns) for tweakreg's absolute step, or a dict literal {target: catalog}
@@ -546,8 +546,11 @@ class GetWCSAdjustStep(Step):
         wcsinfo = [
             {k: float(getattr(m.meta.wcsinfo, k)) for k in ("v2_ref", "v3_ref", "roll_ref")} for m in copies
         ]
-        units = list(dict.fromkeys(keys))
-        unit_of = [units.index(k) for k in keys]
+        # A visit's dithers co-added as one unit, or (group_dithers=False)
+        # every exposure its own unit, the visit's correction their average.
+        unit_keys = keys if self.group_dithers else [(*k, i) for i, k in enumerate(keys)]
+        units = list(dict.fromkeys(unit_keys))
+        unit_of = [units.index(k) for k in unit_keys]
         if self.fitgeometry in ("rscale", "general"):
             log.info(
                 "cross_corr fits shifts and rotations: fitgeometry=%r done as 'rshift'.", self.fitgeometry
