@@ -142,7 +142,9 @@ def _tame_outliers(image: np.ndarray, valid: np.ndarray, k: float = 4.0) -> np.n
     return median + np.clip(filled - median, -bound, bound)
 
 
-def _one_sided_outliers(a: np.ndarray, b: np.ndarray, both: np.ndarray, noise: float, k: float = 5.0):
+def _one_sided_outliers(
+    a: np.ndarray, b: np.ndarray, both: np.ndarray, noise: float, k: float = 5.0, relative: float = 0.0
+):
     """Pixels where one image holds something the other has nowhere nearby (cosmic rays, bad pixels).
 
     With the images aligned to within a pixel, a feature of the sky in
@@ -150,14 +152,15 @@ def _one_sided_outliers(a: np.ndarray, b: np.ndarray, both: np.ndarray, noise: f
     neighbourhood (and vice versa), up to the noise and the level
     difference; a cosmic ray does not.  This is the envelope test of
     drizzle-style outlier rejection.  Flagged pixels are grown by one pixel,
-    the spread resampling gives them.
+    the spread resampling gives them.  ``relative`` widens the margin by
+    that fraction of the local value, for images whose gains may differ.
     """
     from scipy import ndimage
 
     if not np.isfinite(noise) or not both.any():
         return np.zeros_like(both)
     level = float(np.median((b - a)[both]))
-    margin = k * noise
+    margin = k * noise + relative * np.abs(a - np.median(a[both]))
     out = (b - level > ndimage.maximum_filter(a, 3) + margin) | (
         b - level < ndimage.minimum_filter(a, 3) - margin
     )
@@ -243,7 +246,7 @@ def register_block(
         return None
     a_k, b_k = fill_invalid(image_a[ys, xs], good_a), fill_invalid(image_b[yd, xd], good_b)
     noise = math.hypot(_noise(image_a, valid_a), _noise(image_b, valid_b))
-    outliers = _one_sided_outliers(a_k, b_k, good_a & good_b, noise)
+    outliers = _one_sided_outliers(a_k, b_k, good_a & good_b, noise, relative=0.05 if fit_gain else 0.0)
     good_a, good_b = good_a & ~outliers, good_b & ~outliers
     # Both smoothed alike before any sub-pixel interpolation: interpolating
     # raw pixels averages their noise by an amount that depends on the
