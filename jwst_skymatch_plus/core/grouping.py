@@ -33,6 +33,7 @@ __all__ = [
     "group_exposures",
     "group_key",
     "instrument_family",
+    "nircam_module",
     "parse_families",
     "parse_grouping",
     "regrouped_id",
@@ -158,6 +159,17 @@ def instrument_family(meta: Mapping) -> str | None:
     return None
 
 
+def nircam_module(meta: Mapping) -> str:
+    """``'A'`` or ``'B'`` for a NIRCam exposure (its module keyword, else its detector name), else ``''``."""
+    if _value(meta, "meta.instrument.name").upper() != "NIRCAM":
+        return ""
+    module = _value(meta, "meta.instrument.module").upper()
+    if module in ("A", "B"):
+        return module
+    detector = _value(meta, "meta.instrument.detector").upper()
+    return detector[3] if detector.startswith("NRC") and detector[3:4] in ("A", "B") else ""
+
+
 def parse_families(value: str | Sequence[str] | None, what: str) -> frozenset[str]:
     """Instrument families from a comma-separated string or a list.
 
@@ -206,7 +218,7 @@ def regrouped_id(
     gid = "jw" + "_".join(_value(meta, k) for k in keys)
     family = instrument_family(meta)
     if split_modules and family in ("nircam_long", "nircam_short"):
-        gid += "_" + (_value(meta, "meta.instrument.module") or _value(meta, "meta.instrument.detector")[3:4])
+        gid += "_" + nircam_module(meta)
     if split_short_chips and family == "nircam_short":
         gid += "_" + _value(meta, "meta.instrument.detector")
     return gid

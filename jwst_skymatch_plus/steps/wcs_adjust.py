@@ -27,6 +27,7 @@ from astropy.table import Table
 from jwst.stpipe import Step
 
 from ..core.alignment import SkyAffine, apply_affine_to_wcs, detector_samples, fit_sky_affine
+from ..core.grouping import nircam_module
 from ..core.visit_shifts import correlate_visits
 from ._library import MaskSettings, good_pixel_mask, open_library, package_logging, report_base
 
@@ -37,7 +38,6 @@ __all__ = [
     "GetWCSAdjustStep",
     "load_function",
     "load_reference_image",
-    "nircam_module",
     "read_wcs_adjust_table",
     "visit_key",
     "write_wcs_adjust_table",
@@ -92,16 +92,16 @@ def visit_key(model) -> tuple[str, str, str]:
     return (_norm(obs.program_number), _norm(obs.observation_number), _norm(obs.visit_number))
 
 
-def nircam_module(model) -> str:
-    """``'A'`` or ``'B'`` for a NIRCam exposure (from its module or detector name), else ``''``."""
+def _module(model) -> str:
+    """NIRCam module of an exposure (see :func:`~jwst_skymatch_plus.core.grouping.nircam_module`)."""
     inst = model.meta.instrument
-    if str(inst.name or "").upper() != "NIRCAM":
-        return ""
-    module = str(getattr(inst, "module", None) or "").upper()
-    if module in ("A", "B"):
-        return module
-    detector = str(inst.detector or "").upper()
-    return detector[3] if detector.startswith("NRC") and detector[3:4] in ("A", "B") else ""
+    return nircam_module(
+        {
+            "meta.instrument.name": inst.name,
+            "meta.instrument.module": getattr(inst, "module", None),
+            "meta.instrument.detector": inst.detector,
+        }
+    )
 
 
 def _visit_id(key: tuple[str, ...]) -> str:
@@ -372,7 +372,7 @@ class GetWCSAdjustStep(Step):
             for i in range(len(library)):
                 model = library.borrow(i)
                 copy = model.copy()
-                module = nircam_module(model) if self.degroup_nircam_modules else ""
+                module = _module(model) if self.degroup_nircam_modules else ""
                 keys.append((*visit_key(model), module))
                 if self.group_dithers:
                     # tweakreg fits one correction per group_id: a whole
@@ -752,7 +752,7 @@ class ApplyWCSAdjustStep(Step):
                 model = library.borrow(i)
                 key = visit_key(model)
                 # A module's own row (degroup_nircam_modules) before the visit's.
-                row = rows.get((*key, nircam_module(model)), rows.get((*key, "")))
+                row = rows.get((*key, _module(model)), rows.get((*key, "")))
                 changed = self._apply_one(model, row)
                 if changed:
                     unit = (row["program"], row["observation"], row["visit"], row["module"])
