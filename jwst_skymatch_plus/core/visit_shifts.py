@@ -101,14 +101,18 @@ def has_structure(image: np.ndarray, valid: np.ndarray, threshold: float = 5.0) 
     compared with what noise alone leaves after that smoothing (noise /
     (4 sqrt(pi)) for white noise).
     """
-    from scipy import ndimage
-
     from .registration import fill_invalid
 
-    noise = _noise(image, valid)
+    return _has_structure(fill_invalid(image, valid), valid, _noise(image, valid), threshold)
+
+
+def _has_structure(filled: np.ndarray, valid: np.ndarray, noise: float, threshold: float = 5.0) -> bool:
+    """:func:`has_structure` of an image whose holes are filled and whose noise is known."""
+    from scipy import ndimage
+
     if not np.isfinite(noise):
         return False
-    smooth = ndimage.gaussian_filter(fill_invalid(image, valid), 2.0)[valid]
+    smooth = ndimage.gaussian_filter(filled, 2.0)[valid]
     scatter = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
     return bool(scatter > threshold * noise / (4.0 * math.sqrt(math.pi)))
 
@@ -122,8 +126,8 @@ def _noise(image: np.ndarray, valid: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
 
 
-def _tame_outliers(image: np.ndarray, valid: np.ndarray, k: float = 4.0) -> np.ndarray:
-    """Image (holes filled) with each pixel held within ``k`` noise sigma of its 3x3 median.
+def _tame_outliers(filled: np.ndarray, noise: float, k: float = 4.0) -> np.ndarray:
+    """An image (holes filled) with each pixel held within ``k`` ``noise`` of its 3x3 median.
 
     A cosmic ray's square dominates a sum of squared differences; whether it
     falls inside the common area changes with the shift and can move the
@@ -132,11 +136,8 @@ def _tame_outliers(image: np.ndarray, valid: np.ndarray, k: float = 4.0) -> np.n
     """
     from scipy import ndimage
 
-    from .registration import fill_invalid
-
-    filled = fill_invalid(image, valid)
     median = ndimage.median_filter(filled, 3)
-    bound = k * _noise(image, valid)
+    bound = k * noise
     if not np.isfinite(bound):
         return median
     return median + np.clip(filled - median, -bound, bound)
@@ -218,16 +219,20 @@ def register_block(
     n_a, n_b = int(valid_a.sum()), int(valid_b.sum())
     if min(n_a, n_b) < min_pixels:
         return None
-    if not (has_structure(image_a, valid_a) and has_structure(image_b, valid_b)):
+    # Holes filled and noise measured once, for every stage below.
+    filled_a, filled_b = fill_invalid(image_a, valid_a), fill_invalid(image_b, valid_b)
+    noise_a, noise_b = _noise(image_a, valid_a), _noise(image_b, valid_b)
+    if not (_has_structure(filled_a, valid_a, noise_a) and _has_structure(filled_b, valid_b, noise_b)):
         return None  # a flat or noise-only block would give a chance minimum
     min_common = max(min_pixels, 0.5 * min(n_a, n_b))
     if coarse == "phase":
-        ky, kx = _phase_integer_shift(image_a, valid_a, image_b, valid_b)
-        if max(abs(ky), abs(kx)) >= max_shift:
+        shift = _phase_integer_shift(image_a, valid_a, image_b, valid_b)
+        if shift is None or max(abs(shift[0]), abs(shift[1])) >= max_shift:
             return None
+        ky, kx = shift
     elif coarse == "difference":
         msd, n = masked_difference(
-            _tame_outliers(image_a, valid_a), valid_a, _tame_outliers(image_b, valid_b), valid_b, max_shift
+            _tame_outliers(filled_a, noise_a), valid_a, _tame_outliers(filled_b, noise_b), valid_b, max_shift
         )
         # A minimum found on a sliver of the block (large shift) is not trusted.
         msd = np.where(n >= min_common, msd, np.inf)
@@ -245,7 +250,7 @@ def register_block(
     if (good_a & good_b).sum() < min_common:
         return None
     a_k, b_k = fill_invalid(image_a[ys, xs], good_a), fill_invalid(image_b[yd, xd], good_b)
-    noise = math.hypot(_noise(image_a, valid_a), _noise(image_b, valid_b))
+    noise = math.hypot(noise_a, noise_b)
     outliers = _one_sided_outliers(a_k, b_k, good_a & good_b, noise, relative=0.05 if fit_gain else 0.0)
     good_a, good_b = good_a & ~outliers, good_b & ~outliers
     # Both smoothed alike before any sub-pixel interpolation: interpolating
@@ -285,7 +290,7 @@ def register_block(
     corr = float(np.corrcoef(a_d[yy, xx][keep], b_k[yy, xx][keep])[0, 1])
     # Formal errors of the last fit.  Where the structure in the block is
     # close to a plane, a shift is nearly a level change and these grow: the
-    # block then carries little weight, or none (see ``max_sigma``).
+    # block then carries little weight in the joint solution.
     # The smoothing correlates the noise over about 4 pi sigma^2 pixels,
     # which the white-noise formula would count as independent.
     resid = (target - design @ coef)[keep]
@@ -299,8 +304,8 @@ def register_block(
     return BlockShift(kx + float(d[1]), ky + float(d[0]), corr, int(keep.sum()), sx, sy)
 
 
-def _phase_integer_shift(image_a, valid_a, image_b, valid_b) -> tuple[int, int]:
-    """Whole-pixel shift of ``b`` relative to ``a`` by scikit-image's masked phase correlation."""
+def _phase_integer_shift(image_a, valid_a, image_b, valid_b) -> tuple[int, int] | None:
+    """Whole-pixel shift of ``b`` relative to ``a`` by scikit-image's masked phase correlation, or None."""
     from skimage.registration import phase_cross_correlation
 
     a = np.where(valid_a, image_a, 0.0)
@@ -308,7 +313,7 @@ def _phase_integer_shift(image_a, valid_a, image_b, valid_b) -> tuple[int, int]:
     shift = phase_cross_correlation(b, a, reference_mask=valid_b, moving_mask=valid_a, overlap_ratio=0.5)
     shift = np.asarray(shift[0] if isinstance(shift, tuple) else shift, dtype=float)
     if not np.all(np.isfinite(shift)):
-        return (10**9, 10**9)
+        return None
     ky, kx = np.rint(shift).astype(int).tolist()
     return ky, kx
 
