@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jwst_skymatch_plus.core.grouping import group_exposures
+from jwst_skymatch_plus.core.grouping import group_exposures, sky_units
 from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
 from jwst_skymatch_plus.core.regions import miri_lyot_region
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
@@ -37,8 +37,8 @@ def metas(sim):
 
 
 def test_per_exposure_offsets_reach_the_noise_floor(miri_mosaic):
-    groups = group_exposures(metas(miri_mosaic), "visit")
-    result = match_exposures(sources(miri_mosaic), groups, MatchConfig())
+    units, fallback = sky_units(metas(miri_mosaic), "visit")
+    result = match_exposures(sources(miri_mosaic), units, MatchConfig(), fallback=fallback)
     floor = offset_noise_floor(miri_mosaic)
     err = offset_rms_error(result.coefficients[:, 0], miri_mosaic.truth.level)
     # Target: within 3x the noise-limited floor (a clipped median costs 1.25x).
@@ -52,7 +52,7 @@ def test_per_exposure_offsets_reach_the_noise_floor(miri_mosaic):
 
 def test_without_matching_inside_visits_drifts_remain(miri_mosaic):
     groups = group_exposures(metas(miri_mosaic), "visit")
-    result = match_exposures(sources(miri_mosaic), groups, MatchConfig(match_within_groups=False))
+    result = match_exposures(sources(miri_mosaic), groups, MatchConfig())
     err = offset_rms_error(result.coefficients[:, 0], miri_mosaic.truth.level)
     drift = miri_mosaic.truth.exposure_drift
     # The exposures of a visit share one level: the drift inside visits is left.
@@ -75,8 +75,8 @@ def test_exposure_grouping_solves_everything_at_once(miri_mosaic):
 
 
 def test_coarser_grid_still_matches(miri_mosaic):
-    groups = group_exposures(metas(miri_mosaic), "visit")
-    result = match_exposures(sources(miri_mosaic), groups, MatchConfig(grid_scale=2.0))
+    units, fallback = sky_units(metas(miri_mosaic), "visit")
+    result = match_exposures(sources(miri_mosaic), units, MatchConfig(grid_scale=2.0), fallback=fallback)
     err = offset_rms_error(result.coefficients[:, 0], miri_mosaic.truth.level)
     assert err < 3 * offset_noise_floor(miri_mosaic)
     assert result.grid.pixel_scale * 3600 == pytest.approx(0.22, rel=1e-3)
@@ -92,8 +92,8 @@ def test_planes_recovered():
         exposure_offset_sigma=0.0,
         seed=21,
     )
-    groups = group_exposures(metas(sim), "visit")
-    result = match_exposures(sources(sim), groups, MatchConfig(fit_type="level+slope"))
+    groups, fallback = sky_units(metas(sim), "visit")
+    result = match_exposures(sources(sim), groups, MatchConfig(fit_type="level+slope"), fallback=fallback)
     from jwst_skymatch_plus.core.planes import detector_plane
 
     # Compare recovered and true backgrounds on each detector after removing

@@ -37,6 +37,7 @@ __all__ = [
     "parse_families",
     "parse_grouping",
     "regrouped_id",
+    "sky_units",
 ]
 
 _VISIT_KEYS = (
@@ -107,7 +108,14 @@ def group_key(meta: Mapping, grouping: str | Sequence[str], index: int) -> tuple
             key.append(("exposure", index))
         elif t == "group_id":
             gid = meta.get("meta.group_id")
-            key.append(str(gid) if gid else tuple(_value(meta, k) for k in _GROUP_ID_KEYS))
+            if gid:
+                key.append(str(gid))
+            elif all(meta.get(k) is not None for k in _GROUP_ID_KEYS):
+                key.append(tuple(_value(meta, k) for k in _GROUP_ID_KEYS))
+            else:
+                # As jwst's ModelLibrary does: without the keywords that
+                # build a group_id, every exposure is its own group.
+                key.append(("exposure", index))
         elif t in _INSTRUMENT_KEYS:
             key.append(_value(meta, _INSTRUMENT_KEYS[t]))
         else:
@@ -222,3 +230,63 @@ def regrouped_id(
     if split_short_chips and family == "nircam_short":
         gid += "_" + _value(meta, "meta.instrument.detector")
     return gid
+
+
+def sky_units(
+    metas: Sequence[Mapping], grouping: str = "visit", match_within_groups: bool = True
+) -> tuple[list[list[int]], list[int] | None]:
+    """Sets of exposures that share one sky level, and their fallback groups.
+
+    Exposures that share jwst's ``group_id`` (the detectors read out together
+    in one exposure) always share one level, as in ``SkyMatchStep``; the
+    ``module`` and ``detector`` tokens of ``grouping`` split them further.
+
+    With ``match_within_groups`` each such set is matched on its own and the
+    groups of ``grouping`` (visits by default) only serve as fallback: a set
+    that no overlap ties to anything takes its group's level.  Without it,
+    every group of ``grouping`` is one level (merged with the ``group_id``
+    sets it touches).
+
+    Parameters
+    ----------
+    metas : sequence of mapping
+        Flat metadata per exposure.
+    grouping : str
+        Grouping specification (see module docs).
+    match_within_groups : bool
+        See above.
+
+    Returns
+    -------
+    units : list of list of int
+        Exposure indices of each set that shares one level.
+    fallback : list of int or None
+        Per unit, the index of its group of ``grouping`` (None when groups
+        are units themselves).
+    """
+    tokens = parse_grouping(grouping)
+    split = [t for t in tokens if t in ("module", "detector")]
+    units = group_exposures(metas, "+".join(["group_id", *split]))
+    groups = group_exposures(metas, grouping)
+    group_of = {k: g for g, members in enumerate(groups) for k in members}
+    if match_within_groups:
+        return units, [group_of[members[0]] for members in units]
+    # Union of the two partitions: a group_id set spanning groups joins them.
+    parent = list(range(len(groups)))
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for members in units:
+        first = root(group_of[members[0]])
+        for k in members[1:]:
+            other = root(group_of[k])
+            if other != first:
+                parent[other] = first
+    merged: dict[int, list[int]] = {}
+    for k in range(len(metas)):
+        merged.setdefault(root(group_of[k]), []).append(k)
+    return list(merged.values()), None

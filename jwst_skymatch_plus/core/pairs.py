@@ -22,20 +22,70 @@ __all__ = [
     "structure_weights",
     "measure_difference",
     "n_coefficients",
+    "robust_sigma",
 ]
 
 FIT_TYPES = ("level", "level+slope")
 SKYSTATS = ("median", "mean", "mode", "midpt")
 
-# Standard error of a statistic over that of the mean for Gaussian data.  The
-# median's is sqrt(pi/2); 'mode' and 'midpt' are histogram estimates close to
-# the median and are given the same factor.
+#: Width of the Gaussian kernel whose density peak is the 'mode' of a set of
+#: differences, in robust standard deviations.  At 2 the estimate keeps 94% of
+#: the mean's efficiency for Gaussian noise (asymptotic relative efficiency of
+#: this redescending M-estimator: (c^2 (c^2 + 2))^1.5 / (c^2 + 1)^3) while
+#: values beyond ~6 sigma get no weight at all.
+MODE_KERNEL_SIGMA = 2.0
+
+# Standard error of a statistic over that of the mean for Gaussian data: the
+# median's (and 'midpt', the median of the clipped values) is sqrt(pi/2); the
+# kernel mode's follows from MODE_KERNEL_SIGMA.
 _EFFICIENCY = {
     "mean": 1.0,
     "median": math.sqrt(math.pi / 2.0),
-    "mode": math.sqrt(math.pi / 2.0),
+    "mode": math.sqrt(
+        (MODE_KERNEL_SIGMA**2 + 1.0) ** 3 / (MODE_KERNEL_SIGMA**2 * (MODE_KERNEL_SIGMA**2 + 2.0)) ** 1.5
+    ),
     "midpt": math.sqrt(math.pi / 2.0),
 }
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation."""
+    from astropy.stats import mad_std
+
+    values = np.asarray(values)
+    return float(mad_std(values)) if values.size else math.nan
+
+
+def _kernel_mode(values: np.ndarray, width: float, start: float, tol: float) -> float:
+    """Peak of the Gaussian-kernel density of ``values`` (mean-shift iteration).
+
+    The iteration runs on a fine histogram (bin sums of the values, so only
+    the kernel weights are approximated) and is finished with two exact
+    steps over the values themselves.
+    """
+    lo, hi = start - 8.0 * width, start + 8.0 * width
+    inside = values[(values >= lo) & (values <= hi)]
+    if inside.size == 0:
+        return start
+    nbins = 640
+    counts, edges = np.histogram(inside, bins=nbins, range=(lo, hi))
+    sums, _ = np.histogram(inside, bins=nbins, range=(lo, hi), weights=inside)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    mode = start
+    for _ in range(100):
+        w = counts * np.exp(-0.5 * ((centres - mode) / width) ** 2)
+        total = w.sum()
+        if not total > 0:
+            return start
+        new = float(np.sum(w / np.maximum(counts, 1) * sums) / total)
+        if abs(new - mode) < tol:
+            mode = new
+            break
+        mode = new
+    for _ in range(2):
+        w = np.exp(-0.5 * ((inside - mode) / width) ** 2)
+        mode = float(np.sum(w * inside) / w.sum())
+    return mode
 
 
 def n_coefficients(fit_type: str) -> int:
@@ -49,9 +99,9 @@ def n_coefficients(fit_type: str) -> int:
 class DifferenceStatistic:
     """Sigma-clipped statistic of difference values.
 
-    The parameters mean what they mean for jwst's ``SkyMatchStep`` (and are
-    passed to the same ``stsci.imagestats`` engine), applied here to the
-    per-pixel differences of two images instead of to each image's pixels.
+    The parameters mean what they mean for jwst's ``SkyMatchStep``, applied
+    here to the per-pixel differences of two images instead of to each
+    image's pixels (see :meth:`__call__` for how each statistic is found).
 
     Parameters
     ----------
@@ -66,7 +116,7 @@ class DifferenceStatistic:
 
     """
 
-    skystat: str = "median"
+    skystat: str = "mode"
     nclip: int = 5
     lsigma: float = 4.0
     usigma: float = 4.0
@@ -81,22 +131,91 @@ class DifferenceStatistic:
         """Standard-error factor of the statistic relative to the mean."""
         return _EFFICIENCY[self.skystat]
 
-    def __call__(self, values: np.ndarray) -> tuple[float, int, float]:
-        """Return ``(statistic, n_used, clipped_std)`` of ``values``."""
-        from stsci.imagestats import ImageStats
+    def __call__(self, values: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, int, float]:
+        """Return ``(statistic, n_used, clipped_std)`` of ``values``.
 
-        values = np.asarray(values, dtype=np.float32)
+        Values are clipped ``nclip`` times at ``lsigma``/``usigma`` standard
+        deviations around their median.  'mean' and 'median' are those of
+        the kept values; 'midpt' is their exact median (what the histogram
+        midpoint of ``SkyMatchStep`` approximates); 'mode' is the peak of
+        their density smoothed by a Gaussian of :data:`MODE_KERNEL_SIGMA`
+        robust standard deviations, found by mean shift from the median.
+        On differences, whose distribution is the noise around the offset,
+        that peak is nearly as precise as the mean and as robust as the
+        median (``binwidth`` is not needed).
+        """
+        values = np.asarray(values, dtype=np.float64).ravel()
+        finite = np.isfinite(values)
+        values = values[finite]
         if values.size == 0:
             return math.nan, 0, math.nan
-        st = ImageStats(
-            values,
-            fields=f"npix,{self.skystat},stddev",
-            nclip=self.nclip,
-            lsig=self.lsigma,
-            usig=self.usigma,
-            binwidth=self.binwidth,
-        )
-        return float(getattr(st, self.skystat)), int(st.npix), float(st.stddev)
+        if weights is not None:
+            return self._weighted(values, np.asarray(weights, dtype=np.float64).ravel()[finite])
+        kept = values
+        for _ in range(self.nclip):
+            centre = float(np.median(kept))
+            std = float(kept.std())
+            if not std > 0:
+                break
+            keep = (kept >= centre - self.lsigma * std) & (kept <= centre + self.usigma * std)
+            if keep.all():
+                break
+            kept = kept[keep]
+            if kept.size == 0:
+                return math.nan, 0, math.nan
+        std = float(kept.std())
+        if self.skystat == "mean":
+            value = float(kept.mean())
+        elif self.skystat in ("median", "midpt"):
+            value = float(np.median(kept))
+        else:
+            value = float(np.median(kept))
+            width = MODE_KERNEL_SIGMA * robust_sigma(kept)
+            if width > 0:
+                value = _kernel_mode(kept, width, value, tol=1e-4 * width)
+        return value, int(kept.size), std
+
+    def _weighted(self, values: np.ndarray, weights: np.ndarray) -> tuple[float, int, float]:
+        """Weighted form: clipping as unweighted, then a weighted statistic.
+
+        Returns the statistic, the effective number of values
+        ``(sum w)^2 / sum w^2`` and the weighted standard deviation.
+        """
+        kept = np.ones(values.size, dtype=bool)
+        for _ in range(self.nclip):
+            centre = float(np.median(values[kept]))
+            std = float(values[kept].std())
+            if not std > 0:
+                break
+            keep = (values >= centre - self.lsigma * std) & (values <= centre + self.usigma * std)
+            if np.array_equal(keep, kept):
+                break
+            kept = keep
+            if not kept.any():
+                return math.nan, 0, math.nan
+        v, w = values[kept], weights[kept]
+        if not w.sum() > 0:
+            return math.nan, 0, math.nan
+        mean = float(np.sum(w * v) / w.sum())
+        if self.skystat == "mean":
+            value = mean
+        elif self.skystat in ("median", "midpt"):
+            order = np.argsort(v)
+            cum = np.cumsum(w[order])
+            value = float(v[order][np.searchsorted(cum, 0.5 * cum[-1])])
+        else:
+            value = float(np.median(v))
+            width = MODE_KERNEL_SIGMA * robust_sigma(v)
+            for _ in range(50 if width > 0 else 0):
+                k = w * np.exp(-0.5 * ((v - value) / width) ** 2)
+                new = float(np.sum(k * v) / k.sum())
+                done = abs(new - value) < 1e-4 * width
+                value = new
+                if done:
+                    break
+        std = float(np.sqrt(np.sum(w * (v - mean) ** 2) / w.sum()))
+        n_eff = float(w.sum() ** 2 / np.sum(w**2))
+        return value, max(int(round(n_eff)), 1), std
 
 
 @dataclass
@@ -326,7 +445,7 @@ def measure_difference(
     extent = (int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
     values = diff[valid]
     if fit_type == "level":
-        level, n_used, std = statistic(values)
+        level, n_used, std = statistic(values, None if weights is None else weights[valid])
         if not np.isfinite(level) or n_used == 0:
             return None
         # Standard error of the statistic over n_used correlated pixels.

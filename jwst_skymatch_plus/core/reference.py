@@ -96,6 +96,7 @@ def apply_reference(
     group_index: np.ndarray,
     reference_group: int | None,
     match_down: bool = True,
+    reference_levels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Shift levels per component: reference group at zero, or match_down.
 
@@ -115,6 +116,9 @@ def apply_reference(
         Group held at zero.
     match_down : bool
         Convention for the other components.
+    reference_levels : numpy.ndarray, optional
+        The levels whose mean is held at zero (e.g. ``levels`` with NaN where
+        a level was not measured); default ``levels``.
     """
     out = apply_match_down(levels, component, match_down)
     if reference_group is None:
@@ -123,7 +127,9 @@ def apply_reference(
     labels = np.unique(component[in_ref & (component >= 0)])
     for label in labels:
         sel = component == label
-        out[sel] = levels[sel] - np.nanmean(levels[in_ref & sel])
+        ref = levels if reference_levels is None else reference_levels
+        if np.isfinite(ref[in_ref & sel]).any():
+            out[sel] = levels[sel] - np.nanmean(ref[in_ref & sel])
     return out
 
 
@@ -133,6 +139,7 @@ def reference_for_result(
     metas: Sequence,
     group_names: Sequence[Sequence[str]],
     background_times: Sequence[float] = (),
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> int:
     """:func:`choose_reference` fed from a :class:`~jwst_skymatch_plus.core.matching.MatchResult`.
 
@@ -148,10 +155,31 @@ def reference_for_result(
         Exposure names of each group.
     background_times : sequence of float
         MJDs of background observations.
+    groups : sequence of sequence of int, optional
+        The sets of exposures to choose from (e.g. visits), each a union of
+        the result's units; default: the units themselves.  Pairs and
+        flatness are carried over from the units.
     """
     kept = [p for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok]
+    flatness = np.asarray(result.group_flatness, dtype=float)
+    if groups is not None:
+        group_of = np.empty(len(result.group_index), dtype=int)
+        for g, members in enumerate(groups):
+            group_of[list(members)] = g
+        unit_group = np.array([group_of[members[0]] for members in result.groups])
+        kept = [p for p in kept if unit_group[p.i] != unit_group[p.j]]
+        used_pairs = [(int(unit_group[p.i]), int(unit_group[p.j])) for p in kept]
+        flat = np.full(len(groups), np.nan)
+        for g in range(len(groups)):
+            mine = flatness[unit_group == g] if flatness.size else np.zeros(0)
+            mine = mine[np.isfinite(mine)]
+            flat[g] = mine.mean() if mine.size else np.nan
+        flatness = flat
+    else:
+        groups = result.groups
+        used_pairs = [(p.i, p.j) for p in kept]
     times = []
-    for members in result.groups:
+    for members in groups:
         t = [
             metas[k].get("meta.exposure.mid_time") or metas[k].get("meta.exposure.start_time")
             for k in members
@@ -161,9 +189,9 @@ def reference_for_result(
     return choose_reference(
         rule,
         group_names=group_names,
-        used_pairs=[(p.i, p.j) for p in kept],
+        used_pairs=used_pairs,
         pair_pixels=[p.npix for p in kept],
-        flatness=result.group_flatness,
+        flatness=flatness,
         group_times=times,
         background_times=list(background_times),
     )

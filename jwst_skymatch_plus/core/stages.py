@@ -139,7 +139,7 @@ def _partition(keys: Sequence) -> list[list[int]]:
 
 def _stage_config(config: MatchConfig, fit_type: str) -> MatchConfig:
     # Stages match single images (or tiles as units): nothing to match inside groups.
-    return replace(config, fit_type=fit_type, match_within_groups=False, check_alignment=False)
+    return replace(config, fit_type=fit_type, check_alignment=False)
 
 
 def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:

@@ -101,7 +101,8 @@ def write_offsets_tables(
             "plane_level": [p.level if p else np.nan for p in planes],
             "slope_x": [p.slope_x if p else np.nan for p in planes],
             "slope_y": [p.slope_y if p else np.nan for p in planes],
-            "level_in_group": result.member_offsets[:, 0],
+            "level_source": [str(v) for v in result.status],
+            "note": list(result.reasons),
             "pairs_used": used_count[g],
             "pairs_rejected": rejected_count[g],
             "pair_residual_rms": resid_rms[g],
@@ -109,6 +110,10 @@ def write_offsets_tables(
     )
     exposures["level"].description = "background removed or recorded (data units), after the gauge"
     exposures["slope_x"].description = "plane slope per detector pixel along x"
+    exposures["level_source"].description = (
+        "measured: from the exposure's own overlaps; group: from its group, not measured; "
+        "excluded: left out of matching; unmatched: tied to no other exposure"
+    )
     exposures["pair_residual_rms"].description = "RMS of normalised residuals of the group's used pairs"
     exposures.meta.update(meta or {})
     exposures.meta["n_exposures"] = n

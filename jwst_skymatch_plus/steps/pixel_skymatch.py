@@ -11,8 +11,14 @@ from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
 from ..core.execution import default_workers
-from ..core.grouping import exposure_label, group_exposures
-from ..core.matching import MatchConfig, MatchResult, default_grid_scale, match_exposures
+from ..core.grouping import exposure_label, group_exposures, sky_units
+from ..core.matching import (
+    EXPOSURE_STATUSES,
+    MatchConfig,
+    MatchResult,
+    default_grid_scale,
+    match_exposures,
+)
 from ..core.pairs import DifferenceStatistic
 from ..core.planes import DetectorPlane, detector_plane
 from ..core.reference import apply_reference, reference_for_result
@@ -62,7 +68,11 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
     from the data.
     """
 
-    class_alias = "pixel_skymatch"
+    # What stpipe writes into meta.cal_step (when skipped) and meta.cal_logs:
+    # the stock step's key, so that the rest of calwebb_image3 and users'
+    # scripts read our record where they read SkyMatchStep's.  strun finds
+    # this step as ``pixel_skymatch`` through the package's entry point.
+    class_alias = "skymatch"
 
     spec = """
         # SkyMatchStep's parameters, same meanings:
@@ -71,7 +81,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         subtract = boolean(default=False) # subtract computed sky from image data?
         skylist = string(default=None) # Filename pointing to list of (imagename skyval) pairs
         stepsize = integer(default=None) # Max vertex separation (local/global polygons)
-        skystat = option('median', 'midpt', 'mean', 'mode', default='median') # statistic of sky (local/global) and of pixel differences (match)
+        skystat = option('median', 'midpt', 'mean', 'mode', default='mode') # statistic of sky (local/global) and of pixel differences (match)
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # "good" DQ bits
         lower = float(default=None) # Lower limit of "good" pixel values
         upper = float(default=None) # Upper limit of "good" pixel values
@@ -83,8 +93,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
         # Pixel matching:
         fit_type = option('level', 'level+slope', default='level') # constant offset or plane per exposure
-        grouping = string(default='visit') # exposures sharing one sky: visit, exposure, group_id, +module/+detector, or meta.* keys joined by '+'
-        match_within_groups = boolean(default=True) # also match the exposures inside each group (drifts within a visit)
+        grouping = string(default='visit') # groups of exposures (visit, exposure, group_id, +module/+detector, or meta.* keys joined by '+'); exposures sharing a group_id always share one level
+        match_within_groups = boolean(default=True) # True: every group_id set gets its own level, groups are the fallback for unmeasurable ones; False: one level per group
         grid_scale = float(default=None) # matching grid pixel size in native pixels (>1 coarser, faster); default: 1 for level fits, 2 for level+slope
         kernel = option('auto', 'square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='auto') # drizzle kernel for matching; auto: turbo on native pixels (3x faster than square, as accurate), square on coarser grids
         pixfrac = float(default=1.0) # drizzle pixel fraction for matching
@@ -114,6 +124,12 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
     """  # noqa: E501
 
     reference_file_types: list = []
+
+    def default_suffix(self) -> str:
+        """Suffix of saved products: ``skymatchstep`` when run standalone, as stock."""
+        if self.name == type(self).__name__:
+            return "skymatchstep"
+        return super().default_suffix()
 
     @staticmethod
     def get_stpipe_loggers():
@@ -157,35 +173,41 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
         library, metas = open_library_with_metadata(self, input_models)
         names = [exposure_label(m, i) for i, m in enumerate(metas)]
-        if len(library) < 2:
+        if len(library) < 2 and self.skymethod == "match":
             return self._skip(library, f"only {len(library)} exposure(s): nothing to match")
         check_single_configuration(metas, names)
-        groups = group_exposures(metas, self.grouping)
-        if len(groups) < 2 and not self.match_within_groups:
-            return self._skip(library, f"all exposures fall in one group (grouping={self.grouping!r})")
+        units, fallback = sky_units(metas, self.grouping, self.match_within_groups)
+        settings = MaskSettings(
+            self.dqbits, self.lower, self.upper, self.exclude_lyot, parse_regions(self.excluded_regions)
+        )
+        previous = np.array([self._previous_level(m, n) for m, n in zip(metas, names, strict=True)])
+        if len(units) < 2:
+            if self.skymethod == "match":
+                return self._skip(
+                    library, "all exposures share one sky group (one group_id or one group): nothing to match"
+                )
+            return self._global_only(library, settings, previous, names)
         log.info(
-            "Pixel sky matching of %d exposures in %d group(s) (grouping=%r, fit_type=%r).",
+            "Pixel sky matching of %d exposures in %d sky group(s) (grouping=%r, match_within_groups=%s, "
+            "fit_type=%r).",
             len(library),
-            len(groups),
+            len(units),
             self.grouping,
+            self.match_within_groups,
             self.fit_type,
         )
 
         config = self._match_config()
-        settings = MaskSettings(
-            self.dqbits, self.lower, self.upper, self.exclude_lyot, parse_regions(self.excluded_regions)
-        )
         mask = partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags)
-        previous = np.array([self._previous_level(m, n) for m, n in zip(metas, names, strict=True)])
         with library:
             sources = sources_from_metadata(library, metas, mask, names)
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
                 sources, _ = exposure_sources(library, mask, names)
-            result = match_exposures(sources, groups, config)
+            result = match_exposures(sources, units, config, fallback=fallback)
         self._check_alignment(result, names)
-        ref_group = self._reference_group(result, names, metas)
-        levels, planes = self._finalize(library, result, sources, settings, ref_group)
+        ref_group, ref_index = self._reference_group(result, names, metas)
+        levels, planes = self._finalize(library, result, sources, settings, ref_group, ref_index)
         self._log_table(result, names, levels, ref_group)
         self._write(library, result, levels, planes, previous, ref_group)
         self._write_reports(library, result, names, levels, planes)
@@ -204,7 +226,6 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             kernel=self.kernel,
             pixfrac=self.pixfrac,
             pixmap_stepsize=self.pixmap_stepsize,
-            match_within_groups=self.match_within_groups,
             weighting=self.weighting,
             min_overlap_pixels=self.min_overlap_pixels,
             min_overlap_fraction=self.min_overlap_fraction,
@@ -294,17 +315,40 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             raise ValueError(message)
         log.warning(message)
 
-    def _reference_group(self, result: MatchResult, names, metas) -> int | None:
+    def _reference_group(self, result: MatchResult, names, metas) -> tuple[int | None, np.ndarray]:
+        """The reference group (a group of ``grouping``, e.g. a visit) and every exposure's group."""
+        groups = group_exposures(metas, self.grouping)
+        group_index = np.empty(len(metas), dtype=int)
+        for g, members in enumerate(groups):
+            group_index[members] = g
         rule = (self.reference or "").strip()
         if not rule:
-            return None
-        group_names = [[names[k] for k in members] for members in result.groups]
+            return None, group_index
+        group_names = [[names[k] for k in members] for members in groups]
         bg_times = [float(v) for v in self.background_times.replace(",", " ").split()]
-        g = reference_for_result(rule, result, metas, group_names, bg_times)
-        log.info("Reference group (held at zero): %d (%s), chosen by %r.", g + 1, group_names[g][0], rule)
-        return g
+        g = reference_for_result(rule, result, metas, group_names, bg_times, groups=groups)
+        held = [k for k in groups[g] if result.status[k] == "measured"]
+        if not held:
+            why = "; ".join(sorted({result.reasons[k] for k in groups[g] if result.reasons[k]}))
+            log.warning(
+                "Reference %r (group %d, %s) was not measured (%s): its sky is not held at zero; "
+                "match_down=%s sets the levels of its component instead.",
+                rule,
+                g + 1,
+                group_names[g][0],
+                why or result.status[groups[g][0]],
+                self.match_down,
+            )
+            return None, group_index
+        log.info(
+            "Reference group (its mean level held at zero): %d (%s), chosen by %r.",
+            g + 1,
+            group_names[g][0],
+            rule,
+        )
+        return g, group_index
 
-    def _finalize(self, library, result: MatchResult, sources, settings, ref_group):
+    def _finalize(self, library, result: MatchResult, sources, settings, ref_group, ref_index):
         """Fix the free constants, add the global sky if asked, build detector planes."""
         n = len(sources)
         planes: list[DetectorPlane | None] = [None] * n
@@ -314,7 +358,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                     result.coefficients[k], src.wcs, src.shape, result.grid, result.plane_scale
                 )
         centre = np.array([p.level if p is not None else np.nan for p in planes])
-        levels = apply_reference(centre, result.component, result.group_index, ref_group, self.match_down)
+        measured = np.where(result.status == "measured", centre, np.nan)
+        levels = apply_reference(centre, result.component, ref_index, ref_group, self.match_down, measured)
         if self.tie_components == "global":
             levels = self._tie_components(library, levels, result.component, settings)
         if self.skymethod == "global+match":
@@ -396,22 +441,46 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                     model = library.borrow(index)
                 try:
                     plane = planes[index]
+                    status = str(result.status[index])
+                    name = model.meta.filename or f"exposure {index + 1}"
                     if plane is None:
                         log.warning(
-                            "%s: tied to no other exposure; its sky is left unchanged.",
-                            model.meta.filename,
+                            "%s: %s (%s): SKIPPED, its sky is left unchanged.",
+                            name,
+                            EXPOSURE_STATUSES[status],
+                            result.reasons[index] or "no usable overlap",
                         )
                         model.meta.cal_step.skymatch = "SKIPPED"
+                        model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
+                            "method": method,
+                            "status": status,
+                            "level_source": EXPOSURE_STATUSES[status],
+                            "reason": result.reasons[index],
+                        }
                         continue
+                    if status != "measured":
+                        log.warning(
+                            "%s: %s (%s); its level %s.",
+                            name,
+                            EXPOSURE_STATUSES[status],
+                            result.reasons[index],
+                            "is its group's (visit's) level"
+                            if status == "group"
+                            else "is the global sky alone",
+                        )
                     subtract = self.subtract or not plane.is_flat
                     if subtract:
                         model.data -= plane.evaluate(model.data.shape)
                     model.meta.background.level = float(previous[index] + plane.level)
                     model.meta.background.subtracted = bool(subtract)
-                    model.meta.background.method = method
+                    # The stock step's value: downstream code compares it.
+                    model.meta.background.method = str(self.skymethod)
                     model.meta.cal_step.skymatch = "COMPLETE"
                     record = {
                         "method": method,
+                        "status": status,
+                        "level_source": EXPOSURE_STATUSES[status],
+                        "reason": result.reasons[index],
                         "fit_type": self.fit_type,
                         "grouping": self.grouping,
                         "group": int(result.group_index[index]) + 1,
@@ -465,6 +534,33 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 model = library.borrow(index)
                 model.meta.cal_step.skymatch = "SKIPPED"
                 library.shelve(model, index)
+        return library
+
+    def _global_only(self, library, settings, previous, names):
+        """'global+match' with one sky group: only the global sky applies (as in SkyMatchStep)."""
+        log.info("All exposures share one sky group: nothing to match; applying the 'global' sky only.")
+        n = len(library)
+        levels = np.full(n, np.nan)
+        gsky = self._global_sky(library, levels, settings)
+        log.info("'Global' sky of every exposure: %.6g", gsky)
+        with library:
+            for index in range(n):
+                with unvalidated_reads():
+                    model = library.borrow(index)
+                try:
+                    if self.subtract:
+                        model.data -= gsky
+                    model.meta.background.level = float(previous[index] + gsky)
+                    model.meta.background.subtracted = bool(self.subtract)
+                    model.meta.background.method = str(self.skymethod)
+                    model.meta.cal_step.skymatch = "COMPLETE"
+                    model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
+                        "method": f"pixel-{self.skymethod}",
+                        "status": "global sky only (one sky group)",
+                    }
+                finally:
+                    library.shelve(model, index)
+        del names
         return library
 
     @staticmethod
