@@ -7,9 +7,13 @@ same bit for bit whichever runs them; only the wall time differs.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
+
+from .._atomic import pid_alive
 
 __all__ = ["Executor", "default_workers", "make_executor"]
 
@@ -50,11 +54,18 @@ class Executor:
     def close(self) -> None:
         """Release workers."""
 
+    def abort(self) -> None:
+        """Release workers without waiting for work in progress (the run failed)."""
+        self.close()
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class _Done(Future):
@@ -71,17 +82,105 @@ class SerialExecutor(Executor):
 
 
 class ProcessExecutor(Executor):
-    """Local worker processes."""
+    """Local worker processes.
+
+    Workers never outlive the process that started them: each one watches
+    it (:func:`_watch_parent`) and exits when it is gone, even killed with
+    SIGKILL; on an exception in the parent (SIGTERM included, see
+    :mod:`jwst_skymatch_plus._signals`) they are stopped at once.
+    """
 
     def __init__(self, n_workers: int) -> None:
         super().__init__(max_pending=2 * n_workers)
-        self._pool = ProcessPoolExecutor(max_workers=n_workers)
+        self._pool = ProcessPoolExecutor(
+            max_workers=n_workers, initializer=_watch_parent, initargs=(os.getpid(),)
+        )
 
     def submit(self, fn, *args):
         return self._pool.submit(fn, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        pool = self._pool
+        processes = getattr(pool, "_processes", None)
+        results = getattr(pool, "_result_queue", None)
+        if processes is None or results is None:  # not CPython's pool as we know it
+            terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+            if terminate is not None:
+                terminate()
+            else:
+                pool.shutdown(wait=False, cancel_futures=True)
+            return
+        processes = list(processes.values())
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+        # A worker stopped halfway through sending its result leaves the
+        # pool's manager thread waiting for the rest, and the interpreter
+        # waiting for that thread at exit, for ever.  With this process's
+        # copy of the writing end closed no writer is left: the wait ends
+        # and the pool shuts itself down as broken.
+        writer = getattr(results, "_writer", None)
+        if writer is not None:
+            writer.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+#: Seconds between a worker's checks that its parent is alive.
+WATCH_INTERVAL = 0.5
+#: Ask Linux to signal workers the moment their parent dies (PR_SET_PDEATHSIG);
+#: the polling watchdog covers other systems and the unlikely race at start.
+USE_PDEATHSIG = True
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the process ``parent_pid`` is gone.
+
+    A worker blocked on its task queue would otherwise wait forever once
+    its parent was killed.  On Linux the kernel sends SIGTERM to the worker
+    when its parent dies; everywhere a daemon thread checks twice a second
+    and ends the worker if the parent is gone.  SIGTERM gets its default
+    action back in the worker (a forked worker inherits the parent's
+    handler, which would only raise an exception inside the task).
+    """
+    import signal
+    import threading
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    forked = os.getppid() == parent_pid
+    # The kernel ties the death signal to the thread that started the worker:
+    # the one using the pool, which outlives it (the pool is closed first).
+    if forked and USE_PDEATHSIG and sys.platform.startswith("linux"):
+        _set_parent_death_signal(signal.SIGTERM)
+
+    def gone() -> bool:
+        return os.getppid() != parent_pid if forked else not pid_alive(parent_pid)
+
+    if gone():
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            if gone():
+                os._exit(1)
+
+    threading.Thread(target=watch, name="skymatch-plus-parent-watch", daemon=True).start()
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """prctl(PR_SET_PDEATHSIG, signum) through ctypes; silently nothing if unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 class DaskExecutor(Executor):

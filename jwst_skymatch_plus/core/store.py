@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import pause_for_tests, remove_stale, run_tag
 from .grid import BBox
 from .resample import Resampled
 
-__all__ = ["DiskGroupStore", "GroupStore", "MemoryGroupStore", "make_store"]
+__all__ = ["STORE_PREFIX", "DiskGroupStore", "GroupStore", "MemoryGroupStore", "make_store"]
 
 
 class GroupStore:
@@ -70,17 +71,29 @@ class MemoryGroupStore(GroupStore):
         self._images.clear()
 
 
+#: Name prefix of the disk store's temporary directories.
+STORE_PREFIX = "skymatch_plus_"
+
+
 class DiskGroupStore(GroupStore):
     """Group images in ``.npy`` files of a temporary directory, read by memory map.
+
+    The directory, ``skymatch_plus_<pid>-<host>-<random>``, is removed by
+    :meth:`close` (the ``with`` block's end, also on an exception).  Stores
+    left by runs killed outright are removed by the next store made in the
+    same place once their process is gone (see :mod:`jwst_skymatch_plus._atomic`).
 
     Parameters
     ----------
     directory : str or Path, optional
-        Parent of the temporary directory (default: the system's).
+        Parent of the temporary directory (default: the system's,
+        ``tempfile.gettempdir()``, which honours ``TMPDIR``).
     """
 
     def __init__(self, directory: str | Path | None = None) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="skymatch_plus_", dir=directory))
+        parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+        remove_stale(parent, STORE_PREFIX)
+        self._dir = Path(tempfile.mkdtemp(prefix=STORE_PREFIX + run_tag(), dir=parent))
         self._boxes: dict[int, BBox] = {}
 
     def _path(self, key: int, kind: str) -> Path:
@@ -90,6 +103,7 @@ class DiskGroupStore(GroupStore):
         np.save(self._path(key, "img"), image.image, allow_pickle=False)
         np.save(self._path(key, "wht"), image.weight, allow_pickle=False)
         self._boxes[key] = image.bbox
+        pause_for_tests("store")
 
     def bbox(self, key: int) -> BBox:  # noqa: D102
         return self._boxes[key]

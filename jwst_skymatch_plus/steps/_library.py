@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ import numpy as np
 from astropy.nddata.bitmask import bitfield_to_boolean_mask, interpret_bit_flags
 from stdatamodels.jwst.datamodels.dqflags import pixel
 
+from .._atomic import place, staging_folder
+from .._signals import sigterm_raises
 from ..core.matching import ExposureSource
 from ..core.regions import miri_lyot_region
 
@@ -54,14 +55,44 @@ PACKAGE_LOGGERS = (
 
 
 class AtomicSaveMixin:
-    """Save a step's output models through a temporary file and a rename.
+    """Save a step's outputs safely, write its reports last, clean up on SIGTERM.
 
-    An interrupted run then leaves either the previous product or the new
-    one under the product's name, never a truncated file.  The model is
-    written under its final file name into a temporary directory next to the
-    destination (so ``meta.filename`` in the file is right) and moved into
-    place with an atomic rename.
+    * Each output model is written under its final file name (so
+      ``meta.filename`` in the file is right) into a staging folder next to
+      the destination and renamed into place (:mod:`jwst_skymatch_plus._atomic`):
+      an interrupted run leaves the previous product or the new one, never a
+      truncated file, and no temporary file.
+    * Reports handed to :meth:`after_save` (offsets tables, figures) are
+      written once the outputs are saved, by the outermost step or pipeline
+      of the run: a table never lists exposures whose products are missing.
+    * While the run lasts, SIGTERM raises an exception so that temporary
+      files, stores and worker processes are cleaned up before the process
+      ends (:mod:`jwst_skymatch_plus._signals`).
     """
+
+    _reports_after_save: list | None = None
+
+    def run(self, *args):
+        """Run the step (stpipe's ``run``), then write the reports it deferred."""
+        if _report_owner(getattr(self, "parent", None)) is not None:
+            return super().run(*args)
+        self._reports_after_save = []
+        try:
+            with sigterm_raises():
+                result = super().run(*args)
+                for write in self._reports_after_save:
+                    write()
+        finally:
+            self._reports_after_save = None
+        return result
+
+    def after_save(self, write: Callable[[], object]) -> None:
+        """Call ``write()`` once the run's outputs are saved (now, outside a run)."""
+        owner = _report_owner(self)
+        if owner is None:
+            write()
+        else:
+            owner._reports_after_save.append(write)
 
     def save_model(self, model, *args, **kwargs):
         from stdatamodels import DataModel
@@ -74,11 +105,10 @@ class AtomicSaveMixin:
             target = path(model.meta.filename) if callable(path) else path
             head, tail = os.path.split(os.fspath(target))
             head = dir_path or head or "."
-            os.makedirs(head, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".saving_", dir=head) as tmp:
-                written = plain_save(os.path.join(tmp, tail), None, *save_args, **save_kwargs)
+            with staging_folder(head) as stage:
+                written = plain_save(os.path.join(stage, tail), None, *save_args, **save_kwargs)
                 final = os.path.join(head, os.path.basename(written))
-                os.replace(written, final)
+                place(written, final)
             return final
 
         # A plain instance attribute (DataModel's own __setattr__ would put a
@@ -88,6 +118,16 @@ class AtomicSaveMixin:
             return super().save_model(model, *args, **kwargs)
         finally:
             object.__delattr__(model, "save")
+
+
+def _report_owner(step):
+    """The outermost step of ``step``'s run collecting deferred reports (or None)."""
+    owner = None
+    while step is not None:
+        if getattr(step, "_reports_after_save", None) is not None:
+            owner = step
+        step = getattr(step, "parent", None)
+    return owner
 
 
 @contextmanager

@@ -3,45 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..core.matching import MatchResult, evaluate_plane
 from ..core.planes import DetectorPlane
 
-__all__ = ["atomic_path", "plot_diagnostics", "write_offsets_tables"]
+__all__ = ["plot_diagnostics", "write_offsets_tables"]
 
 log = logging.getLogger(__name__)
-
-
-class atomic_path:
-    """Context manager yielding a temporary path renamed to ``path`` on success.
-
-    A crash while writing leaves no truncated file under the final name.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent
-        )
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False
 
 
 def write_offsets_tables(

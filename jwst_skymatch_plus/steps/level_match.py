@@ -10,6 +10,7 @@ import numpy as np
 from astropy.table import Table
 from jwst.stpipe import Step
 
+from .._atomic import atomic_path
 from ..core.grouping import exposure_label
 from ..core.matching import MatchConfig
 from ..core.pairs import DifferenceStatistic
@@ -27,7 +28,6 @@ from ._library import (
     report_base,
     unvalidated_reads,
 )
-from ._report import atomic_path
 from .pixel_skymatch import RECORD_KEY
 
 __all__ = ["LevelMatchStep"]
@@ -233,9 +233,14 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         table.meta["reference"] = next((o.reference for o in outcomes if o.reference), "")
         directory, stem = report_base(self, library, default="mosaic")
         path = Path(self.table) if self.table else directory / f"{stem}_level_match.ecsv"
-        with atomic_path(path) as tmp:
-            table.write(tmp, format="ascii.ecsv", overwrite=True)
-        log.info("Level-matching corrections written to %s", path)
+
+        def write() -> None:
+            with atomic_path(path) as tmp:
+                table.write(tmp, format="ascii.ecsv", overwrite=True)
+            log.info("Level-matching corrections written to %s", path)
+
+        # After the products: a table never lists exposures whose products are missing.
+        self.after_save(write)
 
 
 def _lyot_region(meta: dict) -> tuple[slice, slice] | None:

@@ -499,6 +499,10 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             )
 
     def _write_reports(self, library, result, names, levels, planes) -> None:
+        # After the products: a table never lists exposures whose products are missing.
+        self.after_save(partial(self._write_reports_now, library, result, names, levels, planes))
+
+    def _write_reports_now(self, library, result, names, levels, planes) -> None:
         table = (self.offsets_table or "").strip()
         parent = getattr(self, "parent", None)
         saving = self.save_results or (parent is not None and parent.save_results)

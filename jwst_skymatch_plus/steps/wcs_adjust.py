@@ -16,7 +16,6 @@ import importlib
 import importlib.util
 import logging
 import math
-import os
 import tempfile
 import tomllib
 from collections.abc import Sequence
@@ -26,10 +25,18 @@ import numpy as np
 from astropy.table import Table
 from jwst.stpipe import Step
 
+from .._atomic import atomic_path
 from ..core.alignment import SkyAffine, apply_affine_to_wcs, detector_samples, fit_sky_affine
 from ..core.grouping import nircam_module
 from ..core.visit_shifts import correlate_visits
-from ._library import MaskSettings, good_pixel_mask, open_library, package_logging, report_base
+from ._library import (
+    AtomicSaveMixin,
+    MaskSettings,
+    good_pixel_mask,
+    open_library,
+    package_logging,
+    report_base,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +169,6 @@ def row_affine(row) -> SkyAffine:
     return SkyAffine(float(row["ra_ref"]), float(row["dec_ref"]), matrix, [row["shift_ra"], row["shift_dec"]])
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _toml_value(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
@@ -209,19 +205,19 @@ def write_wcs_adjust_table(table: Table, path: str | Path, formats: Sequence[str
         if fmt not in TABLE_FORMATS:
             raise ValueError(f"table format {fmt!r}: use one of {TABLE_FORMATS}")
         out = path.with_suffix("." + fmt)
-        if fmt == "ecsv":
-            _atomic_write(out, lambda p: table.write(p, format="ascii.ecsv", overwrite=True))
-        elif fmt == "asdf":
-            tree = {"wcs_adjust": {name: np.asarray(table[name]) for name in table.colnames}}
-            tree["meta"] = dict(table.meta)
-            _atomic_write(out, lambda p, tree=tree: asdf.AsdfFile(tree).write_to(p))
-        else:
-            lines = [f"# {k} = {v}" for k, v in table.meta.items()]
-            for row in table:
-                lines.append("[[visit]]")
-                lines += [f"{name} = {_toml_value(row[name])}" for name in table.colnames]
-            text = "\n".join(lines) + "\n"
-            _atomic_write(out, lambda p, text=text: Path(p).write_text(text))
+        with atomic_path(out) as tmp:
+            if fmt == "ecsv":
+                table.write(tmp, format="ascii.ecsv", overwrite=True)
+            elif fmt == "asdf":
+                tree = {"wcs_adjust": {name: np.asarray(table[name]) for name in table.colnames}}
+                tree["meta"] = dict(table.meta)
+                asdf.AsdfFile(tree).write_to(tmp)
+            else:
+                lines = [f"# {k} = {v}" for k, v in table.meta.items()]
+                for row in table:
+                    lines.append("[[visit]]")
+                    lines += [f"{name} = {_toml_value(row[name])}" for name in table.colnames]
+                tmp.write_text("\n".join(lines) + "\n")
         written.append(out)
     return written
 
@@ -278,7 +274,7 @@ def _parse_mapping(text: str, what: str) -> dict:
 # --------------------------------------------------------------------------
 # Steps
 # --------------------------------------------------------------------------
-class GetWCSAdjustStep(Step):
+class GetWCSAdjustStep(AtomicSaveMixin, Step):
     """Measure one WCS correction per visit in a reference band and write it to a table.
 
     ``method='tweakreg'``: the reference band's exposures are aligned by
@@ -697,7 +693,7 @@ def _tweakreg_class():
     return FitInfoTweakRegStep
 
 
-class ApplyWCSAdjustStep(Step):
+class ApplyWCSAdjustStep(AtomicSaveMixin, Step):
     """Apply per-visit WCS corrections from a ``get_wcs_adjust`` table to any band's exposures.
 
     Each exposure is matched to a table row by program, observation and
