@@ -132,3 +132,27 @@ def test_planes_recovered():
     # A level-only fit cannot do this.
     level_only = match_exposures(sources(sim), groups, MatchConfig(fit_type="level"))
     assert level_only.coefficients.shape[1] == 1
+
+
+def test_uncertainties_are_honest_and_independent_of_a_pedestal():
+    # Flat sky and noise only: every level's error should match its stated
+    # sigma (scatter / sigma ~ 1), pairs sharing an exposure being correlated.
+    z = []
+    for seed in range(4):
+        sim = simulate_mosaic(
+            "miri",
+            shape=(128, 128),
+            tiles=(2, 2),
+            dithers=3,
+            emission=0.0,
+            n_sources=0,
+            cosmic_ray_fraction=0.0,
+            seed=100 + seed,
+        )
+        units, fallback = sky_units(metas(sim), "visit")
+        result = match_exposures(sources(sim), units, MatchConfig(check_alignment=False), fallback=fallback)
+        err = result.coefficients[:, 0] - sim.truth.level
+        z.append((err - err.mean()) / result.sigma[:, 0])
+    z = np.concatenate(z)
+    # 48 values: the rms of a unit normal is within ~0.2 of 1 (2 sigma).
+    assert 0.75 < np.sqrt(np.mean(z**2)) < 1.3, np.sqrt(np.mean(z**2))

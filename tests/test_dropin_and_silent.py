@@ -182,3 +182,27 @@ def test_skipped_inside_a_pipeline_is_recorded_under_the_stock_key():
 def test_standalone_products_carry_the_stock_suffix():
     assert PixelSkyMatchStep().default_suffix() == "skymatchstep"
     assert PixelSkyMatchStep(name="skymatch").default_suffix() == "skymatch"
+
+
+@pytest.mark.parametrize("update_s_region", [True, False])
+def test_exposure_far_from_the_rest_takes_its_visit_level_named(mosaic, update_s_region, caplog):
+    from jwst.assign_wcs.util import update_s_region_imaging
+    from jwst.tweakreg.utils import adjust_wcs
+
+    models = copy_models(mosaic)
+    bad = 5
+    models[bad].meta.wcs = adjust_wcs(models[bad].meta.wcs, delta_ra=0.5, delta_dec=0.0)
+    if update_s_region:
+        update_s_region_imaging(models[bad])
+    with caplog.at_level(logging.WARNING):
+        result = PixelSkyMatchStep.call(models)
+    rec = records(result)
+    assert rec[bad][0] == "COMPLETE" and rec[bad][2]["status"] == "group"
+    assert any(
+        models[bad].meta.filename in r.getMessage() and "not measured" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )
+    keep = np.arange(len(models)) != bad
+    levels = levels_of(result)
+    assert offset_rms_error(levels[keep], mosaic.truth.level[keep]) < 2 * offset_noise_floor(mosaic)

@@ -63,6 +63,7 @@ __all__ = [
     "evaluate_plane",
     "match_exposures",
     "measure_pair",
+    "pair_level_covariance",
 ]
 
 log = logging.getLogger(__name__)
@@ -481,7 +482,9 @@ def measure_pair(
     return pair, not problems, shift
 
 
-def _solve(n: int, pairs: Sequence[PairMeasurement], config: MatchConfig) -> LevelSolution:
+def _solve(
+    n: int, pairs: Sequence[PairMeasurement], config: MatchConfig, pair_covariance=None
+) -> LevelSolution:
     ncoef = config.ncoef
     if pairs:
         i = np.array([p.i for p in pairs])
@@ -508,7 +511,67 @@ def _solve(n: int, pairs: Sequence[PairMeasurement], config: MatchConfig) -> Lev
         robust=config.robust,
         reject_sigma=config.reject_sigma,
         covariance=cov,
+        pair_covariance=pair_covariance,
     )
+
+
+def pair_level_covariance(pairs: Sequence[PairMeasurement], geometry: Sequence[tuple[int, int, BBox]]):
+    """Covariances between the constant terms of pairs that share an image.
+
+    Pair ``e`` of images ``(a, b)`` measures the noise ``mean_a - mean_b``
+    over its overlap ``O_e``; pairs sharing image ``a`` share ``a``'s noise
+    over ``O_e & O_f``: ``cov = +-v_a |O_e & O_f| / (n_e n_f)`` times the
+    statistic's and the resampling's factors, where ``v_a`` is ``a``'s
+    per-pixel variance (half the median squared scatter of its pairs) and the
+    common pixels are estimated from the overlap boxes and their fill.
+    Without these terms the levels' uncertainties come out several times
+    too small, since an image's noise does not average out over its pairs.
+
+    Parameters
+    ----------
+    pairs : sequence of PairMeasurement
+        The measured pairs (their ``sigma``, ``npix`` and ``scatter``).
+    geometry : sequence of (int, int, BBox)
+        Per pair, its two images (any labels) and the overlap box.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix, shape (m, m)
+        Zero on the diagonal.
+    """
+    import scipy.sparse as sp
+
+    m = len(pairs)
+    by_image: dict[int, list[tuple[int, float]]] = {}
+    for e, (a, b, _) in enumerate(geometry):
+        by_image.setdefault(a, []).append((e, 1.0))
+        by_image.setdefault(b, []).append((e, -1.0))
+    rows, cols, vals = [], [], []
+    for members in by_image.values():
+        if len(members) < 2:
+            continue
+        var = 0.5 * float(np.median([pairs[e].scatter ** 2 for e, _ in members]))
+        for x in range(len(members)):
+            e, se = members[x]
+            pe, be = pairs[e], geometry[e][2]
+            # Standard error per unit of per-pixel std, as the pair's sigma has it.
+            ke = pe.sigma[0] / pe.scatter * math.sqrt(pe.npix) if pe.scatter > 0 else 0.0
+            for y in range(x + 1, len(members)):
+                f, sf = members[y]
+                pf, bf = pairs[f], geometry[f][2]
+                common = overlap_bbox(be, bf).size
+                if common == 0 or not (pe.scatter > 0 and pf.scatter > 0):
+                    continue
+                fill = min(pe.noverlap / max(be.size, 1), pf.noverlap / max(bf.size, 1))
+                kf = pf.sigma[0] / pf.scatter * math.sqrt(pf.npix)
+                n_common = min(common * fill, pe.npix, pf.npix)
+                cov = se * sf * ke * kf * var * n_common / (pe.npix * pf.npix)
+                limit = 0.95 * pe.sigma[0] * pf.sigma[0]
+                cov = float(np.clip(cov, -limit, limit))
+                rows += [e, f]
+                cols += [f, e]
+                vals += [cov, cov]
+    return sp.csr_matrix((vals, (rows, cols)), shape=(m, m))
 
 
 # --------------------------------------------------------------------------
@@ -905,6 +968,7 @@ def match_exposures(
                 )
 
         group_pairs: list[PairMeasurement] = []
+        geometry: list[tuple[int, int, BBox]] = []
         rejected: list[PairMeasurement] = []
         alignment: list[PairCheck] = []
         progress = _Progress("Measuring pairs", len(pair_list))
@@ -919,14 +983,18 @@ def match_exposures(
                 pair.coeffs = pair.coeffs.copy()
                 pair.coeffs[0] += patches[a].pedestal - patches[b].pedestal
                 _pair_sigma_floor(pair, (patches[a].pedestal, patches[b].pedestal))
-                (group_pairs if usable else rejected).append(pair)
+                if usable:
+                    group_pairs.append(pair)
+                    geometry.append((a, b, overlap_bbox(pboxes[a], pboxes[b])))
+                else:
+                    rejected.append(pair)
             progress.update(count)
         timings["pairs"] = time.perf_counter() - t0
     for p in rejected:
         log.info("Pair of units %d-%d not used: %s.", p.i + 1, p.j + 1, "; ".join(p.flags))
 
     t0 = time.perf_counter()
-    solution = _solve(len(groups), group_pairs, config)
+    solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
     timings["solve"] = time.perf_counter() - t0
     unit_levels, unit_sigma, unit_component, borrowed = _fallback_levels(solution, fallback, len(groups))
 

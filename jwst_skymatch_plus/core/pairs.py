@@ -215,7 +215,7 @@ class DifferenceStatistic:
                     break
         std = float(np.sqrt(np.sum(w * (v - mean) ** 2) / w.sum()))
         n_eff = float(w.sum() ** 2 / np.sum(w**2))
-        return value, max(int(round(n_eff)), 1), std
+        return value, max(round(n_eff), 1), std
 
 
 @dataclass

@@ -83,11 +83,13 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _solve_component(nodes, i, j, delta, weight, sigma):
+def _solve_component(nodes, i, j, delta, weight, sigma, offdiag=None, gls=False):
     """Zero-mean weighted least squares on one connected component.
 
     Returns levels and their covariance (the sandwich form, so that it is right
-    for any weights given the measurement ``sigma``).
+    for any weights given the measurements' covariance: ``sigma**2`` on the
+    diagonal plus ``offdiag``, a sparse matrix of the covariances between
+    pairs, when given).
     """
     nc = nodes.size
     local = {g: k for k, g in enumerate(nodes)}
@@ -103,17 +105,28 @@ def _solve_component(nodes, i, j, delta, weight, sigma):
     # Fix the first node to zero (removes the null space), solve, then move to
     # the zero-mean gauge.
     a_red = a[:, 1:]
+    center = np.eye(nc) - 1.0 / nc
+    if offdiag is not None and offdiag.nnz and gls:
+        solved = _generalised_least_squares(a_red, delta, sigma, offdiag)
+        if solved is not None:
+            x_red, cov_red = solved
+            x = np.r_[0.0, x_red]
+            cov = np.zeros((nc, nc))
+            cov[1:, 1:] = cov_red
+            return center @ x, center @ cov @ center
     w = sp.diags(weight)
     normal = (a_red.T @ w @ a_red).tocsc()
     lu = splu(normal)
     rhs = a_red.T @ (weight * delta)
     x = np.r_[0.0, lu.solve(rhs)]
-    center = np.eye(nc) - 1.0 / nc
     levels = center @ x
     # Covariance: N^-1 A^T W S W A N^-1 with S = diag(sigma^2).
     if nc <= 4000:
         ninv = lu.solve(np.eye(nc - 1))
         mid = (a_red.T @ sp.diags(weight**2 * sigma**2) @ a_red).toarray()
+        if offdiag is not None and offdiag.nnz:
+            wa = sp.diags(weight) @ a_red
+            mid = mid + (wa.T @ offdiag @ wa).toarray()
         cov_red = ninv @ mid @ ninv
         cov = np.zeros((nc, nc))
         cov[1:, 1:] = cov_red
@@ -121,6 +134,31 @@ def _solve_component(nodes, i, j, delta, weight, sigma):
     else:  # too large for a dense inverse: inverse-variance approximation
         cov = np.full((nc, nc), np.nan)
     return levels, cov
+
+
+def _generalised_least_squares(a_red, delta, sigma, offdiag):
+    """GLS with the pairs' full covariance; None if that covariance is not usable.
+
+    Pairs that share an image are correlated; weighting them as independent
+    over-counts pixels covered by many images.  GLS weights by the inverse of
+    the full covariance, which is the best linear estimate when the model of
+    the correlations is right, and gives its covariance directly.
+    """
+    from scipy.sparse.linalg import splu as sparse_lu
+
+    cov_pairs = (sp.diags(sigma**2) + offdiag).tocsc()
+    try:
+        lu = sparse_lu(cov_pairs)
+        dense = a_red.toarray()
+        sinv_a = lu.solve(dense)
+        normal = dense.T @ sinv_a
+        cov_red = np.linalg.inv(normal)
+    except (RuntimeError, np.linalg.LinAlgError):
+        return None
+    if not np.all(np.isfinite(cov_red)) or np.any(np.diag(cov_red) <= 0):
+        return None
+    x_red = cov_red @ (sinv_a.T @ delta)
+    return x_red, cov_red
 
 
 def _solve_component_joint(nodes, i, j, delta, covariance):
@@ -214,6 +252,7 @@ def solve_levels(
     reject_sigma: float = 5.0,
     max_iter: int = 10,
     covariance: np.ndarray | None = None,
+    pair_covariance=None,
 ) -> LevelSolution:
     """Solve image levels from pairwise differences.
 
@@ -249,6 +288,11 @@ def solve_levels(
         measured on a small overlap far from the plane's origin has strongly
         correlated level and slopes, and solving them column by column would
         waste most of its information.
+    pair_covariance : scipy.sparse matrix, shape (m, m), optional
+        Covariances *between* pairs of their constant terms (zero diagonal):
+        pairs that share an image share that image's noise where their
+        overlaps intersect.  Used only for the levels' uncertainties (the
+        sandwich covariance), which would otherwise come out too small.
 
     Returns
     -------
@@ -297,9 +341,22 @@ def solve_levels(
                 levels[nodes] = lev
                 lsig[nodes] = np.sqrt(np.clip(var, 0, None))
                 continue
+            sub = None
+            if pair_covariance is not None:
+                idx = np.flatnonzero(emask)
+                sub = sp.csr_matrix(pair_covariance)[idx][:, idx]
             for c in range(ncoef):
                 w = weights(c)[emask]
-                lev, cov = _solve_component(nodes, i[emask], j[emask], delta[emask, c], w, sigma[emask, c])
+                lev, cov = _solve_component(
+                    nodes,
+                    i[emask],
+                    j[emask],
+                    delta[emask, c],
+                    w,
+                    sigma[emask, c],
+                    sub if c == 0 else None,
+                    gls=weighting == "ivar",
+                )
                 levels[nodes, c] = lev
                 lsig[nodes, c] = np.sqrt(np.clip(np.diag(cov), 0, None))
         return comp, levels, lsig
