@@ -302,6 +302,18 @@ def test_comma_separated_parameters_from_strun_and_parameter_files(sim, written,
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.sort(_saved_levels(out)), expected, rtol=1e-6, atol=1e-9)
 
+    # The documented example itself reaches the step whole (it lies outside these small detectors).
+    proc = subprocess.run(
+        [str(BIN / "strun"), "pixel_skymatch", str(asn), "--excluded_regions=735:,:290"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "region '735:,:290' lies outside" in proc.stdout + proc.stderr
+
     # Parameter files: the string as written, and the list configobj makes of it.
     for form, value in (("string", params), ("list", {**params, "excluded_regions": ["40:", ":20"]})):
         path = tmp_path / f"params_{form}.asdf"
