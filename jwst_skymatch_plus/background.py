@@ -231,9 +231,11 @@ def _model_meta(model) -> dict:
 
 
 def _file_meta(path: str | os.PathLike) -> dict:
-    from stdatamodels.jwst.datamodels import read_metadata
+    # A file that cannot be read is named with its problem (missing, not
+    # FITS, truncated...), not left to fail deep in astropy.
+    from .steps._library import read_exposure_metadata
 
-    return dict(read_metadata(os.fspath(path), flatten=True))
+    return read_exposure_metadata(path)
 
 
 def _exposure(filename: str, exptype: str, meta: Mapping, rule: BackgroundRule) -> Exposure:

@@ -18,8 +18,17 @@ from .background import (
     format_times,
     load_association,
 )
-from .core.grouping import instrument_family, parse_families, regrouped_id
-from .steps._library import PACKAGE_LOGGERS, AtomicSaveMixin, label_member, unvalidated_reads
+from .core.grouping import exposure_label, instrument_family, parse_families, regrouped_id
+from .steps._library import (
+    PACKAGE_LOGGERS,
+    AtomicSaveMixin,
+    check_exposure_types,
+    check_image,
+    check_parameters,
+    label_member,
+    read_exposure_metadata,
+    unvalidated_reads,
+)
 from .steps.level_match import LevelMatchStep
 from .steps.pixel_skymatch import PixelSkyMatchStep
 from .steps.wcs_adjust import ApplyWCSAdjustStep, GetWCSAdjustStep
@@ -56,12 +65,12 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
     spec = (
         Image3Pipeline.spec
         + f"""
-    tweakreg_group_dithers = string(default='')  # families (miri, nircam_long, nircam_short) whose dithers of a visit tweakreg aligns as one group
-    tweakreg_degroup_dithers = string(default='')  # families whose exposures tweakreg aligns one by one (jwst's default)
+    tweakreg_group_dithers = pass(default='')  # families (miri, nircam_long, nircam_short) whose dithers of a visit tweakreg aligns as one group
+    tweakreg_degroup_dithers = pass(default='')  # families whose exposures tweakreg aligns one by one (jwst's default)
     tweakreg_degroup_nircam_modules = boolean(default=False)  # tweakreg aligns NIRCam modules A and B separately
     tweakreg_degroup_nircam_short_chips = boolean(default=False)  # tweakreg aligns each NIRCam short-wavelength chip separately
-    skymatch_group_dithers = string(default='')  # families whose dithers of a visit share one sky level (skymatch grouping 'visit')
-    skymatch_degroup_dithers = string(default='')  # families whose exposures each get their own sky level (grouping 'group_id')
+    skymatch_group_dithers = pass(default='')  # families whose dithers of a visit share one sky level (skymatch grouping 'visit')
+    skymatch_degroup_dithers = pass(default='')  # families whose exposures each get their own sky level (grouping 'group_id')
     bgr_check_type = option({", ".join(repr(t) for t in (*BGR_CHECK_TYPES, *BGR_CHECK_ALIASES))}, default='asn_exptype')  # how background observations are recognised (PJPipe's names accepted)
     bgr_background_name = string(default='off')  # text in the file name (bgr_check_type='name') or target name ('target_name')
     bgr_keyword = string(default='meta.observation.bkgdtarg')  # metadata keyword for bgr_check_type='keyword'
@@ -106,13 +115,21 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
 
         jwst's version fails on an association without science members (one
         of background observations only, which this pipeline can process).
+        An empty association, or a first member that cannot be read, raises
+        ``ValueError`` / ``OSError`` saying so (stpipe then carries on, and
+        the run itself refuses the input with the same message).
         """
         if isinstance(dataset, (str, os.PathLike)) and Path(dataset).suffix.lower() == ".json":
             from jwst.datamodels import ModelLibrary
 
             asn = load_association(dataset)
             members = asn["products"][0]["members"]
-            if members and not any(m.get("exptype", "science").lower() == "science" for m in members):
+            if not members:
+                raise ValueError(f"No exposures to process: the association {Path(dataset).name} is empty.")
+            science = [m for m in members if m.get("exptype", "science").lower() == "science"]
+            first = Path((science or members)[0]["expname"])
+            read_exposure_metadata(first if first.is_absolute() else Path(dataset).parent / first)
+            if not science:
                 library = ModelLibrary(os.fspath(dataset), asn_n_members=1)
                 with library, unvalidated_reads():
                     return dict(library.read_metadata(0)), "jwst"
@@ -143,6 +160,9 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         """
         log.info("Starting calwebb_image3_plus ...")
         self._check_grouping_parameters()
+        for step in (self.level_match, self.skymatch):
+            if not step.skip:
+                check_parameters(step)  # refused now, not after tweakreg
         self.outlier_detection.suffix = "crf"
         self.outlier_detection.mode = "imaging"
         self.outlier_detection.save_results = self.save_results
@@ -158,6 +178,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         if metas is None:
             with library:
                 metas = [dict(library.read_metadata(i)) for i in range(len(library))]
+        check_exposure_types(metas, [exposure_label(m, i) for i, m in enumerate(metas)])
         self._configure_skymatch_grouping(metas)
 
         if len(library.group_names) >= 1:
@@ -168,6 +189,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
             if is_moving:
                 library = self.assign_mtwcs.run(library)
             else:
+                self._check_wcs(library)
                 library = self._adjust_wcs(library)
                 jwst_groups = self._regroup_for_tweakreg(library, metas)
                 library = self.tweakreg.run(library)
@@ -194,6 +216,23 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
             self._blot_mosaic(library, mosaic)
 
     # ------------------------------------------------------- input and grouping
+
+    def _check_wcs(self, library) -> None:
+        """Name an exposure whose WCS is unusable before the alignment stages meet it.
+
+        tweakreg fails on a WCS that gives NaN deep in spherical geometry
+        ("Out of domain for acos"), without naming the exposure.  Sky
+        matching checks the WCS itself.
+        """
+        if all(getattr(self, name).skip for name in ("get_wcs_adjust", "apply_wcs_adjust", "tweakreg")):
+            return
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                try:
+                    check_image(model, model.meta.filename or f"exposure {index}")
+                finally:
+                    library.shelve(model, index, modify=False)
 
     def _background_rule(self) -> BackgroundRule:
         return BackgroundRule(
@@ -236,6 +275,10 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         rule = self._background_rule()
         with unvalidated_reads():
             exposures = classify_exposures(input_data, rule)
+        if not exposures:
+            named = isinstance(input_data, (str, os.PathLike))
+            what = f"the association {Path(input_data).name}" if named else "the input"
+            raise ValueError(f"No exposures to process: {what} is empty (no science or background members).")
         background = [e for e in exposures if e.background]
         self._pass_background_times(background)
         keep = [(not e.background) or self.process_bgr_like_science for e in exposures]

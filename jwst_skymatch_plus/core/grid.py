@@ -15,7 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.wcs import WCS
 
-__all__ = ["BBox", "SkyGrid", "footprint_of", "native_pixel_scale", "overlap_bbox"]
+__all__ = ["MAX_BOX_PIXELS", "BBox", "SkyGrid", "footprint_of", "native_pixel_scale", "overlap_bbox"]
+
+#: Largest grid box one exposure may cover (pixels).  Every exposure and group
+#: is resampled into arrays of its box (several float32/float64 arrays at
+#: once): 2**28 pixels is about 1 GB per float32 array.
+MAX_BOX_PIXELS = 2**28
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,9 @@ class SkyGrid:
         if rotation is None:
             rotation = _y_axis_position_angle(wcs_list[0], shapes[0])
         footprints = [footprint_of(w, s) for w, s in zip(wcs_list, shapes, strict=True)]
-        return cls.from_footprints(footprints, float(np.median(scales)) * scale_factor, rotation)
+        grid = cls.from_footprints(footprints, float(np.median(scales)) * scale_factor, rotation)
+        grid.check_size(footprints, scale_factor)
+        return grid
 
     @classmethod
     def for_sources(cls, sources: Sequence, scale_factor: float = 1.0) -> SkyGrid:
@@ -256,7 +263,44 @@ class SkyGrid:
             else _y_axis_position_angle(first.wcs, first.shape)
         )
         footprints = [s.sky_footprint() for s in sources]
-        return cls.from_footprints(footprints, float(np.median(scales)) * scale_factor, rotation)
+        for k, (s, fp) in enumerate(zip(sources, footprints, strict=True)):
+            if not np.all(np.isfinite(fp)):
+                name = getattr(s, "name", None) or f"exposure {k}"
+                raise ValueError(f"{name}: its footprint has no sky position (NaN); its WCS is unusable.")
+        grid = cls.from_footprints(footprints, float(np.median(scales)) * scale_factor, rotation)
+        grid.check_size(footprints, scale_factor)
+        return grid
+
+    def check_size(self, footprints: Sequence[np.ndarray], scale_factor: float | None = None) -> None:
+        """Refuse a grid on which one exposure's box would not fit in memory.
+
+        Nothing allocates the whole grid, but every exposure is resampled
+        into arrays of its own box; the largest box is estimated from the
+        footprints, before anything is allocated.
+
+        Parameters
+        ----------
+        footprints : sequence of (N, 2) arrays
+            The exposures' sky polygons.
+        scale_factor : float, optional
+            The grid pixel in native pixels (the steps' ``grid_scale``), for
+            the message.
+
+        Raises
+        ------
+        ValueError
+            When one box exceeds :data:`MAX_BOX_PIXELS`, with the estimate.
+        """
+        largest = max((self.bbox_of(np.asarray(fp, dtype=float)).size for fp in footprints), default=0)
+        if largest <= MAX_BOX_PIXELS:
+            return
+        setting = f"grid_scale={scale_factor:g}: " if scale_factor is not None else ""
+        raise ValueError(
+            f"{setting}a matching grid of {self.pixel_scale * 3600.0:.3g} arcsec pixels spans "
+            f"{self.shape[1]} x {self.shape[0]} pixels; one exposure alone would cover about "
+            f"{largest:.3g} pixels ({largest * 4 / 1e9:.3g} GB per float32 array), more than the "
+            f"limit of {MAX_BOX_PIXELS:.3g}; choose a larger grid_scale (1 is the native pixel)."
+        )
 
     # -- use ----------------------------------------------------------------
     def world_to_pixel(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

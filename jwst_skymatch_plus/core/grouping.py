@@ -24,6 +24,7 @@ A grouping is a ``+``-joined list of tokens:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 __all__ = [
@@ -59,6 +60,8 @@ _INSTRUMENT_KEYS = {
     "channel": "meta.instrument.channel",
 }
 GROUPING_TOKENS = ("visit", "exposure", "group_id", *_INSTRUMENT_KEYS)
+
+log = logging.getLogger(__name__)
 
 
 def parse_grouping(grouping: str) -> tuple[str, ...]:
@@ -138,8 +141,33 @@ def group_exposures(metas: Sequence[Mapping], grouping: str = "visit") -> list[l
     list of list of int
         Exposure indices of each group.
 
+    Raises
+    ------
+    ValueError
+        For an unknown token, or a ``meta.`` keyword that no exposure has
+        (a typo would otherwise put every exposure into one group).  A
+        keyword that only some exposures lack is warned about.
+
     """
     tokens = parse_grouping(grouping)
+    for t in tokens:
+        if not t.startswith("meta.") or not metas:
+            continue
+        missing = [k for k, meta in enumerate(metas) if meta.get(t) is None]
+        if len(missing) == len(metas):
+            raise ValueError(
+                f"grouping={grouping!r}: no exposure has the metadata keyword {t!r} (a typo?); "
+                "give a flat keyword path such as 'meta.observation.visit_group'"
+            )
+        if missing:
+            log.warning(
+                "grouping keyword %r is missing from %d of %d exposures (e.g. %s); they are "
+                "grouped as if it were empty.",
+                t,
+                len(missing),
+                len(metas),
+                exposure_label(metas[missing[0]], missing[0]),
+            )
     groups: dict[tuple, list[int]] = {}
     for k, meta in enumerate(metas):
         groups.setdefault(group_key(meta, tokens, k), []).append(k)

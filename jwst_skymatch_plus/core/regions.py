@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MIRI_FULL_SHAPE", "miri_lyot_region"]
+__all__ = ["MIRI_FULL_SHAPE", "describe_region", "miri_lyot_region", "region_misses"]
 
 #: Shape (rows, columns) of the MIRI imager full frame.
 MIRI_FULL_SHAPE = (1024, 1032)
@@ -44,3 +44,28 @@ def miri_lyot_region(
     if r0 >= ny or c1 <= 0:
         return None
     return slice(r0, ny), slice(0, c1)
+
+
+def region_misses(region: tuple[slice, slice], shape: tuple[int, int]) -> bool:
+    """True when a region (array slices) selects no pixel of an image of ``shape``.
+
+    Parameters
+    ----------
+    region : tuple of slice
+        ``(rows, columns)``, numpy slices (negative values count from the end).
+    shape : tuple of int
+        Image shape ``(ny, nx)``.
+
+    """
+    return any(len(range(*axis.indices(n))) == 0 for axis, n in zip(region, shape, strict=True))
+
+
+def describe_region(region: tuple[slice, slice]) -> str:
+    """A region written back as ``'rows,cols'`` numpy slices, e.g. ``'735:,:290'``."""
+
+    def text(axis: slice) -> str:
+        start = "" if axis.start is None else str(axis.start)
+        stop = "" if axis.stop is None else str(axis.stop)
+        return f"{start}:{stop}"
+
+    return ",".join(text(axis) for axis in region)

@@ -6,6 +6,7 @@ Shared by every step of the package; no algorithm lives here.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,21 +20,29 @@ from stdatamodels.jwst.datamodels.dqflags import pixel
 from .._atomic import place, staging_folder
 from .._signals import sigterm_raises
 from ..core.matching import ExposureSource
-from ..core.regions import miri_lyot_region
+from ..core.regions import describe_region, miri_lyot_region, region_misses
 
 __all__ = [
     "PACKAGE_LOGGERS",
     "AtomicSaveMixin",
     "MaskSettings",
     "package_logging",
+    "check_exposure_types",
+    "check_image",
+    "check_parameters",
     "check_single_configuration",
+    "check_wcs",
     "exposure_sources",
+    "file_problem",
     "good_pixel_mask",
     "label_member",
     "open_library",
     "open_library_with_metadata",
     "parse_regions",
+    "parse_times",
     "read_all_metadata",
+    "read_exposure_metadata",
+    "regions_text",
     "report_base",
     "sources_from_metadata",
     "unvalidated_reads",
@@ -193,6 +202,13 @@ def open_library_with_metadata(step, input_models) -> tuple:
     output = step.prepare_output(input_models, open_models=False)
     if isinstance(output, ModelLibrary):
         return output, read_all_metadata(output)
+    if isinstance(output, (str, Path)) and Path(output).suffix.lower() not in (".json", ".yaml", ".yml"):
+        read_exposure_metadata(output)
+    elif isinstance(output, (list, tuple)):
+        # A list of file names: a bad file is named here, not deep in the library.
+        for item in output:
+            if isinstance(item, (str, os.PathLike)):
+                read_exposure_metadata(item)
     on_disk = not step.in_memory
     if isinstance(output, (str, Path)) and Path(output).suffix.lower() in (".json", ".yaml", ".yml"):
         asn, metas = _association_with_group_ids(Path(output))
@@ -232,7 +248,6 @@ def label_member(member: dict, meta: dict, asn: Mapping) -> None:
 def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
     """An association file as a dictionary with absolute member paths and group ids."""
     from jwst.associations import load_asn
-    from stdatamodels.jwst.datamodels import read_metadata
 
     path = path.expanduser().resolve()
     with path.open() as handle:
@@ -245,13 +260,83 @@ def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
             member = dict(member)
             expname = Path(member["expname"])
             member["expname"] = os.fspath(expname if expname.is_absolute() else path.parent / expname)
-            meta = dict(read_metadata(member["expname"], flatten=True))
+            meta = read_exposure_metadata(member["expname"])
             label_member(member, meta, asn)
             members.append(member)
             metas.append(meta)
     product["members"] = members
     asn["products"] = [product, *asn["products"][1:]]
     return asn, metas
+
+
+def read_exposure_metadata(path: str | os.PathLike) -> dict:
+    """Flat metadata of one exposure file, or an error naming the file and what is wrong with it.
+
+    Raises
+    ------
+    OSError
+        The file is missing, empty, not FITS, truncated, has no ASDF
+        extension, or its metadata cannot be read for another reason.
+    """
+    from stdatamodels.jwst.datamodels import read_metadata
+
+    path = os.fspath(path)
+    try:
+        return dict(read_metadata(path, flatten=True))
+    except Exception as exc:  # any failure to read the file is the file's problem
+        raise OSError(f"{Path(path).name}: {file_problem(path, exc)} ({path})") from exc
+
+
+#: FITS files are made of blocks of this many bytes.
+FITS_BLOCK = 2880
+
+
+def file_problem(path: str | os.PathLike, error: Exception | None = None) -> str:
+    """What is wrong with an exposure file that could not be read, in words.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file.
+    error : Exception, optional
+        The error reading it raised (quoted when nothing more precise is found).
+    """
+    import warnings
+
+    from astropy.io import fits
+
+    path = os.fspath(path)
+    quoted = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+    if not os.path.exists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "a directory, not an exposure file"
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as handle:
+        head = handle.read(30)
+    if head.startswith(b"#ASDF"):
+        return f"cannot be read as an ASDF data model ({quoted})"
+    if not head.startswith(b"SIMPLE  ="):
+        return "not a FITS file (it does not start with a FITS header); expected a calibrated exposure"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy warns about truncation; we say it
+            with fits.open(path, memmap=False) as hdul:
+                extents = [hdul.fileinfo(k) for k in range(len(hdul))]
+                names = [hdu.name for hdu in hdul]
+    except Exception as exc:
+        whole = size % FITS_BLOCK == 0
+        return f"corrupt FITS file{'' if whole else ' (truncated?)'} ({type(exc).__name__}: {exc})"
+    described = max(info["datLoc"] + info["datSpan"] for info in extents)
+    if described > size:
+        return f"truncated: {size} bytes on disk, its FITS headers describe {described}"
+    if size % FITS_BLOCK:
+        return f"truncated or corrupt: {size} bytes is not a whole number of {FITS_BLOCK}-byte FITS blocks"
+    if "ASDF" not in names:
+        return "no ASDF extension: not a JWST data model, or truncated"
+    return f"its metadata cannot be read ({quoted})"
 
 
 def report_base(step, library, default: str = "output") -> tuple[Path, str]:
@@ -301,8 +386,22 @@ class MaskSettings:
 
     @property
     def bit_flags(self):
-        """The interpreted ``dqbits`` (an int, or None)."""
-        return interpret_bit_flags(self.dqbits, flag_name_map=pixel)
+        """The interpreted ``dqbits`` (an int, or None).
+
+        Raises
+        ------
+        ValueError
+            Naming ``dqbits`` when it holds an unknown flag name.
+        """
+        try:
+            return interpret_bit_flags(self.dqbits, flag_name_map=pixel)
+        except (KeyError, ValueError, TypeError) as exc:
+            reason = f"unknown DQ flag {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(
+                f"dqbits={self.dqbits!r}: {reason}; write DQ flag names (e.g. DO_NOT_USE, NON_SCIENCE, "
+                "SATURATED) or integers joined by '+', with a leading '~' to invert, or '' to use every "
+                "finite pixel"
+            ) from None
 
 
 def good_pixel_mask(model, settings: MaskSettings, bit_flags=None) -> np.ndarray:
@@ -327,42 +426,134 @@ def good_pixel_mask(model, settings: MaskSettings, bit_flags=None) -> np.ndarray
         if region is not None:
             good[region] = False
     for region in settings.regions:
+        if region_misses(region, data.shape):
+            raise ValueError(
+                f"excluded_regions: region {describe_region(region)!r} lies outside "
+                f"{model.meta.filename or 'an exposure'} (image of {data.shape[0]} rows x "
+                f"{data.shape[1]} columns); regions are zero-based rows,cols of each exposure's array"
+            )
         good[region] = False
     return good
 
 
-def parse_regions(text: str | None) -> tuple[tuple[slice, slice], ...]:
+def parse_regions(text: str | Sequence[str] | None) -> tuple[tuple[slice, slice], ...]:
     """Parse detector regions written as ``"rows,cols;rows,cols"`` with numpy slices.
 
     Example: ``"735:,:290"`` is rows 735 and up, columns below 290 (zero-based,
-    end excluded), i.e. the MIRI Lyot coronagraph in a full frame.
+    end excluded), i.e. the MIRI Lyot coronagraph in a full frame.  A list is
+    accepted too (see :func:`regions_text`).
 
     Raises
     ------
     ValueError
-        For anything that is not two slices per region.
+        Naming ``excluded_regions``, for anything that is not two slices per
+        region, or a slice whose end is not after its start.
     """
     regions = []
-    for part in (text or "").split(";"):
+    for part in regions_text(text).split(";"):
         part = part.strip()
         if not part:
             continue
         axes = [a.strip() for a in part.split(",")]
         if len(axes) != 2:
-            raise ValueError(f"region {part!r} must be 'rows,cols' (e.g. '735:,:290')")
+            raise ValueError(f"excluded_regions: region {part!r} must be 'rows,cols' (e.g. '735:,:290')")
         regions.append(tuple(_parse_slice(a, part) for a in axes))
     return tuple(regions)
+
+
+def regions_text(value: str | Sequence[str] | None) -> str:
+    """``excluded_regions`` as one string, whatever form it arrived in.
+
+    The command line (configobj) splits ``'735:,:290'`` at its comma into
+    ``['735:', ':290']``: a list is joined again with commas.  A list whose
+    every item is a whole region (holds a comma), e.g. ``['735:,:290',
+    '0:10,0:10']``, is a list of regions, joined with ``';'``.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        pieces = [str(v).strip() for v in value]
+        whole = bool(pieces) and all("," in p for p in pieces)
+        return (";" if whole else ",").join(pieces)
+    return str(value)
 
 
 def _parse_slice(text: str, region: str) -> slice:
     bits = text.split(":")
     if len(bits) != 2:
-        raise ValueError(f"region {region!r}: {text!r} is not a start:stop slice")
+        raise ValueError(f"excluded_regions: region {region!r}: {text!r} is not a start:stop slice")
     try:
         start, stop = (int(b) if b.strip() else None for b in bits)
     except ValueError:
-        raise ValueError(f"region {region!r}: {text!r} is not a start:stop slice of integers") from None
+        raise ValueError(
+            f"excluded_regions: region {region!r}: {text!r} is not a start:stop slice of integers"
+        ) from None
+    if start is not None and stop is not None and (start < 0) == (stop < 0) and stop <= start:
+        raise ValueError(
+            f"excluded_regions: region {region!r}: {text!r} is reversed or empty (the end must be "
+            "after the start)"
+        )
     return slice(start, stop)
+
+
+def parse_times(value, what: str = "background_times") -> list[float]:
+    """MJDs from a comma- or space-separated string, a list of them, or a number.
+
+    The command line hands ``'60000.1,60000.2'`` over as a list of strings;
+    every form gives the same times.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter, for a value that is not a finite number.
+    """
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    tokens = [t for item in items for t in str(item).replace(",", " ").split()]
+    times = []
+    for token in tokens:
+        try:
+            t = float(token)
+        except ValueError:
+            t = math.nan
+        if not math.isfinite(t):
+            raise ValueError(
+                f"{what}: {token!r} is not a time; give MJDs separated by commas, e.g. '60123.52,60124.01'"
+            )
+        times.append(t)
+    return times
+
+
+def check_parameters(step) -> None:
+    """Refuse bad step parameters before any data is read, naming the parameter.
+
+    Works on any of our matching steps (checks the parameters it has).
+    ``excluded_regions`` and ``background_times``, which the command line
+    may hand over as lists (split at their commas), are set back to strings.
+
+    Raises
+    ------
+    ValueError
+        For an unknown DQ flag in ``dqbits``, a time in ``background_times``
+        that is not a number, a malformed or reversed region in
+        ``excluded_regions``, or a ``pixfrac`` or ``grid_scale`` that is not
+        positive.
+    """
+    if hasattr(step, "excluded_regions"):
+        step.excluded_regions = regions_text(step.excluded_regions)
+        for region in parse_regions(step.excluded_regions):
+            log.info("Detector region %r (rows,cols) left out of matching.", describe_region(region))
+    if hasattr(step, "background_times"):
+        times = parse_times(step.background_times, "background_times")
+        if isinstance(step.background_times, (list, tuple, float, int)):
+            step.background_times = ",".join(repr(t) for t in times)
+    if hasattr(step, "dqbits"):
+        MaskSettings(dqbits=step.dqbits).bit_flags  # noqa: B018 - raises for a bad value
+    for name in ("pixfrac", "grid_scale"):
+        value = getattr(step, name, None)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
 
 
 def _is_miri_imager(model) -> bool:
@@ -401,18 +592,97 @@ def exposure_sources(
     """
     sources, inspected = [], []
     for index in range(len(library)):
-        model = library.borrow(index)
+        model = _borrow(library, index, names[index] if names else None)
         try:
             name = model.meta.filename or (names[index] if names else f"exposure {index}")
-            wcs = model.meta.wcs
-            if wcs is None:
-                raise ValueError(f"{name}: no WCS (meta.wcs is empty); run assign_wcs first.")
+            wcs = check_image(model, name)
             shape = tuple(model.data.shape)
             inspected.append(inspect(model) if inspect is not None else None)
         finally:
             library.shelve(model, index, modify=False)
-        sources.append(ExposureSource(name, wcs, shape, _loader(library, index, mask)))
+        sources.append(ExposureSource(name, wcs, shape, _loader(library, index, mask, name=name)))
     return sources, inspected
+
+
+def _member_path(library, index: int) -> str | None:
+    """A library member's file, when it has one (without opening it)."""
+    try:
+        return os.fspath(library.asn["products"][0]["members"][index]["expname"])
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def _borrow(library, index: int, name: str | None = None):
+    """``library.borrow(index)``; a member that cannot be opened is named with the reason."""
+    try:
+        return library.borrow(index)
+    except Exception as exc:
+        path = _member_path(library, index)
+        name = name or (Path(path).name if path else f"exposure {index}")
+        reason = file_problem(path, exc) if path and os.path.exists(path) else f"{type(exc).__name__}: {exc}"
+        raise OSError(f"{name}: cannot be opened: {reason}") from exc
+
+
+#: Model types whose data are not a single 2-D image, and their dimensions.
+NOT_IMAGE_MODELS = {"CubeModel": 3, "IFUCubeModel": 3, "QuadModel": 4, "RampModel": 4, "Level1bModel": 4}
+
+
+def check_image(model, name: str):
+    """Check that a model is a 2-D image with a usable WCS; return the WCS.
+
+    Raises
+    ------
+    ValueError
+        Naming the exposure: data that are not 2-D, no WCS, or a WCS that
+        gives no sky position (NaN) on the detector.
+    """
+    ndim = np.ndim(model.data)
+    if ndim != 2:
+        raise ValueError(
+            f"{name}: its data are {ndim}-D ({type(model).__name__}, shape {tuple(np.shape(model.data))}); "
+            "sky matching takes 2-D calibrated images (ImageModel, *_cal.fits or *_crf.fits)."
+        )
+    wcs = model.meta.wcs
+    if wcs is None:
+        raise ValueError(f"{name}: no WCS (meta.wcs is empty); run assign_wcs first.")
+    check_wcs(wcs, model.data.shape, name)
+    return wcs
+
+
+def check_wcs(wcs, shape: tuple[int, int], name: str) -> None:
+    """Refuse a WCS that gives no finite sky position at the detector's centre and corners.
+
+    Raises
+    ------
+    ValueError
+        Naming the exposure.
+    """
+    ny, nx = shape
+    x = np.array([(nx - 1) / 2.0, 0.0, nx - 1.0, 0.0, nx - 1.0])
+    y = np.array([(ny - 1) / 2.0, 0.0, 0.0, ny - 1.0, ny - 1.0])
+    # Without the bounding box (as footprints are computed): the transform itself.
+    transform = getattr(wcs, "forward_transform", None)
+    try:
+        out = transform(x, y) if transform is not None else wcs.pixel_to_world_values(x, y)
+        ra, dec = np.asarray(out[0], dtype=float), np.asarray(out[1], dtype=float)
+    except Exception as exc:
+        raise ValueError(f"{name}: its WCS cannot be evaluated ({type(exc).__name__}: {exc}).") from exc
+    bad = ~(np.isfinite(ra) & np.isfinite(dec))
+    if bad.any():
+        where = [
+            "centre",
+            "corner (0, 0)",
+            f"corner ({nx - 1}, 0)",
+            f"corner (0, {ny - 1})",
+            f"corner ({nx - 1}, {ny - 1})",
+        ]
+        points = (
+            "centre and corners" if bad.all() else ", ".join(w for w, b in zip(where, bad, strict=True) if b)
+        )
+        raise ValueError(
+            f"{name}: its WCS gives no sky position (NaN) at the detector {points}; "
+            "the WCS is unusable (re-run assign_wcs / the WCS adjustment that wrote it)."
+        )
 
 
 def sources_from_metadata(
@@ -448,19 +718,17 @@ def sources_from_metadata(
         source = ExposureSource(
             names[index], None, shape, None, footprint=footprint, pixel_scale=scale, position_angle=angle
         )
-        source.load = _loader(library, index, mask, source)
+        source.load = _loader(library, index, mask, source, name=names[index])
         sources.append(source)
     return sources
 
 
-def _loader(library, index: int, mask, source: ExposureSource | None = None):
+def _loader(library, index: int, mask, source: ExposureSource | None = None, name: str | None = None):
     def load():
         with unvalidated_reads():
-            model = library.borrow(index)
+            model = _borrow(library, index, name)
         try:
-            wcs = model.meta.wcs
-            if wcs is None:
-                raise ValueError(f"{model.meta.filename}: no WCS (meta.wcs is empty); run assign_wcs first.")
+            wcs = check_image(model, model.meta.filename or name or f"exposure {index}")
             data = np.array(model.data, dtype=np.float32, copy=True)
             good = mask(model)
         finally:
@@ -472,22 +740,69 @@ def _loader(library, index: int, mask, source: ExposureSource | None = None):
     return load
 
 
+def check_exposure_types(metas: Sequence[dict], names: Sequence[str]) -> None:
+    """Refuse exposures whose model type holds more than one 2-D image (from metadata alone).
+
+    Raises
+    ------
+    ValueError
+        Naming the exposures and their model type.
+    """
+    bad = [(name, meta.get("meta.model_type")) for meta, name in zip(metas, names, strict=True)]
+    bad = [(name, kind) for name, kind in bad if kind in NOT_IMAGE_MODELS]
+    if bad:
+        listed = "; ".join(f"{name} is a {kind} ({NOT_IMAGE_MODELS[kind]}-D data)" for name, kind in bad[:10])
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise ValueError(
+            f"Not 2-D images: {listed}{more}; sky matching and level-3 imaging take 2-D calibrated "
+            "images (ImageModel: *_cal.fits, not per-integration *_calints.fits)."
+        )
+
+
+def _is_surface_brightness(unit: str) -> bool:
+    from astropy import units as u
+
+    return u.Unit(unit, parse_strict="silent").is_equivalent(u.MJy / u.sr)
+
+
+def _listed(files: Sequence[str], most: int = 10) -> str:
+    more = f" and {len(files) - most} more" if len(files) > most else ""
+    return ", ".join(files[:most]) + more
+
+
 def check_single_configuration(metas: Sequence[dict], names: Sequence[str]) -> None:
     """Refuse to match exposures of different instruments, filters, pupils or units.
 
     Backgrounds of different bands (or in different units) are not
-    comparable pixel by pixel.
+    comparable pixel by pixel; offsets in units other than surface
+    brightness (``DN/s`` of uncalibrated exposures) are refused, as are
+    exposures that are not 2-D images.
     """
+    check_exposure_types(metas, names)
     keys = ("meta.instrument.name", "meta.instrument.filter", "meta.instrument.pupil")
     configs: dict[tuple, list[str]] = {}
     for meta, name in zip(metas, names, strict=True):
         configs.setdefault(tuple(meta.get(k) for k in keys), []).append(name)
     units: dict[str, list[str]] = {}
     for meta, name in zip(metas, names, strict=True):
-        units.setdefault(str(meta.get("meta.bunit_data")), []).append(name)
+        units.setdefault(str(meta.get("meta.bunit_data") or None), []).append(name)
+    not_brightness = {u: files for u, files in units.items() if u != "None" and not _is_surface_brightness(u)}
+    if not_brightness:
+        found = "; ".join(f"{u}: {_listed(files)}" for u, files in not_brightness.items())
+        raise ValueError(
+            "Sky matching needs exposures in surface brightness units (e.g. MJy/sr, as calibrated "
+            f"by the photom step); these are not: {found}"
+        )
     if len(units) > 1:
         found = "; ".join(f"{u}: {len(files)} exposure(s), e.g. {files[0]}" for u, files in units.items())
         raise ValueError(f"Exposures have different data units and cannot be sky-matched together: {found}")
+    if "None" in units:
+        log.warning(
+            "No data unit (meta.bunit_data) recorded in %d exposure(s), e.g. %s; matched as if in "
+            "surface brightness.",
+            len(units["None"]),
+            units["None"][0],
+        )
     if len(configs) > 1:
         lines = [
             f"  {'/'.join(str(v) for v in cfg if v)}: {len(files)} exposure(s), e.g. {files[0]}"

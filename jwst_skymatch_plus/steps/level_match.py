@@ -20,6 +20,7 @@ from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
     MaskSettings,
+    check_parameters,
     check_single_configuration,
     exposure_sources,
     good_pixel_mask,
@@ -65,7 +66,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         fit_type_combine_nircam_short = option('level', 'level+slope', default='level')
         fit_type_mosaic_tiles = option('level', 'level+slope', default='level')
         reference = string(default='auto') # tile held fixed: auto (closest to background obs. if known, else most overlapping pairs), flattest, most_connected, closest_to_background, a name or tile number, '' (match_down)
-        background_times = string(default='') # MJDs of background observations (comma-separated)
+        background_times = pass(default='') # MJDs of background observations (comma-separated string, or a list)
         match_down = boolean(default=True) # gauge when no reference tile applies
         do_local_subtraction = boolean(default=True) # mask sources (segmentation of each image) before differencing
         sigma = float(min=0.0, default=3.0) # detection threshold (sigma) for source masks and clipping threshold
@@ -143,6 +144,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         )
 
     def _process(self, input_models):
+        check_parameters(self)
         library, metas = open_library_with_metadata(self, input_models)
         names = [exposure_label(m, i) for i, m in enumerate(metas)]
         stages = self._stages()

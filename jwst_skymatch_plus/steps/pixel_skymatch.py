@@ -26,6 +26,7 @@ from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
     MaskSettings,
+    check_parameters,
     check_single_configuration,
     exposure_sources,
     good_pixel_mask,
@@ -110,9 +111,9 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         source_npixels = integer(min=1, default=5) # minimum source size for mask_sources
         source_dilate = integer(min=1, default=7) # mask growth (pixels) for mask_sources
         exclude_lyot = boolean(default=True) # leave the MIRI imager's Lyot coronagraph out of matching
-        excluded_regions = string(default='') # more detector regions to leave out: 'rows,cols;...' numpy slices, e.g. '735:,:290'
+        excluded_regions = pass(default='') # more detector regions to leave out: 'rows,cols;...' numpy slices, e.g. '735:,:290' (string; a list is joined back at its commas)
         reference = string(default='') # free constant: '' follows match_down; or most_connected, flattest, closest_to_background, an exposure name or a group number held at zero
-        background_times = string(default='') # MJDs of background observations (comma-separated) for reference=closest_to_background
+        background_times = pass(default='') # MJDs of background observations (comma-separated string, or a list) for reference=closest_to_background
         tie_components = option('independent', 'global', default='independent') # disconnected parts: matched separately, or their global skies equalized
         alignment_check = option('warn', 'error', 'off', default='warn') # measure each overlap's shift: warn or refuse above max_misalignment
         max_misalignment = float(min=0.0, default=0.3) # largest tolerated shift between overlapping groups (grid pixels)
@@ -164,6 +165,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             return self._process(input_models)
 
     def _process(self, input_models):
+        check_parameters(self)
         if self.skymethod in ("local", "global", "user"):
             log.info(
                 "skymethod=%r involves no matching between images; computing it as SkyMatchStep does.",
