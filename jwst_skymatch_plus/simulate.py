@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "lyot_region",
     "background_noise_floor",
     "background_rms_error",
+    "isolated_dither_pattern",
     "offset_noise_floor",
     "offset_rms_error",
     "simulate_mosaic",
@@ -555,6 +557,49 @@ def _coronagraph_strip(shape: tuple[int, int]) -> tuple[slice, slice]:
 # --------------------------------------------------------------------------
 # Main entry
 # --------------------------------------------------------------------------
+def isolated_dither_pattern(
+    tiles: tuple[int, int] = (2, 2), dithers: int = 4, size: float = 0.03, jump: float = 0.8
+) -> np.ndarray:
+    """Dither offsets (for ``simulate_mosaic(dither_pattern=...)``) with one dither apart.
+
+    In every tile the first ``dithers - 1`` exposures follow a small box
+    pattern (``size`` of the detector) and the last one jumps ``jump``
+    detector widths along x toward the middle of the mosaic (tiles in the
+    left half jump right, the others left).  With the default 0.8 the jumped
+    exposure shares no pixel with its tile-mates on the MIRI imager field
+    (0.72 of the detector width) but lands on the neighbouring tile: a
+    sparse dither layout in which each tile has one exposure that only
+    other tiles' exposures overlap.
+
+    Parameters
+    ----------
+    tiles : (int, int)
+        Mosaic tiles along x and y, as given to :func:`simulate_mosaic`.
+    dithers : int
+        Exposures per tile (at least 2).
+    size : float
+        Step of the small box pattern, as a fraction of the detector size.
+    jump : float
+        Jump of the last dither, as a fraction of the detector width.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_tiles, dithers, 2)
+        Offsets as fractions of the detector size.
+    """
+    if dithers < 2:
+        raise ValueError(f"isolated_dither_pattern needs at least 2 dithers, got {dithers}")
+    box = [(0, 0), (1, 1), (1, 0), (0, 1), (0.5, 0.5), (1.5, 0.5), (0.5, 1.5), (1.5, 1.5)]
+    small = np.array([box[i % len(box)] for i in range(dithers - 1)], dtype=float)
+    small = (small - small.mean(axis=0)) * size
+    ntx, nty = tiles
+    out = np.zeros((ntx * nty, dithers, 2))
+    for t in range(ntx * nty):
+        out[t, :-1] = small
+        out[t, -1] = (jump if t % ntx < ntx / 2 else -jump, 0.0)
+    return out
+
+
 def simulate_mosaic(
     instrument: str = "miri",
     *,
@@ -564,6 +609,7 @@ def simulate_mosaic(
     visits_per_tile: int = 1,
     dithers: int = 4,
     dither_size: float = 0.03,
+    dither_pattern: Sequence | np.ndarray | None = None,
     detectors: list[str] | None = None,
     roll: float = 20.0,
     center: tuple[float, float] = (80.0, -69.5),
@@ -616,6 +662,13 @@ def simulate_mosaic(
         Exposures per visit, offset by a box/line dither pattern.
     dither_size : float
         Dither step as a fraction of the detector size.
+    dither_pattern : array-like, optional
+        Explicit dither offsets instead of the box pattern and
+        ``dither_size``: fractions of the detector size along x and y, shape
+        ``(dithers, 2)`` (the same in every tile) or ``(n_tiles, dithers, 2)``
+        (one pattern per tile, tiles numbered along x first).  Offsets larger
+        than the imaged field leave dithers that do not overlap their
+        tile-mates.
     detectors : list of str, optional
         Subset of the layout's detectors (e.g. ``["NRCA1", "NRCA2"]``).
     roll : float
@@ -748,6 +801,19 @@ def simulate_mosaic(
     step_x = (1.0 - tile_overlap) * span_x
     step_y = (1.0 - tile_overlap) * span_y
     ntx, nty = tiles
+    # One pattern per tile (detector pixels).
+    if dither_pattern is None:
+        patterns = np.broadcast_to(pattern, (ntx * nty, dithers, 2))
+    else:
+        patterns = np.asarray(dither_pattern, dtype=float)
+        if patterns.ndim == 2:
+            patterns = np.broadcast_to(patterns, (ntx * nty, *patterns.shape))
+        if patterns.shape != (ntx * nty, dithers, 2):
+            raise ValueError(
+                f"dither_pattern must have shape ({dithers}, 2) or ({ntx * nty}, {dithers}, 2) "
+                f"for {dithers} dithers in {ntx * nty} tiles; got {np.shape(dither_pattern)}"
+            )
+        patterns = patterns * np.array([nx, ny])
 
     # Enumerate exposures.
     records = []
@@ -760,7 +826,8 @@ def simulate_mosaic(
             for _rep in range(visits_per_tile):
                 visit += 1
                 for d in range(dithers):
-                    records.append((visit, tile_index, d, tile_dx + pattern[d, 0], tile_dy + pattern[d, 1]))
+                    ox, oy = patterns[tile_index, d]
+                    records.append((visit, tile_index, d, tile_dx + ox, tile_dy + oy))
 
     n_visits = visit
     visit_offsets = rng.normal(0.0, visit_offset_sigma, n_visits)
@@ -786,8 +853,8 @@ def simulate_mosaic(
 
     # Scene big enough for every pointing.
     half_extent = 0.5 * math.hypot(
-        ntx * step_x + span_x + 2 * np.abs(pattern[:, 0]).max(),
-        nty * step_y + span_y + 2 * np.abs(pattern[:, 1]).max(),
+        ntx * step_x + span_x + 2 * np.abs(patterns[..., 0]).max(),
+        nty * step_y + span_y + 2 * np.abs(patterns[..., 1]).max(),
     )
     max_shift = max([misalign_arcsec * 4.0] + [math.hypot(*v[:2]) for v in shifts.values()])
     extent = 2.0 * half_extent * layout.pixel_scale + 2.0 * max_shift + 10.0

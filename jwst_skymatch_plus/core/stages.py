@@ -23,12 +23,24 @@ are fixed:
 ``tiles``
     The tiles (with everything above applied) are matched as units, and the
     free constant fixed by a reference tile or ``match_down``.
+
+A stage never hands exposures it could not tie to the next one as if they
+were matched: when the dithers of a tile (or the chips in the NIRCam stage)
+fall into parts with no usable overlap between them, each part keeps its own
+level, and the tile stage matches every part as a unit of its own instead of
+co-adding it into its tile (a part that nothing ties in the tile stage either
+gets the background of the rest of its tile, with a warning).
+:func:`check_solution` then measures every overlapping exposure pair after
+all corrections and names the exposures whose differences are not
+consistent with their noise.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -38,7 +50,16 @@ from .matching import ExposureSource, MatchConfig, MatchResult, match_exposures
 from .planes import DetectorPlane, detector_plane
 from .reference import apply_reference, reference_for_result
 
-__all__ = ["STAGES", "Correction", "StageOutcome", "corrected_source", "run_stages"]
+__all__ = [
+    "STAGES",
+    "Correction",
+    "PairResidual",
+    "SolutionCheck",
+    "StageOutcome",
+    "check_solution",
+    "corrected_source",
+    "run_stages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +94,12 @@ class StageOutcome:
     results: list[MatchResult] = field(default_factory=list)
     reference: str | None = None
     skipped: str | None = None  # reason, when the stage did not run
+    # Exposures this stage matched but could not tie together: for every
+    # match whose exposures came out in more than one connected part, the
+    # list of those parts (an exposure tied to nothing is a part of its
+    # own).  Later stages keep the parts apart.
+    split: list[list[list[int]]] = field(default_factory=list)
+    note: str | None = None  # extra detail for the progress line
 
 
 def corrected_source(source: ExposureSource, corrections: Sequence[Correction]) -> ExposureSource:
@@ -90,8 +117,14 @@ def corrected_source(source: ExposureSource, corrections: Sequence[Correction]) 
     return replace(source, load=corrected_load)
 
 
-def _restricted(source: ExposureSource, region: tuple[slice, slice], inside: bool) -> ExposureSource:
-    """``source`` with only the pixels inside (or outside) ``region`` marked good."""
+def _restricted(
+    source: ExposureSource, region: tuple[slice, slice], inside: bool, rename: bool = True
+) -> ExposureSource:
+    """``source`` with only the pixels inside (or outside) ``region`` marked good.
+
+    ``rename`` appends ``[lyot]`` or ``[main]`` to the name (for the Lyot
+    stage, where both parts of an exposure are matched).
+    """
     load = source.load
 
     def restricted_load():
@@ -100,8 +133,27 @@ def _restricted(source: ExposureSource, region: tuple[slice, slice], inside: boo
         keep[region] = True
         return (data, good & (keep if inside else ~keep), *rest)
 
-    suffix = "[lyot]" if inside else "[main]"
+    suffix = ("[lyot]" if inside else "[main]") if rename else ""
     return replace(source, name=source.name + suffix, load=restricted_load)
+
+
+def _parts(component: np.ndarray) -> list[list[int]]:
+    """Positions grouped by connected part; an unconnected position (-1) is a part of its own."""
+    return _partition([int(c) if c >= 0 else -1 - i for i, c in enumerate(component)])
+
+
+def _split_parts(result: MatchResult, members: Sequence[int], sources, what: str) -> list[list[list[int]]]:
+    """``[parts]`` of one stage match, in exposure indices, when there is more than one (else [])."""
+    parts = [[members[i] for i in part] for part in _parts(result.component)]
+    if len(parts) < 2:
+        return []
+    log.info(
+        "%s: no usable overlap ties these parts to each other, so each keeps its own level "
+        "and later stages match it as a unit of its own: %s.",
+        what,
+        " | ".join(", ".join(sources[k].name for k in part) for part in parts),
+    )
+    return [parts]
 
 
 def _planes(result: MatchResult, sources: Sequence[ExposureSource]) -> list[DetectorPlane | None]:
@@ -146,6 +198,7 @@ def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
     n = len(sources)
     corrections: list[Correction | None] = [None] * n
     results = []
+    split: list[list[list[int]]] = []
     keys = [(*_tile_key(m), str(m.get("meta.instrument.detector"))) for m in metas]
     for members in _partition(keys):
         if len(members) < 2:
@@ -153,11 +206,14 @@ def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
         subset = [sources[k] for k in members]
         result = match_exposures(subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type))
         results.append(result)
-        # match_exposures leaves each connected part at zero mean: the tile keeps its level.
+        # match_exposures leaves each connected part at zero mean: the tile
+        # keeps its level when its dithers are all tied; otherwise every part
+        # keeps its own, and the tile stage matches the parts separately.
         for i, plane in enumerate(_planes(result, subset)):
             if plane is not None:
                 corrections[members[i]] = Correction("dithers", plane)
-    return StageOutcome("dithers", corrections, results)
+        split += _split_parts(result, members, sources, f"Dithers of {subset[0].name} and its tile-mates")
+    return StageOutcome("dithers", corrections, results, split=split)
 
 
 def _run_lyot(sources, metas, config, fit_type, lyot_region) -> StageOutcome:
@@ -199,21 +255,25 @@ def _run_nircam_short(sources, metas, config, fit_type) -> StageOutcome:
             "nircam_short", corrections, skipped="fewer than two NIRCam short-wavelength images"
         )
     results = []
+    split: list[list[list[int]]] = []
     for members in _partition([_tile_key(metas[k]) for k in short]):
         members = [short[i] for i in members]
         subset = [sources[k] for k in members]
         result = match_exposures(subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type))
         results.append(result)
         planes = _planes(result, subset)
-        # Zero mean over the chips of each exposure and module: chips are
-        # equalised, the exposure keeps its level for the later stages.
+        split += _split_parts(result, members, sources, f"NIRCam short chips of {subset[0].name}'s tile")
+        # Zero mean over the chips of each exposure and module (inside one
+        # connected part: levels of different parts are not comparable):
+        # chips are equalised, the exposure keeps its level for later stages.
         exposure_keys = [
             (
                 str(metas[k].get("meta.observation.exposure_number")),
                 str(metas[k].get("meta.observation.activity_id")),
                 str(metas[k].get("meta.instrument.module")),
+                int(result.component[i]),
             )
-            for k in members
+            for i, k in enumerate(members)
         ]
         for chips in _partition(exposure_keys):
             good = [i for i in chips if planes[i] is not None]
@@ -224,23 +284,51 @@ def _run_nircam_short(sources, metas, config, fit_type) -> StageOutcome:
                 corrections[members[i]] = Correction(
                     "nircam_short", _shifted(planes[i], planes[i].level - mean)
                 )
-    return StageOutcome("nircam_short", corrections, results)
+    return StageOutcome("nircam_short", corrections, results, split=split)
 
 
 def _mid_time(meta: Mapping):
     return meta.get("meta.exposure.mid_time") or meta.get("meta.exposure.start_time")
 
 
-def _run_tiles(sources, metas, config, fit_type, reference, background_times, match_down) -> StageOutcome:
+def _tile_units(metas, earlier: Sequence[StageOutcome]) -> tuple[list[list[int]], list[list[int]]]:
+    """Units of the tile stage, and the tiles (visits).
+
+    A tile is one unit unless an earlier stage split it: then every part
+    that stage tied together (and every exposure it tied to nothing) is a
+    unit of its own, never co-added uncorrected with the rest of its tile.
+    """
+    visits = group_exposures(metas, "visit")
+    part_of: dict[int, tuple] = {}
+    for s, outcome in enumerate(earlier):
+        for m, parts in enumerate(outcome.split):
+            for p, part in enumerate(parts):
+                for k in part:
+                    part_of[k] = (*part_of.get(k, ()), (s, m, p))
+    units = []
+    for members in visits:
+        for sub in _partition([part_of.get(k, ()) for k in members]):
+            units.append([members[i] for i in sub])
+    return units, visits
+
+
+def _run_tiles(
+    sources, metas, config, fit_type, reference, background_times, match_down, earlier
+) -> StageOutcome:
     n = len(sources)
-    groups = group_exposures(metas, "visit")
-    if len(groups) < 2:
+    units, visits = _tile_units(metas, earlier)
+    if len(units) < 2:
         return StageOutcome("tiles", [None] * n, skipped="a single mosaic tile")
-    result = match_exposures(sources, groups, _stage_config(config, fit_type))
-    planes = _planes(result, sources)
-    ref_group, rule = _reference(result, metas, reference, background_times)
+    visit_of = np.empty(n, dtype=int)
+    for v, members in enumerate(visits):
+        visit_of[members] = v
+    result = match_exposures(sources, units, _stage_config(config, fit_type))
+    solved = _fall_back_to_tile(result, visits, sources)
+    planes = _planes(solved, sources)
+    ref_visit, rule = _reference(result, metas, reference, background_times, visit_of, len(visits))
     centre = np.array([p.level if p is not None else np.nan for p in planes])
-    levels = apply_reference(centre, result.component, result.group_index, ref_group, match_down)
+    # The reference tile (all its units) is held at zero mean.
+    levels = apply_reference(centre, solved.component, visit_of, ref_visit, match_down)
     corrections: list[Correction | None] = [
         None
         if p is None or not np.isfinite(levels[k])
@@ -248,21 +336,66 @@ def _run_tiles(sources, metas, config, fit_type, reference, background_times, ma
         for k, p in enumerate(planes)
     ]
     label = None
-    if ref_group is not None:
-        first = result.groups[ref_group][0]
-        label = f"tile {ref_group + 1} ({metas[first].get('meta.filename') or first}), by {rule!r}"
-    return StageOutcome("tiles", corrections, [result], reference=label)
+    if ref_visit is not None:
+        first = visits[ref_visit][0]
+        label = f"tile {ref_visit + 1} ({metas[first].get('meta.filename') or first}), by {rule!r}"
+    note = None
+    if len(units) > len(visits):
+        note = f"{len(visits)} tiles matched as {len(units)} units (tiles split by earlier stages)"
+    return StageOutcome("tiles", corrections, [result], reference=label, note=note)
 
 
-def _reference(result: MatchResult, metas, reference: str, background_times) -> tuple[int | None, str]:
+def _fall_back_to_tile(result: MatchResult, visits: Sequence[Sequence[int]], sources) -> MatchResult:
+    """Give units that nothing tied the background of the rest of their tile.
+
+    A part of a tile that no usable overlap ties to anything, in any stage,
+    cannot be measured; the rest of its tile's background (mean over the
+    tile's largest matched part, in the grid frame) is the best estimate
+    left, the one a tile matched as a whole would have given it.
+    """
+    coefficients = result.coefficients.copy()
+    component = result.component.copy()
+    assumed = []
+    for members in visits:
+        members = np.asarray(members)
+        lost = members[component[members] < 0]
+        matched = members[component[members] >= 0]
+        if lost.size == 0 or matched.size == 0:
+            continue
+        labels, counts = np.unique(component[matched], return_counts=True)
+        donors = matched[component[matched] == labels[np.argmax(counts)]]
+        coefficients[lost] = coefficients[donors].mean(axis=0)
+        component[lost] = component[donors[0]]
+        assumed += lost.tolist()
+    if not assumed:
+        return result
+    log.warning(
+        "%d exposure(s) share no usable overlap with anything and get the background of the rest of "
+        "their tile (their own drift cannot be measured): %s.",
+        len(assumed),
+        ", ".join(sources[k].name for k in assumed),
+    )
+    return replace(result, coefficients=coefficients, component=component)
+
+
+def _reference(
+    result: MatchResult, metas, reference: str, background_times, visit_of: np.ndarray, n_visits: int
+) -> tuple[int | None, str]:
+    """The reference tile (visit index) and the rule that chose it."""
     rule = (reference or "").strip()
     if rule == "auto":
         rule = "closest_to_background" if background_times else "most_connected"
     if not rule:
         return None, ""
+    if rule.isdigit():
+        # A number names a tile, whatever units the tiles were matched as.
+        v = int(rule) - 1
+        if not 0 <= v < n_visits:
+            raise ValueError(f"reference tile {rule} does not exist (there are {n_visits} tiles)")
+        return v, rule
     names = [[str(metas[k].get("meta.filename")) for k in members] for members in result.groups]
     g = reference_for_result(rule, result, metas, names, background_times or ())
-    return g, rule
+    return int(visit_of[result.groups[g][0]]), rule
 
 
 def run_stages(
@@ -329,7 +462,7 @@ def run_stages(
         current = [corrected_source(s, applied[k]) for k, s in enumerate(sources)]
         if stage != "lyot" and exclude_lyot:
             current = [
-                s if lyot_region(k) is None else _restricted(s, lyot_region(k), inside=False)
+                s if lyot_region(k) is None else _restricted(s, lyot_region(k), inside=False, rename=False)
                 for k, s in enumerate(current)
             ]
         fit_type = fit_types.get(stage, "level")
@@ -340,16 +473,193 @@ def run_stages(
         elif stage == "nircam_short":
             outcome = _run_nircam_short(current, metas, config, fit_type)
         else:
-            outcome = _run_tiles(current, metas, config, fit_type, reference, background_times, match_down)
+            outcome = _run_tiles(
+                current, metas, config, fit_type, reference, background_times, match_down, outcomes
+            )
         for k, c in enumerate(outcome.corrections):
             if c is not None:
                 applied[k].append(c)
         if progress is not None:
             done = sum(c is not None for c in outcome.corrections)
+            nparts = sum(len(parts) for parts in outcome.split)
             progress(
                 f"stage {stage}: "
                 + (f"skipped ({outcome.skipped})" if outcome.skipped else f"{done}/{len(sources)} corrected")
+                + (
+                    f"; {len(outcome.split)} tile(s) fall into {nparts} parts with no usable overlap "
+                    "between them"
+                    if outcome.split
+                    else ""
+                )
+                + (f"; {outcome.note}" if outcome.note else "")
                 + (f"; reference {outcome.reference}" if outcome.reference else "")
             )
         outcomes.append(outcome)
+    tiles = next((o for o in outcomes if o.stage == "tiles"), None)
+    apart = sorted({k for o in outcomes for parts in o.split for part in parts for k in part})
+    if apart and (tiles is None or tiles.skipped):
+        log.warning(
+            "%d exposure(s) could not be tied to the rest of their tile and no tile stage ran to "
+            "match them: each part of the tile keeps its own level (%s).",
+            len(apart),
+            ", ".join(sources[k].name for k in apart),
+        )
     return outcomes
+
+
+# --------------------------------------------------------------------------
+# Final check
+# --------------------------------------------------------------------------
+@dataclass
+class PairResidual:
+    """Background difference of two overlapping exposures after every correction."""
+
+    i: int
+    j: int
+    residual: float  # exposure i minus exposure j, in the overlap
+    sigma: float  # its 1-sigma uncertainty (pixel noise of the overlap)
+    npix: int
+
+    @property
+    def nsigma(self) -> float:
+        """``|residual| / sigma``."""
+        return abs(self.residual) / self.sigma if self.sigma > 0 else math.inf
+
+
+@dataclass
+class SolutionCheck:
+    """Every usable overlapping exposure pair measured after all corrections.
+
+    Attributes
+    ----------
+    names : list of str
+        Exposure names.
+    pairs : list of PairResidual
+        Pairs whose overlap passes the matching thresholds.
+    nsigma : float
+        Threshold: a pair whose residual exceeds ``nsigma`` times its
+        uncertainty is inconsistent with the solution.
+    """
+
+    names: list[str]
+    pairs: list[PairResidual]
+    nsigma: float
+
+    def inconsistent(self) -> list[PairResidual]:
+        """Pairs whose residual exceeds the threshold, worst first."""
+        bad = [p for p in self.pairs if p.nsigma > self.nsigma]
+        return sorted(bad, key=lambda p: -p.nsigma)
+
+    def by_exposure(self) -> list[tuple[int, list[PairResidual], int]]:
+        """``(exposure, its inconsistent pairs, its checked pairs)``, most inconsistent first.
+
+        An exposure whose own background is wrong disagrees with most of its
+        overlaps; its partners each disagree with it alone.
+        """
+        total: dict[int, int] = {}
+        bad: dict[int, list[PairResidual]] = {}
+        for p in self.pairs:
+            for k in (p.i, p.j):
+                total[k] = total.get(k, 0) + 1
+                if p.nsigma > self.nsigma:
+                    bad.setdefault(k, []).append(p)
+        order = sorted(
+            bad, key=lambda k: (-len(bad[k]) / total[k], -len(bad[k]), -max(p.nsigma for p in bad[k]))
+        )
+        return [(k, sorted(bad[k], key=lambda p: -p.nsigma), total[k]) for k in order]
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence a logger below ERROR (the check repeats what the stages already reported)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_solution(
+    sources: Sequence[ExposureSource],
+    outcomes: Sequence[StageOutcome],
+    config: MatchConfig,
+    *,
+    nsigma: float = 5.0,
+    lyot_region: Callable[[int], tuple[slice, slice] | None] = lambda k: None,
+    exclude_lyot: bool = True,
+) -> SolutionCheck:
+    """Measure every overlapping exposure pair after all stages' corrections.
+
+    Each exposure, with every correction of ``outcomes`` subtracted, is
+    resampled once and every pair whose overlap passes the thresholds of
+    ``config`` is measured as the stages measure pairs
+    (:func:`~jwst_skymatch_plus.core.matching.match_exposures`, each exposure
+    its own group).  A consistent solution leaves differences within their
+    noise; a WARNING names the exposures whose pairs exceed ``nsigma``.
+
+    Parameters
+    ----------
+    sources : sequence of ExposureSource
+        The exposures, uncorrected (as given to :func:`run_stages`).
+    outcomes : sequence of StageOutcome
+        What :func:`run_stages` returned.
+    config : MatchConfig
+        Matching settings (statistic, grid, thresholds) shared with the stages.
+    nsigma : float
+        Largest residual, in units of its uncertainty, of a consistent pair.
+    lyot_region : callable
+        As for :func:`run_stages`.
+    exclude_lyot : bool
+        Leave the Lyot region out of the check (as the stages but ``lyot`` do).
+
+    Returns
+    -------
+    SolutionCheck
+    """
+    current = []
+    for k, src in enumerate(sources):
+        s = corrected_source(src, [o.corrections[k] for o in outcomes if o.corrections[k] is not None])
+        if exclude_lyot and lyot_region(k) is not None:
+            s = _restricted(s, lyot_region(k), inside=False, rename=False)
+        current.append(s)
+    names = [src.name for src in sources]
+    if len(sources) < 2:
+        return SolutionCheck(names, [], nsigma)
+    with _quiet("jwst_skymatch_plus.core.matching"):
+        result = match_exposures(current, [[k] for k in range(len(sources))], _stage_config(config, "level"))
+    pairs = [
+        PairResidual(p.i, p.j, float(p.coeffs[0]), float(p.sigma[0]), int(p.npix)) for p in result.group_pairs
+    ]
+    check = SolutionCheck(names, pairs, nsigma)
+    worst = max(pairs, key=lambda p: p.nsigma, default=None)
+    log.info(
+        "Check of the solution: %d overlapping exposure pairs measured after correction%s.",
+        len(pairs),
+        ""
+        if worst is None
+        else f"; largest residual {worst.residual:+.4g} = {worst.nsigma:.1f} sigma "
+        f"({names[worst.i]} - {names[worst.j]})",
+    )
+    flagged = check.by_exposure()
+    if flagged:
+        lines = []
+        for k, bad, total in flagged:
+            p = bad[0]
+            other = p.j if p.i == k else p.i
+            residual = p.residual if p.i == k else -p.residual
+            lines.append(
+                f"  {names[k]}: {len(bad)} of {total} overlapping exposures disagree; worst "
+                f"{residual:+.4g} ({p.nsigma:.1f} sigma) against {names[other]}"
+            )
+        log.warning(
+            "%d of %d overlapping exposure pairs differ by more than %g sigma after level matching: "
+            "the solution is not consistent with these overlaps (an exposure whose background is not "
+            "a level/plane, bad data, or misalignment), most affected first:\n%s",
+            len(check.inconsistent()),
+            len(pairs),
+            nsigma,
+            "\n".join(lines),
+        )
+    return check

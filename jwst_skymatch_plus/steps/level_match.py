@@ -15,7 +15,7 @@ from ..core.grouping import exposure_label
 from ..core.matching import MatchConfig
 from ..core.pairs import DifferenceStatistic
 from ..core.regions import miri_lyot_region
-from ..core.stages import STAGES, run_stages
+from ..core.stages import STAGES, check_solution, run_stages
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -81,6 +81,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         rms_sig_limit = float(min=0.0, default=5.0) # pairs deviating by more than this many sigma after the fit are cut
         reproject_func = option('interp', 'exact', 'adaptive', default='interp') # resampling onto the common grid: drizzle kernel auto (turbo on native pixels, square on coarser grids), square or gaussian
         grid_scale = float(default=None) # matching grid pixel in native pixels (default 1; 2 when a plane is fitted)
+        check_sigma = float(min=0.0, default=5.0) # after all stages, measure every overlapping exposure pair again and warn about pairs differing by more than this many sigma (0: no check)
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
         table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
         in_memory = boolean(default=True) # keep exposures in memory
@@ -159,6 +160,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         lyot = [_lyot_region(m) for m in metas]
         background_times = [float(v) for v in self.background_times.replace(",", " ").split()]
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
+        config = self._config()
         with library:
             sources, _ = exposure_sources(library, mask, names)
             outcomes = run_stages(
@@ -171,13 +173,17 @@ class LevelMatchStep(AtomicSaveMixin, Step):
                     "nircam_short": self.fit_type_combine_nircam_short,
                     "tiles": self.fit_type_mosaic_tiles,
                 },
-                self._config(),
+                config,
                 lyot_region=lambda k: lyot[k],
                 reference=self.reference,
                 background_times=background_times,
                 match_down=self.match_down,
                 progress=lambda line: log.info("Level matching %s", line),
             )
+            if self.check_sigma > 0:
+                check_solution(
+                    sources, outcomes, config, nsigma=self.check_sigma, lyot_region=lambda k: lyot[k]
+                )
         self._apply(library, outcomes)
         self._write_table(library, names, outcomes)
         return library
