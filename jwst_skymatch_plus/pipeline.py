@@ -470,7 +470,7 @@ def _filtered_association(asn: dict, asn_dir: Path, exposures, keep: Sequence[bo
             continue
         member = {**member, "expname": path, "exptype": "science"}
         meta = dict(exposure.meta)
-        label_member(member, meta, out)
+        label_member(member, meta, out, len(kept))
         kept.append(member)
         metas.append(meta)
     out["products"] = [{**asn["products"][0], "members": kept}]

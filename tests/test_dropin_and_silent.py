@@ -206,3 +206,21 @@ def test_exposure_far_from_the_rest_takes_its_visit_level_named(mosaic, update_s
     keep = np.arange(len(models)) != bad
     levels = levels_of(result)
     assert offset_rms_error(levels[keep], mosaic.truth.level[keep]) < 2 * offset_noise_floor(mosaic)
+
+
+def test_association_of_files_without_program_number(tmp_path):
+    from jwst.associations.asn_from_list import asn_from_list
+    from jwst.associations.lib.rules_level3_base import DMS_Level3_Base
+
+    names = []
+    for k, m in enumerate(_group_models(shared=False)):
+        del m.meta.observation.program_number
+        m.meta.group_id = None
+        name = str(tmp_path / f"nopid{k}_cal.fits")
+        m.save(name)
+        names.append(name)
+    asn = asn_from_list(names, rule=DMS_Level3_Base, product_name="nopid")
+    path = tmp_path / "nopid_asn.json"
+    path.write_text(asn.dump(format="json")[1])
+    levels = levels_of(PixelSkyMatchStep.call(str(path), skystat="mean"))
+    assert np.allclose(levels, np.subtract((9.12, 8.28, 2.56), 2.56), atol=0.01)

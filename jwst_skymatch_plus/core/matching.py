@@ -458,7 +458,7 @@ def measure_pair(
             )
     weights = None
     if (config.fit_type != "level" or config.structure_weights) and valid.sum() > 10:
-        noise = robust_sigma(diff[valid])
+        noise = robust_sigma(diff[valid], max_values=20000)
         weights = structure_weights(img_a, img_b, valid, noise)
     pair = measure_difference(
         diff,

@@ -48,43 +48,69 @@ _EFFICIENCY = {
 }
 
 
-def robust_sigma(values: np.ndarray) -> float:
-    """Standard deviation estimated from the median absolute deviation."""
+def robust_sigma(values: np.ndarray, max_values: int | None = None) -> float:
+    """Standard deviation estimated from the median absolute deviation.
+
+    With ``max_values``, from at most about that many evenly spaced values
+    (a scale for weights or clipping needs no more).
+    """
     from astropy.stats import mad_std
 
-    values = np.asarray(values)
-    return float(mad_std(values)) if values.size else math.nan
+    values = np.asarray(values).ravel()
+    if values.size == 0:
+        return math.nan
+    if max_values and values.size > max_values:
+        values = values[:: values.size // max_values]
+    return float(mad_std(values))
 
 
-def _kernel_mode(values: np.ndarray, width: float, start: float, tol: float) -> float:
+def _rough_median(values: np.ndarray, size: int = 20000) -> float:
+    """Median of at most about ``size`` evenly spaced values (for clipping centres and widths)."""
+    step = max(1, values.size // size)
+    return float(np.median(values[::step]))
+
+
+def _rough_sigma(values: np.ndarray, centre: float) -> float:
+    """Robust standard deviation (1.4826 MAD) from at most ~20000 evenly spaced values."""
+    return 1.482602218505602 * _rough_median(np.abs(values - centre))
+
+
+def _kernel_mode(
+    values: np.ndarray, width: float, start: float, tol: float, weights: np.ndarray | None = None
+) -> float:
     """Peak of the Gaussian-kernel density of ``values`` (mean-shift iteration).
 
     The iteration runs on a fine histogram (bin sums of the values, so only
     the kernel weights are approximated) and is finished with two exact
-    steps over the values themselves.
+    steps over the values themselves.  ``weights`` weight the values.
     """
     lo, hi = start - 8.0 * width, start + 8.0 * width
-    inside = values[(values >= lo) & (values <= hi)]
+    sel = (values >= lo) & (values <= hi)
+    inside = values[sel]
+    w_in = None if weights is None else weights[sel]
     if inside.size == 0:
         return start
     nbins = 640
-    counts, edges = np.histogram(inside, bins=nbins, range=(lo, hi))
-    sums, _ = np.histogram(inside, bins=nbins, range=(lo, hi), weights=inside)
+    counts, edges = np.histogram(inside, bins=nbins, range=(lo, hi), weights=w_in)
+    weighted = inside if w_in is None else w_in * inside
+    sums, _ = np.histogram(inside, bins=nbins, range=(lo, hi), weights=weighted)
     centres = 0.5 * (edges[1:] + edges[:-1])
     mode = start
     for _ in range(100):
-        w = counts * np.exp(-0.5 * ((centres - mode) / width) ** 2)
-        total = w.sum()
+        k = np.exp(-0.5 * ((centres - mode) / width) ** 2)
+        total = np.sum(k * counts)
         if not total > 0:
             return start
-        new = float(np.sum(w / np.maximum(counts, 1) * sums) / total)
+        new = float(np.sum(k * sums) / total)
         if abs(new - mode) < tol:
             mode = new
             break
         mode = new
     for _ in range(2):
-        w = np.exp(-0.5 * ((inside - mode) / width) ** 2)
-        mode = float(np.sum(w * inside) / w.sum())
+        k = np.exp(-0.5 * ((inside - mode) / width) ** 2)
+        if w_in is not None:
+            k = k * w_in
+        mode = float(np.sum(k * inside) / k.sum())
     return mode
 
 
@@ -153,7 +179,7 @@ class DifferenceStatistic:
             return self._weighted(values, np.asarray(weights, dtype=np.float64).ravel()[finite])
         kept = values
         for _ in range(self.nclip):
-            centre = float(np.median(kept))
+            centre = _rough_median(kept)
             std = float(kept.std())
             if not std > 0:
                 break
@@ -169,8 +195,8 @@ class DifferenceStatistic:
         elif self.skystat in ("median", "midpt"):
             value = float(np.median(kept))
         else:
-            value = float(np.median(kept))
-            width = MODE_KERNEL_SIGMA * robust_sigma(kept)
+            value = _rough_median(kept)
+            width = MODE_KERNEL_SIGMA * _rough_sigma(kept, value)
             if width > 0:
                 value = _kernel_mode(kept, width, value, tol=1e-4 * width)
         return value, int(kept.size), std
@@ -183,7 +209,8 @@ class DifferenceStatistic:
         """
         kept = np.ones(values.size, dtype=bool)
         for _ in range(self.nclip):
-            centre = float(np.median(values[kept]))
+            # Clipping needs its centre to a fraction of sigma only.
+            centre = _rough_median(values[kept])
             std = float(values[kept].std())
             if not std > 0:
                 break
@@ -204,15 +231,11 @@ class DifferenceStatistic:
             cum = np.cumsum(w[order])
             value = float(v[order][np.searchsorted(cum, 0.5 * cum[-1])])
         else:
-            value = float(np.median(v))
-            width = MODE_KERNEL_SIGMA * robust_sigma(v)
-            for _ in range(50 if width > 0 else 0):
-                k = w * np.exp(-0.5 * ((v - value) / width) ** 2)
-                new = float(np.sum(k * v) / k.sum())
-                done = abs(new - value) < 1e-4 * width
-                value = new
-                if done:
-                    break
+            start = _rough_median(v)
+            width = MODE_KERNEL_SIGMA * _rough_sigma(v, start)
+            value = start
+            if width > 0:
+                value = _kernel_mode(v, width, start, tol=1e-4 * width, weights=w)
         std = float(np.sqrt(np.sum(w * (v - mean) ** 2) / w.sum()))
         n_eff = float(w.sum() ** 2 / np.sum(w**2))
         return value, max(round(n_eff), 1), std
@@ -293,7 +316,7 @@ def structure_weights(img_a: np.ndarray, img_b: np.ndarray, valid: np.ndarray, n
 
     mean = np.where(valid, 0.5 * (img_a.astype(np.float64) + img_b), 0.0)
     if valid.any():
-        mean[~valid] = np.median(mean[valid])
+        mean[~valid] = _rough_median(mean[valid])
     smooth = ndimage.gaussian_filter(mean, 0.7)
     curvature = np.abs(ndimage.laplace(smooth)) / 8.0
     # Different pixel phases also act like small shifts (~0.1 pixel) of sharp

@@ -83,7 +83,7 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _solve_component(nodes, i, j, delta, weight, sigma, offdiag=None, gls=False):
+def _solve_component(nodes, i, j, delta, weight, sigma, offdiag=None):
     """Zero-mean weighted least squares on one connected component.
 
     Returns levels and their covariance (the sandwich form, so that it is right
@@ -106,14 +106,6 @@ def _solve_component(nodes, i, j, delta, weight, sigma, offdiag=None, gls=False)
     # the zero-mean gauge.
     a_red = a[:, 1:]
     center = np.eye(nc) - 1.0 / nc
-    if offdiag is not None and offdiag.nnz and gls:
-        solved = _generalised_least_squares(a_red, delta, sigma, offdiag)
-        if solved is not None:
-            x_red, cov_red = solved
-            x = np.r_[0.0, x_red]
-            cov = np.zeros((nc, nc))
-            cov[1:, 1:] = cov_red
-            return center @ x, center @ cov @ center
     w = sp.diags(weight)
     normal = (a_red.T @ w @ a_red).tocsc()
     lu = splu(normal)
@@ -134,31 +126,6 @@ def _solve_component(nodes, i, j, delta, weight, sigma, offdiag=None, gls=False)
     else:  # too large for a dense inverse: inverse-variance approximation
         cov = np.full((nc, nc), np.nan)
     return levels, cov
-
-
-def _generalised_least_squares(a_red, delta, sigma, offdiag):
-    """GLS with the pairs' full covariance; None if that covariance is not usable.
-
-    Pairs that share an image are correlated; weighting them as independent
-    over-counts pixels covered by many images.  GLS weights by the inverse of
-    the full covariance, which is the best linear estimate when the model of
-    the correlations is right, and gives its covariance directly.
-    """
-    from scipy.sparse.linalg import splu as sparse_lu
-
-    cov_pairs = (sp.diags(sigma**2) + offdiag).tocsc()
-    try:
-        lu = sparse_lu(cov_pairs)
-        dense = a_red.toarray()
-        sinv_a = lu.solve(dense)
-        normal = dense.T @ sinv_a
-        cov_red = np.linalg.inv(normal)
-    except (RuntimeError, np.linalg.LinAlgError):
-        return None
-    if not np.all(np.isfinite(cov_red)) or np.any(np.diag(cov_red) <= 0):
-        return None
-    x_red = cov_red @ (sinv_a.T @ delta)
-    return x_red, cov_red
 
 
 def _solve_component_joint(nodes, i, j, delta, covariance):
@@ -355,7 +322,6 @@ def solve_levels(
                     w,
                     sigma[emask, c],
                     sub if c == 0 else None,
-                    gls=weighting == "ivar",
                 )
                 levels[nodes, c] = lev
                 lsig[nodes, c] = np.sqrt(np.clip(np.diag(cov), 0, None))

@@ -222,19 +222,34 @@ def open_library_with_metadata(step, input_models) -> tuple:
     return library, read_all_metadata(library)
 
 
-def label_member(member: dict, meta: dict, asn: Mapping) -> None:
+def label_member(member: dict, meta: dict, asn: Mapping, index: int = 0) -> None:
     """Give an association member its ``group_id`` and its metadata what the association adds.
 
     A member that already carries its ``group_id`` spares ``ModelLibrary``
     a second read of the file; the metadata gets the association fields the
     library's own ``read_metadata`` would add.  Both are updated in place.
+    A member whose header lacks the keywords of a ``group_id`` gets a unique
+    one, ``exposureNNNN`` from its 0-based ``index``, as ``ModelLibrary``
+    gives it.
     """
     from jwst.datamodels.utils import attrs_to_group_id
 
     if "group_id" not in member:
         prefix = "meta.observation."
         observation = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
-        member["group_id"] = meta.get("meta.group_id") or attrs_to_group_id(observation)
+        group_id = meta.get("meta.group_id")
+        if not group_id:
+            try:
+                group_id = attrs_to_group_id(observation)
+            except KeyError as missing:
+                group_id = f"exposure{index + 1:04d}"
+                log.info(
+                    "%s: %s; it is a sky group of its own (%s).",
+                    member.get("expname", f"member {index + 1}"),
+                    str(missing).strip("'\""),
+                    group_id,
+                )
+        member["group_id"] = group_id
     meta["meta.asn.exptype"] = member.get("exptype", "science")
     if "table_name" in asn:
         meta["meta.asn.table_name"] = asn["table_name"]
@@ -256,12 +271,12 @@ def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
     product = dict(asn["products"][0])
     members, metas = [], []
     with unvalidated_reads():
-        for member in product["members"]:
+        for index, member in enumerate(product["members"]):
             member = dict(member)
             expname = Path(member["expname"])
             member["expname"] = os.fspath(expname if expname.is_absolute() else path.parent / expname)
             meta = read_exposure_metadata(member["expname"])
-            label_member(member, meta, asn)
+            label_member(member, meta, asn, index)
             members.append(member)
             metas.append(meta)
     product["members"] = members

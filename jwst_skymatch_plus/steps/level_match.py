@@ -129,7 +129,9 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         grid_scale = self.grid_scale if self.grid_scale is not None else (2.0 if plane else 1.0)
         nclip = self.max_iters if self.do_sigma_clip else 0
         return MatchConfig(
-            statistic=DifferenceStatistic("median", nclip, self.sigma, self.sigma),
+            # The core's most precise robust statistic of differences (the
+            # kernel-density mode), as PixelSkyMatchStep uses by default.
+            statistic=DifferenceStatistic("mode", nclip, self.sigma, self.sigma),
             grid_scale=grid_scale,
             kernel=REPROJECT_KERNELS[self.reproject_func],
             weighting=WEIGHT_METHODS[self.weight_method],
