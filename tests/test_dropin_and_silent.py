@@ -224,3 +224,21 @@ def test_association_of_files_without_program_number(tmp_path):
     path.write_text(asn.dump(format="json")[1])
     levels = levels_of(PixelSkyMatchStep.call(str(path), skystat="mean"))
     assert np.allclose(levels, np.subtract((9.12, 8.28, 2.56), 2.56), atol=0.01)
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_defaults_reach_the_noise_floor_with_offsets_inside_visits(seed):
+    # Bright 256x256 MIRI mosaics, 2x2 tiles x 4 dithers, exposures of one
+    # visit differing by 0.1 (1000x the floor): the default (visit grouping)
+    # must solve every exposure from all its pairs, as well as
+    # grouping='exposure', and within 1.5x of the Cramer-Rao floor.
+    sim = simulate_mosaic(
+        "miri", shape=(256, 256), tiles=(2, 2), dithers=4, exposure_offset_sigma=0.1, seed=seed
+    )
+    floor = offset_noise_floor(sim)
+    default = offset_rms_error(levels_of(PixelSkyMatchStep.call(copy_models(sim))), sim.truth.level)
+    exposure = offset_rms_error(
+        levels_of(PixelSkyMatchStep.call(copy_models(sim), grouping="exposure")), sim.truth.level
+    )
+    assert default < 1.5 * floor, (default, floor)
+    assert default < 1.3 * exposure
