@@ -7,13 +7,10 @@ exception fails the run too: its cause changed, update the entry.
 
 Classes of failure (what each means: tests/jwst_conformance/README.rst):
 
-F  calwebb_image3_plus builds group_ids before any step; jwst's mock cal files lack
-   meta.observation.program_number (stpipe's ModelLibrary falls back to exposureNNNN).
 G  (permanent) the test reads meta.cal_step.<name> for every step_defs entry; our pipeline's
    extra stages (get_wcs_adjust, apply_wcs_adjust, level_match) have no such schema entry.
 """
 
-F_NO_GROUP_ID = "F: group_id needs meta.observation.program_number (stpipe falls back to exposureNNNN)"
 G_EXTRA_STAGES = "G: test reads meta.cal_step.<name> for every step_defs entry; ours has 3 more stages"
 
 IMAGE3 = "jwst.pipeline.tests.test_calwebb_image3::"
@@ -25,8 +22,6 @@ EXPECTED_FAILURES: dict[str, dict[str, tuple[type[BaseException], str]]] = {
     "image3": {},
     # Image3PlusPipeline in the 5 image3 tests.
     "image3_plus": {
-        IMAGE3 + "test_run_image3_pipeline[True]": (KeyError, F_NO_GROUP_ID),
-        IMAGE3 + "test_run_image3_pipeline[False]": (KeyError, F_NO_GROUP_ID),
         IMAGE3 + "test_run_image3_single_model": (AttributeError, G_EXTRA_STAGES),
     },
 }
