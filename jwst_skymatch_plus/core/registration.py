@@ -23,7 +23,6 @@ import numpy as np
 __all__ = [
     "ImageShift",
     "fill_invalid",
-    "highpass",
     "masked_correlation",
     "masked_difference",
     "measure_shift",
@@ -110,17 +109,6 @@ def _fill_invalid(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return np.zeros(image.shape)
     idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
     return image[tuple(idx)].astype(np.float64)
-
-
-def highpass(image: np.ndarray, valid: np.ndarray, smooth: float, clip: float = 4.0) -> np.ndarray:
-    """The filtering :func:`measure_shift` applies before correlating, on its own.
-
-    Subtracts the local mean of valid pixels (Gaussian of sigma ``smooth``;
-    none for 0), caps values at ``clip`` robust sigma and zeroes invalid
-    pixels.  For callers that filter a large image once and then register
-    several cut-outs of it (pass ``smooth=0`` to :func:`measure_shift`).
-    """
-    return _highpass(image, np.asarray(valid, bool), smooth, clip)
 
 
 def fill_invalid(image: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -62,10 +62,6 @@ class LevelSolution:
         c = self.component[self.component >= 0]
         return int(np.unique(c).size)
 
-    def members(self, label: int) -> np.ndarray:
-        """Indices of the images in component ``label``."""
-        return np.flatnonzero(self.component == label)
-
 
 def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     labels = np.full(n, -1, dtype=int)

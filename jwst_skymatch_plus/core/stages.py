@@ -287,10 +287,6 @@ def _run_nircam_short(sources, metas, config, fit_type) -> StageOutcome:
     return StageOutcome("nircam_short", corrections, results, split=split)
 
 
-def _mid_time(meta: Mapping):
-    return meta.get("meta.exposure.mid_time") or meta.get("meta.exposure.start_time")
-
-
 def _tile_units(metas, earlier: Sequence[StageOutcome]) -> tuple[list[list[int]], list[list[int]]]:
     """Units of the tile stage, and the tiles (visits).
 

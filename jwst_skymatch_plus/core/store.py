@@ -35,12 +35,6 @@ class GroupStore:
         """Image and weight of group ``key`` inside ``box`` (copies)."""
         raise NotImplementedError
 
-    def get(self, key: int) -> Resampled:
-        """The whole group image."""
-        box = self.bbox(key)
-        img, wht = self.cutout(key, box)
-        return Resampled(box, img, wht)
-
     def close(self) -> None:
         """Release resources."""
 

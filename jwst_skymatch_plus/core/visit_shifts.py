@@ -93,21 +93,8 @@ class BlockShift:
     sigma_y: float = math.nan
 
 
-def has_structure(image: np.ndarray, valid: np.ndarray, threshold: float = 5.0) -> bool:
-    """Whether an image holds structure well above its pixel noise (something to register).
-
-    The noise comes from differences of neighbouring pixels; the structure
-    is the robust scatter of the image smoothed by a Gaussian of 2 pixels,
-    compared with what noise alone leaves after that smoothing (noise /
-    (4 sqrt(pi)) for white noise).
-    """
-    from .registration import fill_invalid
-
-    return _has_structure(fill_invalid(image, valid), valid, _noise(image, valid), threshold)
-
-
 def _has_structure(filled: np.ndarray, valid: np.ndarray, noise: float, threshold: float = 5.0) -> bool:
-    """:func:`has_structure` of an image whose holes are filled and whose noise is known."""
+    """Whether an image (holes filled, noise known) holds structure well above its noise."""
     from scipy import ndimage
 
     if not np.isfinite(noise):

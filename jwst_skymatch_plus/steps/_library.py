@@ -580,8 +580,7 @@ def exposure_sources(
     library,
     mask: Callable[[object], np.ndarray],
     names: Sequence[str] | None = None,
-    inspect: Callable[[object], object] | None = None,
-) -> tuple[list[ExposureSource], list]:
+) -> list[ExposureSource]:
     """One :class:`ExposureSource` per member; data are read only when loaded.
 
     The library must be open.  Each exposure's WCS is checked here so that a
@@ -595,28 +594,22 @@ def exposure_sources(
         ``mask(model) -> bool array`` of pixels to use.
     names : sequence of str, optional
         Names for exposures without ``meta.filename``.
-    inspect : callable, optional
-        Called on every model during this pass (saves another pass over an
-        on-disk library); its results are returned.
 
     Returns
     -------
-    sources : list of ExposureSource
-    inspected : list
-        ``inspect(model)`` per exposure (``None`` without ``inspect``).
+    list of ExposureSource
     """
-    sources, inspected = [], []
+    sources = []
     for index in range(len(library)):
         model = _borrow(library, index, names[index] if names else None)
         try:
             name = model.meta.filename or (names[index] if names else f"exposure {index}")
             wcs = check_image(model, name)
             shape = tuple(model.data.shape)
-            inspected.append(inspect(model) if inspect is not None else None)
         finally:
             library.shelve(model, index, modify=False)
         sources.append(ExposureSource(name, wcs, shape, _loader(library, index, mask, name=name)))
-    return sources, inspected
+    return sources
 
 
 def _member_path(library, index: int) -> str | None:

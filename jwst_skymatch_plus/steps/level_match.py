@@ -164,7 +164,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
         with library:
-            sources, _ = exposure_sources(library, mask, names)
+            sources = exposure_sources(library, mask, names)
             outcomes = run_stages(
                 sources,
                 metas,

@@ -205,7 +205,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             sources = sources_from_metadata(library, metas, mask, names)
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
-                sources, _ = exposure_sources(library, mask, names)
+                sources = exposure_sources(library, mask, names)
             result = match_exposures(sources, units, config, fallback=fallback)
         self._check_alignment(result, names)
         ref_group, ref_index = self._reference_group(result, names, metas)
