@@ -565,7 +565,7 @@ def simulate_mosaic(
     dithers: int = 4,
     dither_size: float = 0.03,
     detectors: list[str] | None = None,
-    roll: float = 20.0,
+    roll: float | list[float] = 20.0,
     center: tuple[float, float] = (80.0, -69.5),
     sky_level: float = 15.0,
     visit_offset_sigma: float = 0.5,
@@ -627,7 +627,9 @@ def simulate_mosaic(
     detectors : list of str, optional
         Subset of the layout's detectors (e.g. ``["NRCA1", "NRCA2"]``).
     roll : float
-        Telescope roll (V3 position angle at the reference), degrees.
+        Telescope roll (V3 position angle at the reference), degrees.  With
+        ``geometry='siaf'``: APT's V3PA, at the pointing aperture's reference
+        point; one value, or a list with one per visit.
     center : (float, float)
         Mosaic centre (RA, Dec), degrees.
     sky_level : float

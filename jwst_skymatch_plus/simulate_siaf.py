@@ -1,10 +1,11 @@
 """Real JWST imaging geometry for the simulator, from the SIAF (``pysiaf``).
 
 ``simulate_mosaic(..., geometry='siaf')`` builds its exposures here: every
-detector and subarray is a SIAF aperture, its detector -> V2/V3 transform is
-the aperture's own Sci -> Ideal distortion polynomial followed by the planar
-Ideal -> V2/V3 rotation (``V3IdlYAngle``, ``VIdlParity``, ``V2Ref``,
-``V3Ref``), and the V2/V3 -> sky part is jwst's own
+detector and subarray is a SIAF aperture; its detector -> V2/V3 transform is
+the detector's full-frame Sci -> Ideal distortion polynomial (a subarray
+shifted to its place in the full frame, as ``assign_wcs`` does) followed by
+the planar Ideal -> V2/V3 rotation (``V3IdlYAngle``, ``VIdlParity``,
+``V2Ref``, ``V3Ref``), and the V2/V3 -> sky part is jwst's own
 (:func:`jwst.assign_wcs.pointing.v23tosky`) built from the exposure's
 ``wcsinfo`` (``v2_ref``, ``v3_ref``, ``ra_ref``, ``dec_ref``, ``roll_ref``)
 exactly as ``assign_wcs`` builds it.  The telescope pointing is an attitude
@@ -289,6 +290,11 @@ class SiafAperture:
     y_sci_ref: float
 
     @property
+    def frame(self) -> str:
+        """The detector's full-frame aperture, whose distortion every readout of it uses."""
+        return self.name.split("_")[0] + "_FULL"
+
+    @property
     def shape(self) -> tuple[int, int]:
         """Simulated array shape ``(ny, nx)`` (binned)."""
         return self.ysize // self.binning, self.xsize // self.binning
@@ -461,8 +467,8 @@ def _distortion(name: str) -> dict[str, Any]:
     cx, cy = np.asarray(coeffs["Sci2IdlX"], float), np.asarray(coeffs["Sci2IdlY"], float)
     nx, ny = float(raw.XSciSize), float(raw.YSciSize)
     gx, gy = np.meshgrid(
-        np.linspace(0.5 - 0.05 * nx, nx + 0.5 + 0.05 * nx, 41),
-        np.linspace(0.5 - 0.05 * ny, ny + 0.5 + 0.05 * ny, 41),
+        np.linspace(0.5 - 0.05 * nx, nx + 0.5 + 0.05 * nx, 21),
+        np.linspace(0.5 - 0.05 * ny, ny + 0.5 + 0.05 * ny, 21),
     )
     dx, dy = gx.ravel() - float(raw.XSciRef), gy.ravel() - float(raw.YSciRef)
     basis = _powers(dx, dy, degree)
@@ -482,36 +488,41 @@ def _distortion(name: str) -> dict[str, Any]:
 
 
 def detector_to_v2v3(aperture: SiafAperture):
-    """Detector (0-based simulated pixels) -> V2/V3 (arcsec) model of an aperture, with its inverse.
+    """Detector (0-based simulated pixels) -> V2/V3 (arcsec) model of a readout, with its inverse.
 
-    Forward: binned pixel -> the aperture's science pixel -> SIAF Sci->Idl
-    polynomial -> planar Ideal->V2/V3 (``V3IdlYAngle``, ``VIdlParity``,
-    ``V2Ref``, ``V3Ref``), as pysiaf's ``sci_to_tel``.  Inverse: a
-    polynomial fitted to the forward one (see :func:`_distortion`).
+    As jwst's ``assign_wcs`` does with one distortion per detector, every
+    readout uses its detector's full-frame aperture (:attr:`SiafAperture.frame`):
+    binned subarray pixel -> full-frame science pixel (``xstart``,
+    ``ystart``) -> SIAF Sci->Idl polynomial -> planar Ideal->V2/V3
+    (``V3IdlYAngle``, ``VIdlParity``, ``V2Ref``, ``V3Ref``), as pysiaf's
+    ``sci_to_tel``.  (The SIAF's own subarray polynomials differ from the
+    full frame's by up to 0.14 pixel on NRCA2/NRCA3.)  Inverse: a polynomial
+    fitted to the forward one (see :func:`_distortion`).
     """
     from astropy.modeling import models as am
 
-    dist = _distortion(aperture.name)
+    full = _raw(aperture.frame)
+    dist = _distortion(aperture.frame)
     degree = dist["degree"]
     b = aperture.binning
-    a = math.radians(aperture.v3yangle)
-    p = aperture.vparity
+    a = math.radians(float(full.V3IdlYAngle))
+    p = int(full.VIdlParity)
+    ref = np.array([float(full.V2Ref), float(full.V3Ref)])
     rot = np.array([[p * math.cos(a), math.sin(a)], [-p * math.sin(a), math.cos(a)]])
-    to_sci = (am.Scale(b) | am.Shift((b + 1) / 2.0 - aperture.x_sci_ref)) & (
-        am.Scale(b) | am.Shift((b + 1) / 2.0 - aperture.y_sci_ref)
-    )
+    # Simulated pixel X -> full-frame science pixel xstart + b X + (b - 1) / 2, relative to XSciRef.
+    x0 = aperture.xstart + (b - 1) / 2.0 - float(full.XSciRef)
+    y0 = aperture.ystart + (b - 1) / 2.0 - float(full.YSciRef)
+    to_sci = (am.Scale(b) | am.Shift(x0)) & (am.Scale(b) | am.Shift(y0))
     forward = (
         to_sci
         | am.Mapping((0, 1, 0, 1))
         | (_polynomial(dist["x"], degree) & _polynomial(dist["y"], degree))
-        | am.AffineTransformation2D(matrix=rot, translation=[aperture.v2_ref, aperture.v3_ref])
+        | am.AffineTransformation2D(matrix=rot, translation=ref)
     )
-    from_sci = (am.Shift(aperture.x_sci_ref - (b + 1) / 2.0) | am.Scale(1.0 / b)) & (
-        am.Shift(aperture.y_sci_ref - (b + 1) / 2.0) | am.Scale(1.0 / b)
-    )
+    from_sci = (am.Shift(-x0) | am.Scale(1.0 / b)) & (am.Shift(-y0) | am.Scale(1.0 / b))
     inv_rot = np.linalg.inv(rot)
     inverse = (
-        am.AffineTransformation2D(matrix=inv_rot, translation=-inv_rot @ [aperture.v2_ref, aperture.v3_ref])
+        am.AffineTransformation2D(matrix=inv_rot, translation=-inv_rot @ ref)
         | (am.Scale(1.0 / dist["scale"]) & am.Scale(1.0 / dist["scale"]))
         | am.Mapping((0, 1, 0, 1))
         | (_polynomial(dist["ix"], _INVERSE_DEGREE) & _polynomial(dist["iy"], _INVERSE_DEGREE))
