@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -744,7 +744,6 @@ class _Exposure:
     true_attitudes: dict  # module -> attitude
     offset: tuple[float, float]
     start: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _as_list(value, n: int, what: str) -> list:
@@ -842,7 +841,8 @@ def _simulate_siaf_mosaic(
     # Per-visit random quantities, drawn in a fixed order.
     visit_offsets = rng.normal(0.0, visit_offset_sigma, n_visits)
     ref_shape = ap_sets[first][0].shape
-    visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2)) / np.array(ref_shape[::-1])
+    # Gradients in data units across a readout (divided by its size where used).
+    visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2))
     all_dets = sorted({a.detector for aps in ap_sets.values() for a in aps})
     detector_offsets = (
         {d: float(rng.normal(0.0, detector_offset_sigma)) for d in all_dets} if detector_offset_sigma else {}
@@ -995,7 +995,7 @@ def _simulate_siaf_mosaic(
                 + detector_offsets.get(a.detector, 0.0)
                 + module_offsets.get((v, a.module), 0.0)
             )
-            grad = visit_gradients[v - 1] + exposure_grad / np.array([nx, ny])
+            grad = (visit_gradients[v - 1] + exposure_grad) / np.array([nx, ny])
             lyot_off = (
                 rng.normal(0.0, lyot_offset_sigma) if (lyot_offset_sigma and a.instrument == "MIRI") else 0.0
             )
