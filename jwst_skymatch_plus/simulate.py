@@ -611,7 +611,7 @@ def simulate_mosaic(
     dither_size: float = 0.03,
     dither_pattern: Sequence | np.ndarray | None = None,
     detectors: list[str] | None = None,
-    roll: float = 20.0,
+    roll: float | list[float] = 20.0,
     center: tuple[float, float] = (80.0, -69.5),
     sky_level: float = 15.0,
     visit_offset_sigma: float = 0.5,
@@ -640,6 +640,14 @@ def simulate_mosaic(
     out_dir: str | Path | None = None,
     minimal_arrays: bool = False,
     seed: int = 0,
+    geometry: str = "simple",
+    subarray: str | list[str] = "FULL",
+    binning: int = 1,
+    dither_pattern: str | list[tuple[float, float]] | None = None,
+    pattern_size: str = "MEDIUM",
+    background: Any = "simple",
+    exposure_gradient_sigma: float = 0.0,
+    module_offset_sigma: float = 0.0,
 ) -> SimulatedMosaic:
     """Simulate a calibrated imaging mosaic with known additive sky offsets.
 
@@ -672,7 +680,9 @@ def simulate_mosaic(
     detectors : list of str, optional
         Subset of the layout's detectors (e.g. ``["NRCA1", "NRCA2"]``).
     roll : float
-        Telescope roll (V3 position angle at the reference), degrees.
+        Telescope roll (V3 position angle at the reference), degrees.  With
+        ``geometry='siaf'``: APT's V3PA, at the pointing aperture's reference
+        point; one value, or a list with one per visit.
     center : (float, float)
         Mosaic centre (RA, Dec), degrees.
     sky_level : float
@@ -740,6 +750,36 @@ def simulate_mosaic(
         data, DQ and WCS); a third of the disk space.
     seed : int
         Random seed; everything is reproducible.
+    geometry : {'simple', 'siaf'}
+        ``'simple'``: hand-written detector layouts (v2/v3 references, linear
+        detector-to-v2v3 transforms unless ``distortion``), pointings moved
+        in detector pixels.  ``'siaf'``: the real apertures, subarrays,
+        distortion, module gap and coronagraph regions from the SIAF
+        (``pysiaf``), pointings as attitude matrices, JWST dither patterns
+        and APT-style mosaic tiles (see :mod:`jwst_skymatch_plus.simulate_siaf`);
+        ``shape``, ``dither_size`` and ``distortion`` do not apply there.
+    subarray : str or list of str
+        ``'siaf'`` only: readout of each visit (a list is used visit by
+        visit in turn), e.g. ``['FULL', 'BRIGHTSKY']``.
+    binning : int
+        ``'siaf'`` only: each simulated pixel stands for ``binning x
+        binning`` detector pixels (real geometry, fewer pixels).
+    dither_pattern : str or list of (x, y), optional
+        ``'siaf'`` only: ``'CYCLING'``/``'REULEAUX'`` (MIRI),
+        ``'INTRAMODULEBOX'``/``'FULLBOX'`` (NIRCam), ``'NONE'``, or explicit
+        offsets in arcsec in the ideal frame of the pointing aperture.
+    pattern_size : {'SMALL', 'MEDIUM', 'LARGE'}
+        ``'siaf'`` only: size of the MIRI dither patterns.
+    background : {'simple', 'jwst'} or JwstBackground
+        ``'siaf'`` only for anything but ``'simple'``: ``'jwst'`` gives each
+        exposure the filter's zodiacal plus thermal background, changing
+        between visits and drifting with time inside them
+        (:class:`jwst_skymatch_plus.simulate_siaf.JwstBackground`).
+    exposure_gradient_sigma : float
+        A plane per exposure (RMS change across the detector, data units),
+        on top of the per-visit ``gradient_sigma``.
+    module_offset_sigma : float
+        NIRCam: an extra offset per module (A, B) and visit.
 
     Returns
     -------
@@ -749,6 +789,69 @@ def simulate_mosaic(
     """
     from jwst.assign_wcs.pointing import compute_roll_ref
 
+    if geometry == "siaf":
+        if shape is not None:
+            raise ValueError(
+                "shape does not apply to geometry='siaf' (real apertures); use binning or subarray"
+            )
+        from .simulate_siaf import _simulate_siaf_mosaic
+
+        return _simulate_siaf_mosaic(
+            instrument,
+            subarray=subarray,
+            binning=binning,
+            tiles=tiles,
+            tile_overlap=tile_overlap,
+            visits_per_tile=visits_per_tile,
+            dithers=dithers,
+            dither_pattern=dither_pattern,
+            pattern_size=pattern_size,
+            detectors=detectors,
+            roll=roll,
+            center=center,
+            sky_level=sky_level,
+            background=background,
+            visit_offset_sigma=visit_offset_sigma,
+            exposure_offset_sigma=exposure_offset_sigma,
+            gradient_sigma=gradient_sigma,
+            exposure_gradient_sigma=exposure_gradient_sigma,
+            sky_gradient=sky_gradient,
+            lyot_offset_sigma=lyot_offset_sigma,
+            detector_offset_sigma=detector_offset_sigma,
+            module_offset_sigma=module_offset_sigma,
+            noise=noise,
+            emission=emission,
+            n_blobs=n_blobs,
+            n_sources=n_sources,
+            psf_fwhm=psf_fwhm,
+            defects={
+                "bad_pixel_fraction": bad_pixel_fraction,
+                "nan_fraction": nan_fraction,
+                "cosmic_ray_fraction": cosmic_ray_fraction,
+                "masked_region_probability": masked_region_probability,
+                "masked_region_radius": masked_region_radius,
+            },
+            misalign_arcsec=misalign_arcsec,
+            misalign_roll=misalign_roll,
+            misalignment=misalignment,
+            module_misalignment=module_misalignment,
+            filter=filter,
+            scene_seed=scene_seed,
+            out_dir=out_dir,
+            minimal_arrays=minimal_arrays,
+            seed=seed,
+        )
+    if geometry != "simple":
+        raise ValueError(f"geometry must be 'simple' or 'siaf', not {geometry!r}")
+    unused = {
+        "subarray": subarray != "FULL",
+        "binning": binning != 1,
+        "dither_pattern": dither_pattern is not None,
+        "background": not (isinstance(background, str) and background == "simple"),
+    }
+    if any(unused.values()):
+        names = ", ".join(k for k, v in unused.items() if v)
+        raise ValueError(f"{names}: only with geometry='siaf'")
     if instrument not in INSTRUMENTS:
         raise ValueError(f"Unknown instrument {instrument!r}; choose from {sorted(INSTRUMENTS)}")
     layout = INSTRUMENTS[instrument]
@@ -838,6 +941,11 @@ def simulate_mosaic(
         if detector_offset_sigma
         else {}
     )
+    module_offsets = (
+        {(v + 1, m): float(rng.normal(0.0, module_offset_sigma)) for v in range(n_visits) for m in "AB"}
+        if module_offset_sigma
+        else {}
+    )
     shifts = {
         v + 1: (
             float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
@@ -879,6 +987,11 @@ def simulate_mosaic(
         # Per-exposure drift: a random walk inside each visit (thermal drifts).
         drift = drift_state.get(v, 0.0) + (rng.normal(0.0, exposure_offset_sigma) if d else 0.0)
         drift_state[v] = drift
+        exposure_grad = (
+            rng.normal(0.0, exposure_gradient_sigma, 2) / np.array([nx, ny])
+            if exposure_gradient_sigma
+            else 0.0
+        )
         for det in layout.detectors:
             det2v23 = _det2v23_model(layout, det, layout.shape, distortion and layout.instrument == "NIRCAM")
             wcs = _make_gwcs(det2v23, pointing, (ap_v2, ap_v3), layout.shape)
@@ -890,8 +1003,14 @@ def simulate_mosaic(
             )
             twcs = _make_gwcs(det2v23, det_pointing, (ap_v2, ap_v3), layout.shape)
             sigma = noise * rng.uniform(0.8, 1.2)
-            level = sky_level + visit_offsets[v - 1] + drift + detector_offsets.get(det.name, 0.0)
-            grad = visit_gradients[v - 1]
+            level = (
+                sky_level
+                + visit_offsets[v - 1]
+                + drift
+                + detector_offsets.get(det.name, 0.0)
+                + module_offsets.get((v, det.module), 0.0)
+            )
+            grad = visit_gradients[v - 1] + exposure_grad
             lyot_off = (
                 rng.normal(0.0, lyot_offset_sigma)
                 if (lyot_offset_sigma and layout.instrument == "MIRI")
@@ -908,26 +1027,20 @@ def simulate_mosaic(
                 data[lyot_region(layout.shape)] += lyot_off
                 dq[_coronagraph_strip(layout.shape)] |= NON_SCIENCE | DO_NOT_USE
             data += rng.normal(0.0, sigma, layout.shape).astype(np.float32)
-
-            npx = data.size
-            if bad_pixel_fraction:
-                idx = rng.choice(npx, int(bad_pixel_fraction * npx), replace=False)
-                data.flat[idx] = rng.uniform(-1e3, 1e4, idx.size)
-                dq.flat[idx] |= DO_NOT_USE
-            if nan_fraction:
-                idx = rng.choice(npx, int(nan_fraction * npx), replace=False)
-                data.flat[idx] = np.nan
-                dq.flat[idx] |= DO_NOT_USE
-            if cosmic_ray_fraction:
-                idx = rng.choice(npx, int(cosmic_ray_fraction * npx), replace=False)
-                data.flat[idx] += rng.uniform(20, 200, idx.size) * sigma
-            if masked_region_probability and rng.uniform() < masked_region_probability:
-                rad = masked_region_radius * nx
-                cx, cy = rng.uniform(0.2 * nx, 0.8 * nx), rng.uniform(0.2 * ny, 0.8 * ny)
-                disc = (xx - cx) ** 2 + (yy - cy) ** 2 < rad**2
-                # Masked areas hold bright junk: what a saturated source leaves.
-                data[disc] += np.float32(50.0 * emission)
-                dq[disc] |= DO_NOT_USE
+            _add_defects(
+                data,
+                dq,
+                rng,
+                sigma,
+                emission,
+                xx,
+                yy,
+                bad_pixel_fraction=bad_pixel_fraction,
+                nan_fraction=nan_fraction,
+                cosmic_ray_fraction=cosmic_ray_fraction,
+                masked_region_probability=masked_region_probability,
+                masked_region_radius=masked_region_radius,
+            )
 
             exp_number = d + 1
             start = t0 + (len(models) // len(layout.detectors)) * texp / 86400.0
@@ -994,8 +1107,59 @@ def simulate_mosaic(
     )
 
 
+def _add_defects(
+    data: np.ndarray,
+    dq: np.ndarray,
+    rng: np.random.Generator,
+    sigma: float,
+    emission: float,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    *,
+    bad_pixel_fraction: float,
+    nan_fraction: float,
+    cosmic_ray_fraction: float,
+    masked_region_probability: float,
+    masked_region_radius: float,
+) -> None:
+    """Bad pixels, NaNs, unflagged cosmic rays and masked discs, in place (in this order)."""
+    ny, nx = data.shape
+    npx = data.size
+    if bad_pixel_fraction:
+        idx = rng.choice(npx, int(bad_pixel_fraction * npx), replace=False)
+        data.flat[idx] = rng.uniform(-1e3, 1e4, idx.size)
+        dq.flat[idx] |= DO_NOT_USE
+    if nan_fraction:
+        idx = rng.choice(npx, int(nan_fraction * npx), replace=False)
+        data.flat[idx] = np.nan
+        dq.flat[idx] |= DO_NOT_USE
+    if cosmic_ray_fraction:
+        idx = rng.choice(npx, int(cosmic_ray_fraction * npx), replace=False)
+        data.flat[idx] += rng.uniform(20, 200, idx.size) * sigma
+    if masked_region_probability and rng.uniform() < masked_region_probability:
+        rad = masked_region_radius * nx
+        cx, cy = rng.uniform(0.2 * nx, 0.8 * nx), rng.uniform(0.2 * ny, 0.8 * ny)
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < rad**2
+        # Masked areas hold bright junk: what a saturated source leaves.
+        data[disc] += np.float32(50.0 * emission)
+        dq[disc] |= DO_NOT_USE
+
+
 def _make_model(
-    layout, det, data, dq, sigma, wcs, pointing, ap_v2v3, visit, exp_number, start, texp, compute_roll_ref
+    layout,
+    det,
+    data,
+    dq,
+    sigma,
+    wcs,
+    pointing,
+    ap_v2v3,
+    visit,
+    exp_number,
+    start,
+    texp,
+    compute_roll_ref,
+    fits_wcs: bool = True,
 ):
     from jwst.assign_wcs.util import update_s_region_imaging
     from stdatamodels.jwst.datamodels import ImageModel
@@ -1088,7 +1252,8 @@ def _make_model(
         update_s_region_imaging(model)
     finally:
         stcal_log.setLevel(level)
-    _update_fits_wcs(model)
+    if fits_wcs:
+        _update_fits_wcs(model)
     model.meta.filename = (
         f"jw{program}{observation}{visit:03d}_01101_{exp_number:05d}_{det.name.lower()}_cal.fits"
     )
@@ -1286,7 +1451,15 @@ def background_noise_floor(
         ny, nx = m.data.shape
         good = np.isfinite(m.data) & ((m.dq & DO_NOT_USE) == 0)
         if exclude_lyot and layout.instrument == "MIRI":
-            good[lyot_region(m.data.shape)] = False
+            sub = m.meta.subarray
+            region = miri_lyot_region(
+                m.data.shape,
+                xstart=int(sub.xstart or 1),
+                ystart=int(sub.ystart or 1),
+                full_frame=str(sub.name or "FULL").upper() == "FULL",
+            )
+            if region is not None:
+                good[region] = False
         by, bx = ny // bin_size, nx // bin_size
         counts = good[: by * bin_size, : bx * bin_size].reshape(by, bin_size, bx, bin_size).sum(axis=(1, 3))
         yy, xx = np.mgrid[0:by, 0:bx]
