@@ -609,7 +609,7 @@ def simulate_mosaic(
     visits_per_tile: int = 1,
     dithers: int = 4,
     dither_size: float = 0.03,
-    dither_pattern: Sequence | np.ndarray | None = None,
+    dither_pattern: str | Sequence | np.ndarray | None = None,
     detectors: list[str] | None = None,
     roll: float | list[float] = 20.0,
     center: tuple[float, float] = (80.0, -69.5),
@@ -643,7 +643,6 @@ def simulate_mosaic(
     geometry: str = "simple",
     subarray: str | list[str] = "FULL",
     binning: int = 1,
-    dither_pattern: str | list[tuple[float, float]] | None = None,
     pattern_size: str = "MEDIUM",
     background: Any = "simple",
     exposure_gradient_sigma: float = 0.0,
@@ -676,7 +675,10 @@ def simulate_mosaic(
         ``(dithers, 2)`` (the same in every tile) or ``(n_tiles, dithers, 2)``
         (one pattern per tile, tiles numbered along x first).  Offsets larger
         than the imaged field leave dithers that do not overlap their
-        tile-mates.
+        tile-mates.  With ``geometry='siaf'``: a JWST pattern name
+        (``'CYCLING'``/``'REULEAUX'`` for MIRI, ``'INTRAMODULEBOX'``/
+        ``'FULLBOX'`` for NIRCam, ``'NONE'``) or explicit offsets in arcsec
+        in the ideal frame of the pointing aperture.
     detectors : list of str, optional
         Subset of the layout's detectors (e.g. ``["NRCA1", "NRCA2"]``).
     roll : float
@@ -764,10 +766,6 @@ def simulate_mosaic(
     binning : int
         ``'siaf'`` only: each simulated pixel stands for ``binning x
         binning`` detector pixels (real geometry, fewer pixels).
-    dither_pattern : str or list of (x, y), optional
-        ``'siaf'`` only: ``'CYCLING'``/``'REULEAUX'`` (MIRI),
-        ``'INTRAMODULEBOX'``/``'FULLBOX'`` (NIRCam), ``'NONE'``, or explicit
-        offsets in arcsec in the ideal frame of the pointing aperture.
     pattern_size : {'SMALL', 'MEDIUM', 'LARGE'}
         ``'siaf'`` only: size of the MIRI dither patterns.
     background : {'simple', 'jwst'} or JwstBackground
@@ -908,6 +906,11 @@ def simulate_mosaic(
     if dither_pattern is None:
         patterns = np.broadcast_to(pattern, (ntx * nty, dithers, 2))
     else:
+        if isinstance(dither_pattern, str):
+            raise ValueError(
+                f"dither_pattern={dither_pattern!r}: named JWST patterns need geometry='siaf'; "
+                "the simple geometry takes explicit offsets (fractions of the detector)"
+            )
         patterns = np.asarray(dither_pattern, dtype=float)
         if patterns.ndim == 2:
             patterns = np.broadcast_to(patterns, (ntx * nty, *patterns.shape))

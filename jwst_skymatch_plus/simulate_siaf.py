@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from ._offline import import_pysiaf
+
 __all__ = [
     "BACKGROUND_MJY_SR",
     "DITHER_PATTERNS",
@@ -239,7 +241,7 @@ def dither_offsets(
 def _siaf(instrument: str):
     # Importing pysiaf asks GitHub for the newest PRD (no timeout); offline it
     # logs a warning that it cannot, and works from the bundled SIAF.
-    import pysiaf
+    pysiaf = import_pysiaf()
 
     return pysiaf.Siaf({"MIRI": "MIRI", "NIRCAM": "NIRCam"}[instrument.upper()])
 
@@ -556,14 +558,14 @@ def attitude_for(
     numpy.ndarray
         3 x 3 attitude matrix (``pysiaf.utils.rotations``).
     """
-    from pysiaf.utils import rotations
+    rotations = import_pysiaf().utils.rotations
 
     v2, v3 = _raw(aperture).idl_to_tel(x_idl, y_idl)
     return rotations.attitude(float(v2), float(v3), ra, dec, pa_v3)
 
 
 def _sky(attitude: np.ndarray, v2, v3) -> tuple[np.ndarray, np.ndarray]:
-    from pysiaf.utils import rotations
+    rotations = import_pysiaf().utils.rotations
 
     ra, dec = rotations.tel_to_sky(attitude, np.atleast_1d(v2), np.atleast_1d(v3))
     return np.degrees(ra.value) % 360.0, np.degrees(dec.value)
@@ -585,7 +587,8 @@ def exposure_wcs(aperture: SiafAperture, attitude: np.ndarray) -> tuple[Any, dic
     from gwcs import coordinate_frames as cf
     from gwcs import wcs as gwcs_wcs
     from jwst.assign_wcs.pointing import v23tosky
-    from pysiaf.utils import rotations
+
+    rotations = import_pysiaf().utils.rotations
 
     ra_ref, dec_ref = rotations.pointing(attitude, aperture.v2_ref, aperture.v3_ref)
     info = {
@@ -803,7 +806,7 @@ def _simulate_siaf_mosaic(
     """
     from dataclasses import replace as dc_replace
 
-    from pysiaf.utils import rotations
+    rotations = import_pysiaf().utils.rotations
 
     from . import simulate as sim
 

@@ -9,7 +9,11 @@ os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
 import numpy as np
 import pytest
 
+from jwst_skymatch_plus._offline import import_pysiaf
 from jwst_skymatch_plus.simulate import simulate_mosaic
+
+# pysiaf asks GitHub for a newer PRD when imported: import it offline first.
+import_pysiaf()
 
 
 def copy_models(sim):

@@ -3,13 +3,12 @@
 import copy
 
 import numpy as np
-import pysiaf
 import pytest
 from conftest import copy_models, levels_of
-from pysiaf.utils import rotations
 
 from jwst_skymatch_plus import PixelSkyMatchStep
 from jwst_skymatch_plus import simulate_siaf as ss
+from jwst_skymatch_plus._offline import import_pysiaf
 from jwst_skymatch_plus.pipeline import Image3PlusPipeline
 from jwst_skymatch_plus.simulate import (
     DO_NOT_USE,
@@ -19,6 +18,10 @@ from jwst_skymatch_plus.simulate import (
     simulate_mosaic,
 )
 from jwst_skymatch_plus.steps.level_match import LevelMatchStep
+
+# pysiaf is imported with its online PRD check skipped (tests are offline).
+pysiaf = import_pysiaf()
+rotations = pysiaf.utils.rotations
 
 OFFLINE = {"tweakreg": {"skip": True}, "source_catalog": {"skip": True}}
 
@@ -436,3 +439,21 @@ def test_calwebb_image3_plus_end_to_end(case, request, tmp_path):
     (i2d,) = out.glob("*_i2d.fits")
     with datamodels.open(i2d) as mosaic:
         assert np.isfinite(mosaic.data).mean() > 0.3
+
+
+def test_header_fast_path_reads_cd_matrices():
+    # Real cal files (SIP approximation) carry CD keywords, not PC/CDELT: the
+    # footprints and pixel scales must still come from the headers alone.
+    from jwst.datamodels import ModelLibrary
+
+    from jwst_skymatch_plus.steps._library import read_all_metadata, sources_from_metadata
+
+    sim = simulate_mosaic("miri", geometry="siaf", binning=8, tiles=(1, 1), dithers=2, seed=4)
+    library = ModelLibrary([m.copy() for m in sim.models])
+    metas = read_all_metadata(library)
+    assert metas[0].get("meta.wcsinfo.cd1_1") is not None
+    with library:
+        sources = sources_from_metadata(library, metas, lambda m: np.isfinite(m.data), ["a", "b"])
+    assert sources is not None
+    native = 0.11 * 8 / 3600.0  # MIRI pixels, binned 8x8
+    assert sources[0].pixel_scale == pytest.approx(native, rel=0.02)

@@ -693,6 +693,30 @@ def check_wcs(wcs, shape: tuple[int, int], name: str) -> None:
         )
 
 
+def _cd_matrix(meta: Mapping) -> np.ndarray:
+    """The FITS WCS linear transform from header keywords: CD, or PC with CDELT.
+
+    Real cal files written with a SIP approximation (``assign_wcs``'s
+    default) carry CD; others PC and CDELT.
+    """
+    keys = ("1_1", "1_2", "2_1", "2_2")
+    if all(meta.get(f"meta.wcsinfo.cd{k}") is not None for k in keys):
+        return np.array(
+            [
+                [float(meta[f"meta.wcsinfo.cd{k}"]) for k in keys[:2]],
+                [float(meta[f"meta.wcsinfo.cd{k}"]) for k in keys[2:]],
+            ]
+        )
+    cdelt = np.diag([float(meta["meta.wcsinfo.cdelt1"]), float(meta["meta.wcsinfo.cdelt2"])])
+    pc = np.array(
+        [
+            [float(meta["meta.wcsinfo.pc1_1"]), float(meta["meta.wcsinfo.pc1_2"])],
+            [float(meta["meta.wcsinfo.pc2_1"]), float(meta["meta.wcsinfo.pc2_2"])],
+        ]
+    )
+    return cdelt @ pc
+
+
 def sources_from_metadata(
     library, metas: Sequence[dict], mask: Callable[[object], np.ndarray], names: Sequence[str]
 ) -> list[ExposureSource] | None:
@@ -709,18 +733,11 @@ def sources_from_metadata(
         try:
             footprint = np.asarray(sregion_to_footprint(meta["meta.wcsinfo.s_region"]), dtype=float)
             shape = (int(meta["meta.subarray.ysize"]), int(meta["meta.subarray.xsize"]))
-            cdelt1, cdelt2 = float(meta["meta.wcsinfo.cdelt1"]), float(meta["meta.wcsinfo.cdelt2"])
-            pc = np.array(
-                [
-                    [float(meta["meta.wcsinfo.pc1_1"]), float(meta["meta.wcsinfo.pc1_2"])],
-                    [float(meta["meta.wcsinfo.pc2_1"]), float(meta["meta.wcsinfo.pc2_2"])],
-                ]
-            )
+            cd = _cd_matrix(meta)
         except (KeyError, TypeError, ValueError):
             return None
         if footprint.ndim != 2 or footprint.shape[0] < 3 or not np.all(np.isfinite(footprint)):
             return None
-        cd = np.diag([cdelt1, cdelt2]) @ pc
         scale = float(np.sqrt(abs(np.linalg.det(cd))))
         angle = float(np.degrees(np.arctan2(cd[0, 1], cd[1, 1])))
         source = ExposureSource(

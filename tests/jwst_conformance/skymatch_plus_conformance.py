@@ -119,7 +119,9 @@ class OfflineReferences:
 
     def _nircam_siaf(self):
         if self._siaf is None:
-            import pysiaf
+            from jwst_skymatch_plus._offline import import_pysiaf
+
+            pysiaf = import_pysiaf()
 
             self._siaf = pysiaf.Siaf("NIRCam")
         return self._siaf
