@@ -278,3 +278,27 @@ def test_at_least_as_close_to_the_truth_as_the_stock_step(skystat):
     assert np.mean(ours) <= np.mean(stock), (ours, stock)
     # And within jwst's own test tolerance.
     assert max(ours) < 0.01
+
+
+def test_exposure_whose_pairs_disagree_is_left_out_and_named(caplog):
+    # A strong gradient across one exposure: its overlaps at opposite ends
+    # give contradictory offsets, so no level fits it.  It must not bend the
+    # others' solution, and it is named (its visit's level, not measured).
+    sim = simulate_mosaic("miri", shape=(128, 128), tiles=(3, 1), dithers=2, tile_overlap=0.3, seed=8)
+    models = copy_models(sim)
+    bad = 2  # first exposure of the middle tile: overlaps on both sides
+    ny, nx = models[bad].data.shape
+    models[bad].data += (np.linspace(-1.0, 1.0, nx)[None, :] * np.ones((ny, 1))).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        result = PixelSkyMatchStep.call(models)
+    rec = records(result)
+    assert rec[bad][2]["status"] == "group"
+    assert "disagree" in rec[bad][2]["reason"]
+    assert models[bad].meta.filename in caplog.text
+    levels = levels_of(result)
+    keep = np.arange(len(models)) != bad
+    # As good as matching without that exposure at all.
+    without = levels_of(PixelSkyMatchStep.call([m for k, m in enumerate(copy_models(sim)) if k != bad]))
+    assert offset_rms_error(levels[keep], sim.truth.level[keep]) < 1.2 * offset_rms_error(
+        without, sim.truth.level[keep]
+    ) + 0.5 * offset_noise_floor(sim)

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -793,6 +793,80 @@ def _pair_sigma_floor(pair: PairMeasurement, pedestals: tuple[float, float]) -> 
             pair.covariance = cov
 
 
+def _unit_disagreement(
+    u: int, n_units: int, pairs: Sequence[PairMeasurement], config: MatchConfig
+) -> tuple[float, int, float]:
+    """How badly unit ``u``'s pairs disagree, and how well the rest agree without it.
+
+    Each pair of ``u`` predicts ``u``'s level from its partner's level in a
+    solution made without ``u``'s pairs.  Returns the reduced chi-square of
+    those predictions, their number, and the reduced chi-square of that
+    solution (of everything else).
+    """
+    mine = [e for e, p in enumerate(pairs) if u in (p.i, p.j)]
+    others = [p for e, p in enumerate(pairs) if e not in mine]
+    if len(mine) < 2 or not others:
+        return 0.0, len(mine), math.inf
+    without = _solve(n_units, others, replace(config, robust=False))
+    rest = without.chi2_dof if np.isfinite(without.chi2_dof) else 0.0
+    pred, var, comps = [], [], set()
+    for e in mine:
+        p = pairs[e]
+        partner, sign = (p.j, 1.0) if p.i == u else (p.i, -1.0)
+        if without.component[partner] < 0:
+            continue
+        comps.add(int(without.component[partner]))
+        pred.append(without.levels[partner, 0] + sign * p.coeffs[0])
+        var.append(p.sigma[0] ** 2 + without.sigma[partner, 0] ** 2)
+    if len(pred) < 2 or len(comps) > 1:  # partners in different components: unrelated gauges
+        return 0.0, len(pred), rest
+    pred, w = np.array(pred), 1.0 / np.array(var)
+    mean = np.sum(w * pred) / w.sum()
+    return float(np.sum(w * (pred - mean) ** 2) / (len(pred) - 1)), len(pred), rest
+
+
+def _discordant_units(
+    n_units: int, pairs: Sequence[PairMeasurement], solution: LevelSolution, config: MatchConfig
+) -> dict[int, str]:
+    """Units whose pairs contradict each other, with the reason.
+
+    When the levels a unit's pairs predict for it (see
+    :func:`_unit_disagreement`) disagree by far more than their noise
+    (reduced chi-square above ``reject_sigma`` squared), its background is
+    not a level (a blank half, a gradient, a bad readout) and no level fits
+    it.  One such unit makes its neighbours look bad too, so units are taken
+    one at a time: the one whose removal leaves the rest most consistent
+    (lowest reduced chi-square) is judged first, and the next judgements are
+    made without it.
+    Only units with pairs the robust fit rejected, or with large residuals,
+    are examined.
+    """
+    if len(pairs) < 3:
+        return {}
+    limit = config.reject_sigma**2
+    z = np.abs(solution.residual[:, 0]) / np.array([p.sigma[0] for p in pairs])
+    candidates = set()
+    for e, p in enumerate(pairs):
+        if not solution.used[e] or z[e] > config.reject_sigma:
+            candidates.update((p.i, p.j))
+    out: dict[int, str] = {}
+    remaining = list(pairs)
+    for _ in range(min(len(candidates), 20)):
+        scores = {u: _unit_disagreement(u, n_units, remaining, config) for u in sorted(candidates - set(out))}
+        if not scores:
+            break
+        worst = min(scores, key=lambda u: (scores[u][2], -scores[u][0]))
+        chi2, npairs, _ = scores[worst]
+        if chi2 <= limit:
+            break
+        out[worst] = (
+            f"its {npairs} pairs disagree with each other (reduced chi-square {chi2:.3g}): no level fits "
+            "its background; left out of the solution"
+        )
+        remaining = [p for p in remaining if worst not in (p.i, p.j)]
+    return out
+
+
 def _fallback_levels(
     solution: LevelSolution, fallback: np.ndarray | None, n_units: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -995,6 +1069,21 @@ def match_exposures(
 
     t0 = time.perf_counter()
     solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
+    discordant = _discordant_units(len(groups), group_pairs, solution, config) if config.robust else {}
+    if discordant:
+        # Left out of the solution (their pairs would bend it), named; they
+        # can still take their fallback group's level.
+        keep = [e for e, p in enumerate(group_pairs) if p.i not in discordant and p.j not in discordant]
+        for e, p in enumerate(group_pairs):
+            if e not in keep:
+                p.flags.append("pair of an exposure whose pairs all disagree with the solution")
+                rejected.append(p)
+        group_pairs = [group_pairs[e] for e in keep]
+        geometry = [geometry[e] for e in keep]
+        solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
+        for g, why in discordant.items():
+            for k in groups[g]:
+                reasons[k] = why
     timings["solve"] = time.perf_counter() - t0
     unit_levels, unit_sigma, unit_component, borrowed = _fallback_levels(solution, fallback, len(groups))
 
