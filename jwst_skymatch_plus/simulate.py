@@ -844,7 +844,6 @@ def simulate_mosaic(
     unused = {
         "subarray": subarray != "FULL",
         "binning": binning != 1,
-        "dither_pattern": dither_pattern is not None,
         "background": not (isinstance(background, str) and background == "simple"),
     }
     if any(unused.values()):

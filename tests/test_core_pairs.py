@@ -123,3 +123,16 @@ def test_too_few_pixels_gives_none():
 def test_statistic_validates_name():
     with pytest.raises(ValueError, match="skystat"):
         DifferenceStatistic("average")
+
+
+def test_plane_on_a_one_pixel_strip_is_refused_not_a_crash():
+    # Overlaps one pixel wide (thin mosaic strips) cannot determine a plane.
+    from jwst_skymatch_plus.core.pairs import DifferenceStatistic, measure_difference
+
+    diff = np.random.default_rng(1).normal(0.3, 0.1, (50, 40)).astype(np.float32)
+    valid = np.zeros(diff.shape, bool)
+    valid[10, :] = True  # one row
+    pair = measure_difference(
+        diff, valid, 0, 0, i=0, j=1, fit_type="level+slope", statistic=DifferenceStatistic(), min_pixels=1
+    )
+    assert pair is None

@@ -141,6 +141,10 @@ class MatchConfig:
         bias levels measured across bright structure (on simulated MIRI
         mosaics with bright emission, errors fell from 2.4 to 1.9 times the
         noise floor).
+    exclude_discordant : bool
+        Leave out of the solution the units whose pairs contradict each
+        other (no level fits them), when ``robust``; see
+        :func:`match_exposures`.
     """
 
     fit_type: str = "level"
@@ -167,6 +171,7 @@ class MatchConfig:
     temp_dir: str | None = None
     thumbnail_size: int = 0
     structure_weights: bool = True
+    exclude_discordant: bool = True
 
     def __post_init__(self) -> None:
         n_coefficients(self.fit_type)  # validates
@@ -1069,7 +1074,11 @@ def match_exposures(
 
     t0 = time.perf_counter()
     solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
-    discordant = _discordant_units(len(groups), group_pairs, solution, config) if config.robust else {}
+    discordant = (
+        _discordant_units(len(groups), group_pairs, solution, config)
+        if config.robust and config.exclude_discordant
+        else {}
+    )
     if discordant:
         # Left out of the solution (their pairs would bend it), named; they
         # can still take their fallback group's level.

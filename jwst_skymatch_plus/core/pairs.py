@@ -406,7 +406,11 @@ def fit_plane(
     # covariance for those weights.
     std = float(np.sqrt(np.sum(w * resid**2) / max(v.size - 3, 1)))
     aw = a * w[:, None]
-    cov = np.linalg.inv(aw.T @ a) * std**2
+    normal = aw.T @ a
+    if not np.linalg.cond(normal) < 1e10:
+        # Pixels on a line (a strip one pixel wide): no plane is determined.
+        return coeffs, np.full((3, 3), np.inf), 0, math.nan
+    cov = np.linalg.inv(normal) * std**2
     return coeffs, cov, n_used, std
 
 

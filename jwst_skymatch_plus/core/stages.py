@@ -191,7 +191,9 @@ def _partition(keys: Sequence) -> list[list[int]]:
 
 def _stage_config(config: MatchConfig, fit_type: str) -> MatchConfig:
     # Stages match single images (or tiles as units): nothing to match inside groups.
-    return replace(config, fit_type=fit_type, check_alignment=False)
+    # Stages leave inconsistent exposures in: the step's final check of every
+    # overlap names them once all stages are done.
+    return replace(config, fit_type=fit_type, check_alignment=False, exclude_discordant=False)
 
 
 def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
