@@ -66,8 +66,8 @@ sparse dithers
 
 Usage::
 
-    python benchmarks/bench_peers.py            # 3 seeds per layout, ~15-20 min on 2 cores
-    python benchmarks/bench_peers.py --quick    # 1 seed per layout, a few minutes
+    python benchmarks/bench_peers.py            # 3 seeds per layout, ~17 min on 2 shared cores
+    python benchmarks/bench_peers.py --quick    # 1 seed per layout (3 x 2 thin strips), ~7 min
     python benchmarks/bench_peers.py --only "sparse dithers" --methods pixel pjpipe
 
 Needs ``pip install montagepy reproject`` and ``pip install --no-deps pjpipe
