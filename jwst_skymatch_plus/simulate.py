@@ -600,6 +600,44 @@ def isolated_dither_pattern(
     return out
 
 
+def _visit_perturbations(
+    rng: np.random.Generator,
+    n_visits: int,
+    detectors: Sequence[str],
+    detector_offset_sigma: float,
+    module_offset_sigma: float,
+    misalign_arcsec: float,
+    misalign_roll: float,
+    misalignment: dict | None,
+) -> tuple[dict, dict, dict]:
+    """Per-detector and per-module offsets and per-visit pointing errors.
+
+    Each is drawn only when asked for, so that other simulations keep their
+    random stream; both geometries draw them in this order.
+    """
+    detector_offsets = (
+        {d: float(rng.normal(0.0, detector_offset_sigma)) for d in detectors} if detector_offset_sigma else {}
+    )
+    module_offsets = (
+        {(v + 1, m): float(rng.normal(0.0, module_offset_sigma)) for v in range(n_visits) for m in "AB"}
+        if module_offset_sigma
+        else {}
+    )
+    shifts = {
+        v + 1: (
+            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
+            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
+            float(rng.normal(0.0, misalign_roll)) if misalign_roll else 0.0,
+        )
+        for v in range(n_visits)
+    }
+    if misalignment is not None:
+        shifts = {
+            v + 1: tuple(float(x) for x in misalignment.get(v + 1, (0.0, 0.0, 0.0))) for v in range(n_visits)
+        }
+    return detector_offsets, module_offsets, shifts
+
+
 def simulate_mosaic(
     instrument: str = "miri",
     *,
@@ -938,28 +976,16 @@ def simulate_mosaic(
     visit_offsets = rng.normal(0.0, visit_offset_sigma, n_visits)
     visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2)) / np.array([nx, ny])
     # Drawn only when asked for, so other simulations keep their random stream.
-    detector_offsets = (
-        {det.name: float(rng.normal(0.0, detector_offset_sigma)) for det in layout.detectors}
-        if detector_offset_sigma
-        else {}
+    detector_offsets, module_offsets, shifts = _visit_perturbations(
+        rng,
+        n_visits,
+        [det.name for det in layout.detectors],
+        detector_offset_sigma,
+        module_offset_sigma,
+        misalign_arcsec,
+        misalign_roll,
+        misalignment,
     )
-    module_offsets = (
-        {(v + 1, m): float(rng.normal(0.0, module_offset_sigma)) for v in range(n_visits) for m in "AB"}
-        if module_offset_sigma
-        else {}
-    )
-    shifts = {
-        v + 1: (
-            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
-            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
-            float(rng.normal(0.0, misalign_roll)) if misalign_roll else 0.0,
-        )
-        for v in range(n_visits)
-    }
-    if misalignment is not None:
-        shifts = {
-            v + 1: tuple(float(x) for x in misalignment.get(v + 1, (0.0, 0.0, 0.0))) for v in range(n_visits)
-        }
 
     # Scene big enough for every pointing.
     half_extent = 0.5 * math.hypot(

@@ -847,26 +847,16 @@ def _simulate_siaf_mosaic(
     # Gradients in data units across a readout (divided by its size where used).
     visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2))
     all_dets = sorted({a.detector for aps in ap_sets.values() for a in aps})
-    detector_offsets = (
-        {d: float(rng.normal(0.0, detector_offset_sigma)) for d in all_dets} if detector_offset_sigma else {}
+    detector_offsets, module_offsets, shifts = sim._visit_perturbations(
+        rng,
+        n_visits,
+        all_dets,
+        detector_offset_sigma,
+        module_offset_sigma,
+        misalign_arcsec,
+        misalign_roll,
+        misalignment,
     )
-    module_offsets = (
-        {(v + 1, m): float(rng.normal(0.0, module_offset_sigma)) for v in range(n_visits) for m in "AB"}
-        if module_offset_sigma
-        else {}
-    )
-    shifts = {
-        v + 1: (
-            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
-            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
-            float(rng.normal(0.0, misalign_roll)) if misalign_roll else 0.0,
-        )
-        for v in range(n_visits)
-    }
-    if misalignment is not None:
-        shifts = {
-            v + 1: tuple(float(x) for x in misalignment.get(v + 1, (0.0, 0.0, 0.0))) for v in range(n_visits)
-        }
 
     # Exposures: tile -> repeat (visit) -> dither, all detectors at once.
     t0, texp, overhead, slew = 60310.0, 300.0, 60.0, 1800.0
