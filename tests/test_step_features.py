@@ -237,7 +237,10 @@ def test_miri_lyot_region_is_left_out():
         levels_of(SkyMatchStep.call(copy_models(sim), skymethod="match")), sim.truth.level
     )
     assert ours < 3 * floor
-    assert with_lyot > 5 * ours
+    # The kernel-density mode of differences resists much of the Lyot
+    # region's own offset (it was >5x with the median); leaving the region
+    # out still matters: 4x here.
+    assert with_lyot > 3 * ours
     assert stock > 10 * ours
 
 
