@@ -414,3 +414,24 @@ def test_optional_wcs_adjust_stages_align_misaligned_visits(tmp_path):
     assert all("wcs_adjust" in m.meta.instance["skymatch_plus"] for m in crf)
     rel, _ = alignment_errors(crf, sim.true_wcs, sim.layout.pixel_scale)
     assert rel.max() < 0.05
+
+
+def test_unmeasurable_exposure_is_named_with_its_level_source(tmp_path, caplog):
+    # As in PixelSkyMatchStep alone: an all-NaN exposure takes its visit's
+    # level, named in a WARNING, and its product records where that came from.
+    import logging
+
+    sim = simulate_mosaic("miri", shape=(128, 128), tiles=(2, 1), dithers=2, seed=5)
+    sim.models[1].data[:] = np.nan
+    sim.write(tmp_path / "in")
+    asn = write_association(list(sim.filenames), tmp_path / "in", product_name="nan_member")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        Image3PlusPipeline.call(str(asn), output_dir=str(out), save_results=True, steps=OFFLINE)
+    bad = sim.filenames[1]
+    assert any(bad in r.getMessage() and "not measured" in r.getMessage() for r in caplog.records)
+    (crf,) = out.glob(bad.replace("_cal.fits", "") + "*_crf.fits")
+    with datamodels.open(crf) as model:
+        record = model.meta.instance["skymatch_plus"]["pixel_skymatch"]
+        assert record["status"] == "group" and "no usable pixels" in record["reason"]
+        assert model.meta.cal_step.skymatch == "COMPLETE"
