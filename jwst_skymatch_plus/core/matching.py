@@ -1083,9 +1083,10 @@ def match_exposures(
         # Left out of the solution (their pairs would bend it), named; they
         # can still take their fallback group's level.
         keep = [e for e, p in enumerate(group_pairs) if p.i not in discordant and p.j not in discordant]
+        kept_set = set(keep)
         for e, p in enumerate(group_pairs):
-            if e not in keep:
-                p.flags.append("pair of an exposure whose pairs all disagree with the solution")
+            if e not in kept_set:
+                p.flags.append("pair of an exposure whose pairs contradict each other")
                 rejected.append(p)
         group_pairs = [group_pairs[e] for e in keep]
         geometry = [geometry[e] for e in keep]
