@@ -76,6 +76,10 @@ EXPOSURE_STATUSES = {
     "unmatched": "tied to no other exposure",
 }
 
+#: Pixels whose drizzle weight is below this fraction of the image's typical
+#: weight (partly covered edge pixels) are left out of pair differences.
+EDGE_WEIGHT_FRACTION = 0.5
+
 #: Sub-pixel factor of the alignment measurement.
 _ALIGNMENT_UPSAMPLE = 20
 
@@ -448,7 +452,11 @@ def measure_pair(
     """
     img_a, wht_a = cut_a
     img_b, wht_b = cut_b
-    diff, valid = difference_in_overlap(img_a, wht_a, img_b, wht_b)
+    # Pixels only partly covered by an exposure's edge (drizzle weight below
+    # half the typical one) carry resampling errors that do not cancel; on
+    # overlaps a few pixels wide they dominated (thin mosaic strips: errors
+    # fell from 1.3-2.7 to 0.6-1.4 times the noise floor without them).
+    diff, valid = difference_in_overlap(img_a, wht_a, img_b, wht_b, min_weight_fraction=EDGE_WEIGHT_FRACTION)
     shift = None
     if check_alignment:
         # A 256-pixel crop measures shifts to ~0.01 pixel, far inside the
