@@ -188,7 +188,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 return self._skip(
                     library, "all exposures share one sky group (one group_id or one group): nothing to match"
                 )
-            return self._global_only(library, settings, previous, names)
+            return self._global_only(library, settings, previous)
         log.info(
             "Pixel sky matching of %d exposures in %d sky group(s) (grouping=%r, match_within_groups=%s, "
             "fit_type=%r).",
@@ -466,7 +466,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                             name,
                             EXPOSURE_STATUSES[status],
                             result.reasons[index],
-                            "is its group's (visit's) level"
+                            "comes from its group (its group_id's other members, else its visit)"
                             if status == "group"
                             else "is the global sky alone",
                         )
@@ -542,7 +542,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 library.shelve(model, index)
         return library
 
-    def _global_only(self, library, settings, previous, names):
+    def _global_only(self, library, settings, previous):
         """'global+match' with one sky group: only the global sky applies (as in SkyMatchStep)."""
         log.info("All exposures share one sky group: nothing to match; applying the 'global' sky only.")
         n = len(library)
@@ -566,7 +566,6 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                     }
                 finally:
                     library.shelve(model, index)
-        del names
         return library
 
     @staticmethod
