@@ -165,6 +165,24 @@ class MosaicTruth:
     misalignment: dict[int, tuple[float, float, float]]  # visit -> (dx", dy", droll deg)
     sky_level: float  # common sky level included in ``level``
 
+    @classmethod
+    def from_columns(cls, cols: dict[str, list], misalignment: dict, sky_level: float) -> MosaicTruth:
+        """Truth from per-exposure lists keyed as the simulators collect them."""
+        return cls(
+            level=np.array(cols["level"]),
+            gradient=np.array(cols["grad"]).reshape(-1, 2),
+            visit_offset=np.array(cols["voff"]),
+            exposure_drift=np.array(cols["drift"]),
+            lyot_offset=np.array(cols["lyot"]),
+            noise=np.array(cols["noise"]),
+            visit=np.array(cols["visit"]),
+            tile=np.array(cols["tile"]),
+            dither=np.array(cols["dither"]),
+            detector=np.array(cols["det"]),
+            misalignment=misalignment,
+            sky_level=sky_level,
+        )
+
     def plane_at(self, k: int, x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Evaluate exposure ``k``'s true additive background at detector pixels."""
         yc, xc = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
@@ -1107,20 +1125,7 @@ def simulate_mosaic(
             cols["det"].append(det.name)
         del n_exp
 
-    truth = MosaicTruth(
-        level=np.array(cols["level"]),
-        gradient=np.array(cols["grad"]).reshape(-1, 2),
-        visit_offset=np.array(cols["voff"]),
-        exposure_drift=np.array(cols["drift"]),
-        lyot_offset=np.array(cols["lyot"]),
-        noise=np.array(cols["noise"]),
-        visit=np.array(cols["visit"]),
-        tile=np.array(cols["tile"]),
-        dither=np.array(cols["dither"]),
-        detector=np.array(cols["det"]),
-        misalignment=shifts,
-        sky_level=sky_level,
-    )
+    truth = MosaicTruth.from_columns(cols, shifts, sky_level)
     config = {
         "instrument": instrument,
         "shape": layout.shape,

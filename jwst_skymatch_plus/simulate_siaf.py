@@ -1055,20 +1055,7 @@ def _simulate_siaf_mosaic(
             cols["det"].append(a.detector)
             cols["ap"].append(a.name)
 
-    truth = sim.MosaicTruth(
-        level=np.array(cols["level"]),
-        gradient=np.array(cols["grad"]).reshape(-1, 2),
-        visit_offset=np.array(cols["voff"]),
-        exposure_drift=np.array(cols["drift"]),
-        lyot_offset=np.array(cols["lyot"]),
-        noise=np.array(cols["noise"]),
-        visit=np.array(cols["visit"]),
-        tile=np.array(cols["tile"]),
-        dither=np.array(cols["dither"]),
-        detector=np.array(cols["det"]),
-        misalignment=shifts,
-        sky_level=common,
-    )
+    truth = sim.MosaicTruth.from_columns(cols, shifts, common)
     config = {
         "instrument": instrument,
         "geometry": "siaf",
