@@ -618,6 +618,17 @@ def isolated_dither_pattern(
     return out
 
 
+def _stored(model, out_dir: str | Path | None):
+    """The model itself, or (with ``out_dir``) the path it was saved to and closed."""
+    if out_dir is None:
+        return model
+    path = Path(out_dir) / model.meta.filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    model.close()
+    return str(path)
+
+
 def _visit_perturbations(
     rng: np.random.Generator,
     n_visits: int,
@@ -1105,13 +1116,7 @@ def simulate_mosaic(
                 texp,
                 compute_roll_ref,
             )
-            if out_dir is not None:
-                path = Path(out_dir) / model.meta.filename
-                path.parent.mkdir(parents=True, exist_ok=True)
-                model.save(path)
-                model.close()
-                model = str(path)
-            models.append(model)
+            models.append(_stored(model, out_dir))
             true_wcs.append(twcs)
             cols["level"].append(level)
             cols["grad"].append(grad)

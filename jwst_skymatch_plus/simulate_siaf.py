@@ -1035,13 +1035,7 @@ def _simulate_siaf_mosaic(
                 fits_wcs=False,
             )
             _siaf_metadata(model, a, e, pattern_name, dithers, rotations)
-            if out_dir is not None:
-                path = Path(out_dir) / model.meta.filename
-                path.parent.mkdir(parents=True, exist_ok=True)
-                model.save(path)
-                model.close()
-                model = str(path)
-            models.append(model)
+            models.append(sim._stored(model, out_dir))
             true_wcs.append(twcs)
             cols["level"].append(level)
             cols["grad"].append(grad)
