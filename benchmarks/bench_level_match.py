@@ -30,12 +30,13 @@ import time
 
 os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
 
-import numpy as np
 
 from jwst_skymatch_plus.simulate import (
     isolated_dither_pattern,
+    level_match_totals,
     offset_noise_floor,
     offset_rms_error,
+    recorded_levels,
     simulate_mosaic,
 )
 
@@ -57,28 +58,6 @@ def scenarios(quick: bool) -> dict[str, dict]:
     }
 
 
-def level_match_levels(library) -> np.ndarray:
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            out.append(sum(c["level"] for stage, c in record.items() if stage != "lyot"))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
-
-
-def background_levels(library) -> np.ndarray:
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            level = m.meta.background.level
-            out.append(np.nan if level is None else float(level))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256 x 256 detectors")
@@ -90,10 +69,10 @@ def main(argv=None) -> int:
     from jwst_skymatch_plus import LevelMatchStep, PixelSkyMatchStep
 
     methods = (
-        ("stock", SkyMatchStep, {"skymethod": "match"}, background_levels),
-        ("pixel", PixelSkyMatchStep, {}, background_levels),
-        ("pixel_exp", PixelSkyMatchStep, {"grouping": "exposure"}, background_levels),
-        ("level_match", LevelMatchStep, {}, level_match_levels),
+        ("stock", SkyMatchStep, {"skymethod": "match"}, recorded_levels),
+        ("pixel", PixelSkyMatchStep, {}, recorded_levels),
+        ("pixel_exp", PixelSkyMatchStep, {"grouping": "exposure"}, recorded_levels),
+        ("level_match", LevelMatchStep, {}, level_match_totals),
     )
     print(f"# bench_level_match ({'256x256' if args.quick else 'full-frame'} MIRI)")
     print(

@@ -94,7 +94,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # PJPipe's progress bars
 
 import numpy as np
 
-from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
+from jwst_skymatch_plus.simulate import (
+    level_match_totals,
+    offset_noise_floor,
+    offset_rms_error,
+    recorded_levels,
+    simulate_mosaic,
+)
 
 DO_NOT_USE = 1
 
@@ -124,28 +130,6 @@ def layouts(quick: bool) -> dict[str, dict]:
 # --------------------------------------------------------------------------
 # Our steps and the stock step
 # --------------------------------------------------------------------------
-def _background_levels(library) -> np.ndarray:
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            level = m.meta.background.level
-            out.append(np.nan if level is None else float(level))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
-
-
-def _level_match_levels(library) -> np.ndarray:
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            out.append(sum(c["level"] for stage, c in record.items() if stage != "lyot"))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
-
-
 def _step_runner(step_path: str, kwargs: dict, read):
     def run(sim, workdir: Path) -> tuple[np.ndarray, float]:
         module, name = step_path.rsplit(".", 1)
@@ -351,15 +335,15 @@ def _pjpipe_runner(sim, workdir: Path) -> tuple[np.ndarray, float]:
 
 # --------------------------------------------------------------------------
 METHODS = {
-    "stock": _step_runner("jwst.skymatch.SkyMatchStep", {"skymethod": "match"}, _background_levels),
-    "pixel": _step_runner("jwst_skymatch_plus.PixelSkyMatchStep", {}, _background_levels),
+    "stock": _step_runner("jwst.skymatch.SkyMatchStep", {"skymethod": "match"}, recorded_levels),
+    "pixel": _step_runner("jwst_skymatch_plus.PixelSkyMatchStep", {}, recorded_levels),
     "pixel exposure": _step_runner(
-        "jwst_skymatch_plus.PixelSkyMatchStep", {"grouping": "exposure"}, _background_levels
+        "jwst_skymatch_plus.PixelSkyMatchStep", {"grouping": "exposure"}, recorded_levels
     ),
     "pixel plane": _step_runner(
-        "jwst_skymatch_plus.PixelSkyMatchStep", {"fit_type": "level+slope"}, _background_levels
+        "jwst_skymatch_plus.PixelSkyMatchStep", {"fit_type": "level+slope"}, recorded_levels
     ),
-    "level_match": _step_runner("jwst_skymatch_plus.LevelMatchStep", {}, _level_match_levels),
+    "level_match": _step_runner("jwst_skymatch_plus.LevelMatchStep", {}, level_match_totals),
     "montage level": _montage_runner(level_only=True),
     "montage plane": _montage_runner(level_only=False),
     "reproject": _reproject_runner,

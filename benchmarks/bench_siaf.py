@@ -39,7 +39,13 @@ os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
 
 import numpy as np
 
-from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
+from jwst_skymatch_plus.simulate import (
+    level_match_totals,
+    offset_noise_floor,
+    offset_rms_error,
+    recorded_levels,
+    simulate_mosaic,
+)
 
 METHODS = ("stock", "pixel_skymatch", "level_match", "reproject")
 
@@ -128,28 +134,6 @@ def scenarios() -> dict[str, dict]:
     }
 
 
-def _library_levels(library) -> np.ndarray:
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            level = m.meta.background.level
-            out.append(np.nan if level is None else float(level))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
-
-
-def _level_match_levels(library) -> np.ndarray:
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            corr = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            out.append(sum(c["level"] for s, c in corr.items() if s != "lyot"))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
-
-
 def _fits_wcs(model):
     """The exposure's FITS (SIP) WCS from its metadata, as a header reader sees it."""
     from astropy.io import fits
@@ -220,11 +204,11 @@ def run(name: str, spec: dict, binning: int, methods) -> list[dict]:
         models = [m.copy() for m in sim.models]
         t0 = time.perf_counter()
         if method == "stock":
-            levels = _library_levels(SkyMatchStep.call(models))
+            levels = recorded_levels(SkyMatchStep.call(models))
         elif method == "pixel_skymatch":
-            levels = _library_levels(PixelSkyMatchStep.call(models))
+            levels = recorded_levels(PixelSkyMatchStep.call(models))
         elif method == "level_match":
-            levels = _level_match_levels(LevelMatchStep.call(models))
+            levels = level_match_totals(LevelMatchStep.call(models))
         else:
             levels = reproject_levels(models)
         elapsed = time.perf_counter() - t0

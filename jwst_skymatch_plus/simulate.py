@@ -54,6 +54,8 @@ __all__ = [
     "isolated_dither_pattern",
     "offset_noise_floor",
     "offset_rms_error",
+    "recorded_levels",
+    "level_match_totals",
     "simulate_mosaic",
 ]
 
@@ -1370,6 +1372,33 @@ def alignment_errors(
     err = np.stack([dx * np.cos(np.radians(dec_t)), dec - dec_t]) * 3600.0 / pixel_scale
     err = err.reshape(2, len(got), -1)
     return np.hypot(*err.mean(axis=2)), np.hypot(*err).max(axis=1)
+
+
+def recorded_levels(library) -> np.ndarray:
+    """``meta.background.level`` of every exposure of a ModelLibrary (NaN where unset).
+
+    What a sky-matching step recorded, to compare with the truth.
+    """
+    out = []
+    with library:
+        for i in range(len(library)):
+            model = library.borrow(i)
+            level = model.meta.background.level
+            out.append(np.nan if level is None else float(level))
+            library.shelve(model, i, modify=False)
+    return np.array(out)
+
+
+def level_match_totals(library) -> np.ndarray:
+    """Total level LevelMatchStep removed from each exposure's main field (all stages but Lyot)."""
+    out = []
+    with library:
+        for i in range(len(library)):
+            model = library.borrow(i)
+            stages = model.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+            out.append(sum(c["level"] for stage, c in stages.items() if stage != "lyot"))
+            library.shelve(model, i, modify=False)
+    return np.array(out)
 
 
 def offset_rms_error(recovered: np.ndarray, truth: np.ndarray, labels: np.ndarray | None = None) -> float:

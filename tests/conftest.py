@@ -6,11 +6,10 @@ import os
 # true/True/t/yes/y (not "1").  Tests never need a CRDS cache.
 os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
 
-import numpy as np
 import pytest
 
 from jwst_skymatch_plus._offline import import_pysiaf
-from jwst_skymatch_plus.simulate import simulate_mosaic
+from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic
 
 # pysiaf asks GitHub for a newer PRD when imported: import it offline first.
 import_pysiaf()
@@ -23,13 +22,7 @@ def copy_models(sim):
 
 def levels_of(library):
     """meta.background.level of every exposure of a ModelLibrary (NaN if unset)."""
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(np.nan if m.meta.background.level is None else float(m.meta.background.level))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
+    return recorded_levels(library)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from jwst_skymatch_plus.pipeline import Image3PlusPipeline
 from jwst_skymatch_plus.simulate import (
     DO_NOT_USE,
     NON_SCIENCE,
+    level_match_totals,
     offset_noise_floor,
     offset_rms_error,
     simulate_mosaic,
@@ -376,17 +377,6 @@ def nircam_modules():
     )
 
 
-def _level_match_total(library) -> np.ndarray:
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            corr = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            out.append(sum(c["level"] for s, c in corr.items() if s != "lyot"))
-            library.shelve(m, i, modify=False)
-    return np.array(out)
-
-
 def test_mixed_miri_readouts_in_pixel_skymatch(miri_mixed):
     sim = miri_mixed
     assert {m.meta.subarray.name for m in sim.models} == {"FULL", "BRIGHTSKY"}
@@ -396,7 +386,7 @@ def test_mixed_miri_readouts_in_pixel_skymatch(miri_mixed):
 
 def test_mixed_miri_readouts_in_level_match(miri_mixed):
     sim = miri_mixed
-    total = _level_match_total(LevelMatchStep.call(copy_models(sim)))
+    total = level_match_totals(LevelMatchStep.call(copy_models(sim)))
     assert offset_rms_error(total, sim.truth.level) < 3 * offset_noise_floor(sim)
 
 
@@ -418,7 +408,7 @@ def test_nircam_module_offsets_in_pixel_skymatch(nircam_modules):
 )
 def test_nircam_module_offsets_in_level_match(nircam_modules):
     sim = nircam_modules
-    total = _level_match_total(LevelMatchStep.call(copy_models(sim)))
+    total = level_match_totals(LevelMatchStep.call(copy_models(sim)))
     assert offset_rms_error(total, sim.truth.level) < 3 * offset_noise_floor(sim)
 
 
