@@ -851,17 +851,22 @@ def _discordant_units(
     one at a time: the one whose removal leaves the rest most consistent
     (lowest reduced chi-square) is judged first, and the next judgements are
     made without it.
-    Only units with pairs the robust fit rejected, or with large residuals,
-    are examined.
+    Only units with at least half of their pairs rejected by the robust fit
+    or far off the solution are examined.
     """
     if len(pairs) < 3:
         return {}
     limit = config.reject_sigma**2
     z = np.abs(solution.residual[:, 0]) / np.array([p.sigma[0] for p in pairs])
-    candidates = set()
+    # A unit whose pairs contradict each other has most of them off after
+    # the fit: only such units are examined (each examination is a solve).
+    off = ~solution.used | (z > config.reject_sigma)
+    n_pairs = np.zeros(n_units, dtype=int)
+    n_off = np.zeros(n_units, dtype=int)
     for e, p in enumerate(pairs):
-        if not solution.used[e] or z[e] > config.reject_sigma:
-            candidates.update((p.i, p.j))
+        n_pairs[[p.i, p.j]] += 1
+        n_off[[p.i, p.j]] += int(off[e])
+    candidates = set(np.flatnonzero((n_pairs >= 2) & (2 * n_off >= n_pairs)).tolist())
     out: dict[int, str] = {}
     remaining = list(pairs)
     for _ in range(min(len(candidates), 20)):
