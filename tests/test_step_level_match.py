@@ -379,20 +379,27 @@ def test_sparse_dithers_reach_the_noise_floor(sparse_runs, kind):
     assert all("tiles" in r for r in recs)
 
 
-def test_isolated_dithers_are_matched_as_their_own_units(sparse_runs):
+def test_isolated_dithers_are_tied_through_other_tiles(sparse_runs):
     sim, recs, _ = sparse_runs("isolated")
-    untied = np.array(["dithers" not in r for r in recs])
-    # The dither stage ties 12 of 16: the jumped dither of each tile is left alone ...
-    assert np.array_equal(untied, sim.truth.dither == 3)
-    # ... and the tile stage finds its own level, drift included (the drifts
-    # are 0.2 per dither: far larger than the error allowed here).
-    tiles = np.array([r["tiles"]["level"] for r in recs])
-    err = offset_rms_error(tiles[untied], sim.truth.level[untied])
+    jumped = sim.truth.dither == 3
+    # The dither stage matches every exposure against every other: the
+    # jumped dither of each tile, which shares no pixel with its tile-mates,
+    # is tied to them through the next tile and gets its dither correction
+    # (its level relative to its tile-mates, drift included) like the others.
+    assert all("dithers" in r for r in recs)
+    dithers = np.array([r["dithers"]["level"] for r in recs])
+    relative = sim.truth.level.copy()
+    for tile in np.unique(sim.truth.tile):
+        sel = sim.truth.tile == tile
+        np.testing.assert_allclose(dithers[sel].mean(), 0.0, atol=1e-9)  # the tile keeps its level
+        relative[sel] -= relative[sel].mean()
+    err = offset_rms_error(dithers[jumped], relative[jumped])
     assert err < 3 * offset_noise_floor(sim)
-    assert np.std(sim.truth.exposure_drift[untied]) > 0.1
+    # The drifts are 0.2 per dither: far larger than the error allowed here.
+    assert np.std(sim.truth.exposure_drift[jumped]) > 0.1
 
 
-@pytest.mark.parametrize("kind", ["standard", "isolated"])
+@pytest.mark.parametrize("kind", ["standard", "isolated", "wide"])
 def test_within_one_and_a_half_of_pixel_skymatch(sparse_runs, kind):
     sim, recs, warnings = sparse_runs(kind)
     floor = offset_noise_floor(sim)
