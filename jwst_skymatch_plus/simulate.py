@@ -53,6 +53,7 @@ __all__ = [
     "background_rms_error",
     "isolated_dither_pattern",
     "offset_noise_floor",
+    "offset_plane_free_error",
     "offset_rms_error",
     "recorded_levels",
     "level_match_totals",
@@ -1427,8 +1428,13 @@ def _sample_points(shape: tuple[int, int], fit_type: str) -> tuple[np.ndarray, n
     return xs.ravel(), ys.ravel()
 
 
-def _gauge_basis(mosaic: SimulatedMosaic, fit_type: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Sky-plane basis at every exposure's sample points (what matching cannot fix)."""
+def _gauge_basis(
+    mosaic: SimulatedMosaic, fit_type: str, sky_plane: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sky-plane basis at every exposure's sample points (what matching cannot fix).
+
+    ``sky_plane`` makes it a plane for levels too (see :func:`offset_plane_free_error`).
+    """
     rows, pts = [], []
     ra0 = mosaic.models[0].meta.wcsinfo.ra_ref
     dec0 = mosaic.models[0].meta.wcsinfo.dec_ref
@@ -1436,7 +1442,7 @@ def _gauge_basis(mosaic: SimulatedMosaic, fit_type: str) -> tuple[np.ndarray, li
     for m in mosaic.models:
         x, y = _sample_points(m.data.shape, fit_type)
         pts.append((x, y))
-        if fit_type == "level":
+        if fit_type == "level" and not sky_plane:
             rows.append(np.ones((x.size, 1)))
         else:
             ra, dec = m.meta.wcs(x, y)
@@ -1476,16 +1482,46 @@ def background_rms_error(mosaic: SimulatedMosaic, planes, fit_type: str = "level
     return float(np.sqrt(np.mean(resid**2)))
 
 
-def offset_noise_floor(mosaic: SimulatedMosaic, bin_size: int = 4, exclude_lyot: bool = True) -> float:
+def offset_plane_free_error(mosaic: SimulatedMosaic, recovered: np.ndarray) -> float:
+    """RMS error of recovered offsets after removing a common sky plane.
+
+    When the exposures' backgrounds are planes (``gradient_sigma``,
+    ``exposure_gradient_sigma``), their mean slope cannot be told from a
+    slope of the sky itself: any method, level or plane, finds the offsets
+    at the detector centres only up to a constant *and* that plane across
+    the mosaic, and :func:`offset_rms_error` would count the mean slope the
+    simulation happened to draw as everyone's error.  This removes the
+    best-fitting sky plane (constant and two slopes, in tangent-plane
+    coordinates of the detector centres) from the errors instead of the
+    constant alone; compare it with
+    ``offset_noise_floor(mosaic, sky_plane=True)``.  Exposures with a NaN
+    offset are left out.
+    """
+    basis, _ = _gauge_basis(mosaic, "level", sky_plane=True)
+    resid = np.asarray(recovered, dtype=float) - mosaic.truth.level
+    ok = np.isfinite(resid)
+    coeffs, *_ = np.linalg.lstsq(basis[ok], resid[ok], rcond=None)
+    return float(np.sqrt(np.mean((resid[ok] - basis[ok] @ coeffs) ** 2)))
+
+
+def offset_noise_floor(
+    mosaic: SimulatedMosaic, bin_size: int = 4, exclude_lyot: bool = True, sky_plane: bool = False
+) -> float:
     """Noise-limited RMS error of per-exposure offsets (Cramer-Rao bound).
 
     See :func:`background_noise_floor`; this is its ``fit_type='level'`` case.
     """
-    return background_noise_floor(mosaic, "level", bin_size=bin_size, exclude_lyot=exclude_lyot)
+    return background_noise_floor(
+        mosaic, "level", bin_size=bin_size, exclude_lyot=exclude_lyot, sky_plane=sky_plane
+    )
 
 
 def background_noise_floor(
-    mosaic: SimulatedMosaic, fit_type: str = "level", bin_size: int = 4, exclude_lyot: bool = True
+    mosaic: SimulatedMosaic,
+    fit_type: str = "level",
+    bin_size: int = 4,
+    exclude_lyot: bool = True,
+    sky_plane: bool = False,
 ) -> float:
     """Noise-limited RMS error of per-exposure backgrounds (Cramer-Rao bound).
 
@@ -1497,7 +1533,9 @@ def background_noise_floor(
     (free constant or sky plane removed): what an ideal estimator using every
     overlapping pixel could reach.  Pixels are binned ``bin_size`` x
     ``bin_size`` to keep this cheap; the bound is exact for the mean when the
-    coverage is constant inside a bin.
+    coverage is constant inside a bin.  With ``sky_plane`` the levels'
+    errors are measured as :func:`offset_plane_free_error` measures them
+    (a common sky plane removed, not only a constant).
     """
     import scipy.sparse as sp
     from astropy.wcs import WCS
@@ -1565,7 +1603,7 @@ def background_noise_floor(
     cov = np.linalg.pinv(fisher, rcond=1e-10, hermitian=True)
     # Propagate to background values at the comparison points, then remove
     # what matching cannot determine (the gauge), as the error metric does.
-    basis, pts = _gauge_basis(mosaic, fit_type)
+    basis, pts = _gauge_basis(mosaic, fit_type, sky_plane)
     rows_g = []
     for k, (m, (x, y)) in enumerate(zip(models, pts, strict=True)):
         ny, nx = m.data.shape
