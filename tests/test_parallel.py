@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from jwst_skymatch_plus.core.execution import ExecutionSettings
 from jwst_skymatch_plus.core.grouping import group_exposures
 from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
 from jwst_skymatch_plus.core.regions import miri_lyot_region
@@ -46,12 +47,23 @@ def _same(a, b):
 
 
 def test_local_processes_give_identical_results(miri_mosaic, serial):
-    _same(serial, match_exposures(_sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(n_workers=2)))
+    _same(
+        serial,
+        match_exposures(
+            _sources(miri_mosaic),
+            _groups(miri_mosaic),
+            MatchConfig(),
+            execution=ExecutionSettings(n_workers=2),
+        ),
+    )
 
 
 def test_disk_store_gives_identical_results(miri_mosaic, serial, tmp_path):
     result = match_exposures(
-        _sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(store="disk", temp_dir=str(tmp_path))
+        _sources(miri_mosaic),
+        _groups(miri_mosaic),
+        MatchConfig(),
+        execution=ExecutionSettings(store="disk", temp_dir=str(tmp_path)),
     )
     _same(serial, result)
     assert list(tmp_path.iterdir()) == []  # the store cleans up after itself
@@ -63,7 +75,10 @@ def test_dask_cluster_gives_identical_results(miri_mosaic, serial):
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cl:
         result = match_exposures(
-            _sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(scheduler=cl.scheduler_address)
+            _sources(miri_mosaic),
+            _groups(miri_mosaic),
+            MatchConfig(),
+            execution=ExecutionSettings(scheduler=cl.scheduler_address),
         )
     _same(serial, result)
 

@@ -11,11 +11,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from .._atomic import pid_alive
 
-__all__ = ["Executor", "default_workers", "make_executor"]
+__all__ = ["ExecutionSettings", "Executor", "default_workers", "make_executor"]
 
 
 def default_workers() -> int:
@@ -25,6 +26,37 @@ def default_workers() -> int:
     memory as well as cores.
     """
     return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class ExecutionSettings:
+    """Where and how matching runs; no setting here changes a result.
+
+    Parameters
+    ----------
+    n_workers : int
+        Local worker processes (1: serial; 0 or less: :func:`default_workers`).
+    scheduler : str or distributed.Client, optional
+        Dask scheduler address (``"tcp://host:8786"``) or client; overrides
+        ``n_workers``.
+    store : {'memory', 'disk'}
+        Where resampled images wait between resampling and pair measurement.
+    temp_dir : str, optional
+        Parent directory of the disk store (default: the system's).
+    """
+
+    n_workers: int = 1
+    scheduler: str | Any | None = None
+    store: str = "memory"
+    temp_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.store not in ("memory", "disk"):
+            raise ValueError(f"store must be 'memory' or 'disk', got {self.store!r}")
+
+    def executor(self) -> Executor:
+        """The backend these settings ask for (a context manager)."""
+        return make_executor(self.n_workers, self.scheduler)
 
 
 class Executor:

@@ -29,12 +29,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .execution import make_executor
+from .execution import ExecutionSettings
 from .grid import BBox, SkyGrid, footprint_of, overlap_bbox
 from .pairs import (
     DifferenceStatistic,
@@ -55,6 +55,8 @@ __all__ = [
     "ExposureSource",
     "MatchConfig",
     "MatchResult",
+    "PairOutcome",
+    "PairTask",
     "Patch",
     "UnitProduct",
     "build_unit",
@@ -86,7 +88,10 @@ _ALIGNMENT_UPSAMPLE = 20
 
 @dataclass
 class MatchConfig:
-    """Settings of the matching algorithm.
+    """Settings of the matching algorithm (what is computed).
+
+    Where and how it runs (workers, Dask, disk store) is
+    :class:`~jwst_skymatch_plus.core.execution.ExecutionSettings`.
 
     Parameters
     ----------
@@ -127,14 +132,6 @@ class MatchConfig:
         ``mask_sources``.
     check_alignment : bool
         Measure each group pair's relative shift by phase correlation.
-    n_workers : int
-        Local worker processes (1: serial; 0: all cores but one).
-    scheduler : str, optional
-        Dask scheduler address; overrides ``n_workers``.
-    store : {'memory', 'disk'}
-        Where group images wait between resampling and pair measurement.
-    temp_dir : str, optional
-        Parent directory of the disk store.
     thumbnail_size : int
         Longest side (pixels) of the mosaic thumbnails kept for diagnostics;
         0 keeps none.
@@ -169,10 +166,6 @@ class MatchConfig:
     source_npixels: int = 5
     source_dilate: int = 7
     check_alignment: bool = True
-    n_workers: int = 1
-    scheduler: str | None = None
-    store: str = "memory"
-    temp_dir: str | None = None
     thumbnail_size: int = 0
     structure_weights: bool = True
     exclude_discordant: bool = True
@@ -181,8 +174,6 @@ class MatchConfig:
         n_coefficients(self.fit_type)  # validates
         if not self.grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
-        if self.store not in ("memory", "disk"):
-            raise ValueError(f"store must be 'memory' or 'disk', got {self.store!r}")
 
     @property
     def drizzle_kernel(self) -> str:
@@ -408,47 +399,75 @@ def _overlap_problems(pair, box_a, box_b, area_a, area_b, config) -> list[str]:
     return problems
 
 
-def measure_pair(
-    i: int,
-    j: int,
-    cut_a: tuple[np.ndarray, np.ndarray],
-    cut_b: tuple[np.ndarray, np.ndarray],
-    box: BBox,
-    boxes: tuple[BBox, BBox],
-    areas: tuple[int, int],
-    config: MatchConfig,
-    center: tuple[float, float],
-    check_alignment: bool,
-) -> tuple[PairMeasurement | None, bool, ImageShift | None]:
-    """Measure the background difference (and shift) of two images in ``box``.
+@dataclass(frozen=True)
+class PairTask:
+    """One pair of patches to measure (see :func:`measure_pair`).
 
-    Parameters
+    Attributes
     ----------
-    i, j : int
-        Labels of the two images.
-    cut_a, cut_b : (image, weight)
-        Cut-outs of both images inside ``box``.
+    a, b : int
+        Labels of the two images (patch indices).
     box : BBox
-        The overlap box on the grid.
+        Their common box on the grid, where they are differenced.
     boxes : (BBox, BBox)
         Full boxes of both images (for the linear-overlap test).
     areas : (int, int)
         Valid pixels of both images (for the overlap-fraction test).
-    config : MatchConfig
-        Settings.
-    center : (float, float)
-        Grid centre (plane origin).
     check_alignment : bool
         Also measure the relative shift.
+    """
 
-    Returns
-    -------
+    a: int
+    b: int
+    box: BBox
+    boxes: tuple[BBox, BBox]
+    areas: tuple[int, int]
+    check_alignment: bool = False
+
+
+@dataclass
+class PairOutcome:
+    """What :func:`measure_pair` found.
+
+    Attributes
+    ----------
     pair : PairMeasurement or None
         None when the images share no valid pixel.
     usable : bool
         False when the overlap fails the overlap thresholds (reasons in
         ``pair.flags``).
     shift : ImageShift or None
+        Relative shift, when the task asked for it.
+    """
+
+    pair: PairMeasurement | None
+    usable: bool
+    shift: ImageShift | None = None
+
+
+def measure_pair(
+    task: PairTask,
+    cut_a: tuple[np.ndarray, np.ndarray],
+    cut_b: tuple[np.ndarray, np.ndarray],
+    config: MatchConfig,
+    center: tuple[float, float],
+) -> PairOutcome:
+    """Measure the background difference (and shift) of two images in ``task.box``.
+
+    Parameters
+    ----------
+    task : PairTask
+        Which images, where.
+    cut_a, cut_b : (image, weight)
+        Cut-outs of both images inside ``task.box``.
+    config : MatchConfig
+        Settings.
+    center : (float, float)
+        Grid centre (plane origin).
+
+    Returns
+    -------
+    PairOutcome
     """
     img_a, wht_a = cut_a
     img_b, wht_b = cut_b
@@ -458,7 +477,7 @@ def measure_pair(
     # fell from 1.3-2.7 to 0.6-1.4 times the noise floor without them).
     diff, valid = difference_in_overlap(img_a, wht_a, img_b, wht_b, min_weight_fraction=EDGE_WEIGHT_FRACTION)
     shift = None
-    if check_alignment:
+    if task.check_alignment:
         # A 256-pixel crop measures shifts to ~0.01 pixel, far inside the
         # 0.3-pixel tolerance, at a fifth of the cost of 512.
         shift = measure_shift(img_a, wht_a > 0, img_b, wht_b > 0, upsample=_ALIGNMENT_UPSAMPLE, max_side=256)
@@ -476,10 +495,10 @@ def measure_pair(
     pair = measure_difference(
         diff,
         valid,
-        box.x0,
-        box.y0,
-        i=i,
-        j=j,
+        task.box.x0,
+        task.box.y0,
+        i=task.a,
+        j=task.b,
         fit_type=config.fit_type,
         statistic=config.statistic,
         noise_ratio=config.noise_ratio,
@@ -489,10 +508,10 @@ def measure_pair(
         weights=weights,
     )
     if pair is None:
-        return None, False, shift
-    problems = _overlap_problems(pair, boxes[0], boxes[1], areas[0], areas[1], config)
+        return PairOutcome(None, False, shift)
+    problems = _overlap_problems(pair, *task.boxes, *task.areas, config)
     pair.flags.extend(problems)
-    return pair, not problems, shift
+    return PairOutcome(pair, not problems, shift)
 
 
 def _solve(
@@ -914,38 +933,46 @@ def _fallback_levels(
     return levels, sigma, component, borrowed
 
 
-def match_exposures(
+@dataclass
+class _Layout:
+    """The units on the common grid: what every later stage works from."""
+
+    grid: SkyGrid
+    groups: list[list[int]]
+    boxes: list[BBox]  # per exposure
+    group_index: np.ndarray  # unit of each exposure
+    fallback: np.ndarray | None  # label per unit
+    thumbnail_factor: int
+
+
+@dataclass
+class _PatchSet:
+    """The resampled units: patches (images in a store) and per-exposure findings."""
+
+    patches: list[Patch]
+    reasons: list[str]  # per exposure, why it is not usable ('' if it is)
+    flatness: list[float]  # per unit
+    thumbnails: list  # per unit
+
+
+@dataclass
+class _PairSet:
+    """Measured pairs between patches of different units (labelled with units)."""
+
+    used: list[PairMeasurement] = field(default_factory=list)
+    geometry: list[tuple[int, int, BBox]] = field(default_factory=list)  # patches and common box
+    rejected: list[PairMeasurement] = field(default_factory=list)
+    alignment: list[PairCheck] = field(default_factory=list)
+
+
+def _layout(
     exposures: Sequence[ExposureSource],
     groups: Sequence[Sequence[int]],
-    config: MatchConfig | None = None,
-    grid: SkyGrid | None = None,
-    fallback: Sequence[int] | None = None,
-) -> MatchResult:
-    """Match the background of exposures from per-pixel differences.
-
-    Parameters
-    ----------
-    exposures : sequence of ExposureSource
-        The exposures.
-    groups : sequence of sequence of int
-        Partition of the exposure indices into units that share one level
-        (e.g. jwst's ``group_id`` groups; see
-        :mod:`~jwst_skymatch_plus.core.grouping`).
-    config : MatchConfig, optional
-        Algorithm settings.
-    grid : SkyGrid, optional
-        Common grid; by default one covering all exposures at
-        ``config.grid_scale`` times their native pixel size.
-    fallback : sequence of int, optional
-        A label per *unit* (e.g. its visit): a unit that no used pair ties
-        to anything takes the mean level of the measured units with the same
-        label (status ``'group'``).  None: such units stay unmatched.
-
-    Returns
-    -------
-    MatchResult
-    """
-    config = config or MatchConfig()
+    config: MatchConfig,
+    grid: SkyGrid | None,
+    fallback: Sequence[int] | None,
+) -> _Layout:
+    """Check the partition, choose the grid and place every exposure on it."""
     n = len(exposures)
     if n == 0:
         raise ValueError("No exposures to match.")
@@ -957,8 +984,6 @@ def match_exposures(
         fallback = np.asarray(fallback)
         if fallback.shape != (len(groups),):
             raise ValueError("fallback must give one label per group")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     if grid is None:
         grid = SkyGrid.for_sources(exposures, config.grid_scale)
     # Footprints computed from the WCS follow the (distorted) edges; given ones
@@ -979,138 +1004,171 @@ def match_exposures(
         n,
         len(groups),
     )
-    timings["grid"] = time.perf_counter() - t0
-
     group_index = np.empty(n, dtype=int)
     for g, members in enumerate(groups):
         group_index[members] = g
-    reasons = [""] * n
-    constant = np.zeros(n, dtype=bool)
+    return _Layout(grid, groups, boxes, group_index, fallback, factor)
+
+
+def _unit_payloads(exposures: Sequence[ExposureSource], members: Sequence[int]) -> list[tuple]:
+    """``(data, good, wcs)`` of a unit's exposures, loaded now."""
+    payloads = []
+    for k in members:
+        loaded = exposures[k].load()
+        wcs = loaded[2] if len(loaded) > 2 else exposures[k].wcs
+        if wcs is None:
+            raise ValueError(f"{exposures[k].name}: no WCS")
+        payloads.append((loaded[0], loaded[1], wcs))
+    return payloads
+
+
+def _resample_units(
+    exposures: Sequence[ExposureSource], layout: _Layout, config: MatchConfig, executor, store
+) -> _PatchSet:
+    """Build every unit's patches (:func:`build_unit`) into ``store``."""
+    groups = layout.groups
+    reasons = [""] * len(exposures)
+    constant = np.zeros(len(exposures), dtype=bool)
     patches: list[Patch] = []
     flatness: list[float] = []
     thumbnails: list = []
+    tasks = (
+        (
+            _unit_payloads(exposures, members),
+            [layout.boxes[k] for k in members],
+            layout.grid,
+            config,
+            layout.thumbnail_factor,
+        )
+        for members in groups
+    )
+    progress = _Progress("Resampling exposures", len(groups))
+    for g, product in enumerate(executor.imap(build_unit, tasks)):
+        members = groups[g]
+        for pos, k in enumerate(members):
+            if product.problems[pos]:
+                reasons[k] = product.problems[pos]
+            constant[k] = product.constant[pos]
+        for positions, image, pedestal in product.patches:
+            store.put(len(patches), image)
+            patches.append(
+                Patch(g, [members[p] for p in positions], image.bbox, int(image.valid.sum()), pedestal)
+            )
+        flatness.append(product.flatness)
+        thumbnails.append(product.thumbnail)
+        del product
+        progress.update(g + 1)
+    # Constant exposures (blank readouts) carry no sky: leave them out,
+    # unless every usable exposure is constant (noiseless data).
+    usable = np.array([not r for r in reasons])
+    blank = constant & usable
+    if blank.any() and (usable & ~constant).any():
+        for k in np.flatnonzero(blank):
+            reasons[k] = "constant data (blank or dropped readout?)"
+    return _PatchSet(patches, reasons, flatness, thumbnails)
 
-    def unit_tasks() -> Iterator[tuple]:
-        for members in groups:
-            payloads = []
-            for k in members:
-                loaded = exposures[k].load()
-                wcs = loaded[2] if len(loaded) > 2 else exposures[k].wcs
-                if wcs is None:
-                    raise ValueError(f"{exposures[k].name}: no WCS")
-                payloads.append((loaded[0], loaded[1], wcs))
-            yield payloads, [boxes[k] for k in members], grid, config, factor
 
-    with (
-        make_executor(config.n_workers, config.scheduler) as executor,
-        make_store(config.store, config.temp_dir) as store,
+def _pair_tasks(built: _PatchSet, layout: _Layout, config: MatchConfig) -> list[PairTask]:
+    """Every overlapping pair of usable patches of different units."""
+    patches = built.patches
+    kept = [i for i, p in enumerate(patches) if not any(built.reasons[k] for k in p.members)]
+    boxes = [p.bbox for p in patches]
+    pair_list = [
+        (kept[a], kept[b])
+        for a, b in candidate_pairs([boxes[i] for i in kept])
+        if patches[kept[a]].unit != patches[kept[b]].unit
+    ]
+    labels = np.arange(len(layout.groups)) if layout.fallback is None else layout.fallback
+    check = _alignment_pairs(pair_list, patches, boxes, labels) if config.check_alignment else set()
+    return [
+        PairTask(
+            a,
+            b,
+            overlap_bbox(boxes[a], boxes[b]),
+            (boxes[a], boxes[b]),
+            (patches[a].area, patches[b].area),
+            (a, b) in check,
+        )
+        for a, b in pair_list
+    ]
+
+
+def _measure_pairs(
+    tasks: Sequence[PairTask], built: _PatchSet, layout: _Layout, config: MatchConfig, executor, store
+) -> _PairSet:
+    """Measure every pair task; label the pairs with their units and pedestals."""
+    patches = built.patches
+    jobs = (
+        (task, store.cutout(task.a, task.box), store.cutout(task.b, task.box), config, layout.grid.center)
+        for task in tasks
+    )
+    out = _PairSet()
+    progress = _Progress("Measuring pairs", len(tasks))
+    for count, (task, outcome) in enumerate(
+        zip(tasks, executor.imap(measure_pair, jobs), strict=True), start=1
     ):
-        t0 = time.perf_counter()
-        progress = _Progress("Resampling exposures", len(groups))
-        for g, product in enumerate(executor.imap(build_unit, unit_tasks())):
-            members = groups[g]
-            for pos, k in enumerate(members):
-                if product.problems[pos]:
-                    reasons[k] = product.problems[pos]
-                constant[k] = product.constant[pos]
-            for positions, image, pedestal in product.patches:
-                store.put(len(patches), image)
-                patches.append(
-                    Patch(g, [members[p] for p in positions], image.bbox, int(image.valid.sum()), pedestal)
-                )
-            flatness.append(product.flatness)
-            thumbnails.append(product.thumbnail)
-            del product
-            progress.update(g + 1)
-        timings["resample"] = time.perf_counter() - t0
-
-        # Constant exposures (blank readouts) carry no sky: leave them out,
-        # unless every usable exposure is constant (noiseless data).
-        usable = np.array([not r for r in reasons])
-        blank = constant & usable
-        if blank.any() and (usable & ~constant).any():
-            for k in np.flatnonzero(blank):
-                reasons[k] = "constant data (blank or dropped readout?)"
-        kept = [i for i, p in enumerate(patches) if not any(reasons[k] for k in p.members)]
-
-        t0 = time.perf_counter()
-        pboxes = [p.bbox for p in patches]
-        pair_list = [
-            (kept[a], kept[b])
-            for a, b in candidate_pairs([pboxes[i] for i in kept])
-            if patches[kept[a]].unit != patches[kept[b]].unit
-        ]
-        labels = np.arange(len(groups)) if fallback is None else fallback
-        check = _alignment_pairs(pair_list, patches, pboxes, labels) if config.check_alignment else set()
-
-        def pair_tasks() -> Iterator[tuple]:
-            for a, b in pair_list:
-                box = overlap_bbox(pboxes[a], pboxes[b])
-                yield (
-                    a,
-                    b,
-                    store.cutout(a, box),
-                    store.cutout(b, box),
-                    box,
-                    (pboxes[a], pboxes[b]),
-                    (patches[a].area, patches[b].area),
-                    config,
-                    grid.center,
-                    (a, b) in check,
-                )
-
-        group_pairs: list[PairMeasurement] = []
-        geometry: list[tuple[int, int, BBox]] = []
-        rejected: list[PairMeasurement] = []
-        alignment: list[PairCheck] = []
-        progress = _Progress("Measuring pairs", len(pair_list))
-        for count, ((a, b), (pair, usable, shift)) in enumerate(
-            zip(pair_list, executor.imap(measure_pair, pair_tasks()), strict=True), start=1
-        ):
-            ua, ub = patches[a].unit, patches[b].unit
-            if (a, b) in check and pair is not None:
-                alignment.append(PairCheck(ua, ub, shift))
-            if pair is not None:
-                pair.i, pair.j = ua, ub
-                pair.coeffs = pair.coeffs.copy()
-                pair.coeffs[0] += patches[a].pedestal - patches[b].pedestal
-                _pair_sigma_floor(pair, (patches[a].pedestal, patches[b].pedestal))
-                if usable:
-                    group_pairs.append(pair)
-                    geometry.append((a, b, overlap_bbox(pboxes[a], pboxes[b])))
-                else:
-                    rejected.append(pair)
-            progress.update(count)
-        timings["pairs"] = time.perf_counter() - t0
-    for p in rejected:
+        pa, pb = patches[task.a], patches[task.b]
+        pair = outcome.pair
+        if task.check_alignment and pair is not None:
+            out.alignment.append(PairCheck(pa.unit, pb.unit, outcome.shift))
+        if pair is not None:
+            pair.i, pair.j = pa.unit, pb.unit
+            pair.coeffs = pair.coeffs.copy()
+            pair.coeffs[0] += pa.pedestal - pb.pedestal
+            _pair_sigma_floor(pair, (pa.pedestal, pb.pedestal))
+            if outcome.usable:
+                out.used.append(pair)
+                out.geometry.append((task.a, task.b, task.box))
+            else:
+                out.rejected.append(pair)
+        progress.update(count)
+    for p in out.rejected:
         log.info("Pair of units %d-%d not used: %s.", p.i + 1, p.j + 1, "; ".join(p.flags))
+    return out
 
-    t0 = time.perf_counter()
-    solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
+
+def _solve_units(pairs: _PairSet, layout: _Layout, config: MatchConfig, reasons: list[str]) -> LevelSolution:
+    """Solve all unit levels; units whose pairs contradict are left out and named.
+
+    Updates ``pairs`` (left-out pairs move to ``rejected``) and ``reasons``.
+    """
+    n_units = len(layout.groups)
+    solution = _solve(n_units, pairs.used, config, pair_level_covariance(pairs.used, pairs.geometry))
     discordant = (
-        _discordant_units(len(groups), group_pairs, solution, config)
+        _discordant_units(n_units, pairs.used, solution, config)
         if config.robust and config.exclude_discordant
         else {}
     )
-    if discordant:
-        # Left out of the solution (their pairs would bend it), named; they
-        # can still take their fallback group's level.
-        keep = [e for e, p in enumerate(group_pairs) if p.i not in discordant and p.j not in discordant]
-        kept_set = set(keep)
-        for e, p in enumerate(group_pairs):
-            if e not in kept_set:
-                p.flags.append("pair of an exposure whose pairs contradict each other")
-                rejected.append(p)
-        group_pairs = [group_pairs[e] for e in keep]
-        geometry = [geometry[e] for e in keep]
-        solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
-        for g, why in discordant.items():
-            for k in groups[g]:
-                reasons[k] = why
-    timings["solve"] = time.perf_counter() - t0
-    unit_levels, unit_sigma, unit_component, borrowed = _fallback_levels(solution, fallback, len(groups))
+    if not discordant:
+        return solution
+    # Left out of the solution (their pairs would bend it), named; they can
+    # still take their fallback group's level.
+    keep = [e for e, p in enumerate(pairs.used) if p.i not in discordant and p.j not in discordant]
+    kept = set(keep)
+    for e, p in enumerate(pairs.used):
+        if e not in kept:
+            p.flags.append("pair of an exposure whose pairs contradict each other")
+            pairs.rejected.append(p)
+    pairs.used = [pairs.used[e] for e in keep]
+    pairs.geometry = [pairs.geometry[e] for e in keep]
+    for g, why in discordant.items():
+        for k in layout.groups[g]:
+            reasons[k] = why
+    return _solve(n_units, pairs.used, config, pair_level_covariance(pairs.used, pairs.geometry))
 
-    ncoef = config.ncoef
+
+def _exposure_levels(
+    layout: _Layout, solution: LevelSolution, reasons: list[str], ncoef: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-exposure coefficients, uncertainties, components and status from the unit solution.
+
+    Updates ``reasons`` for exposures that are not measured.
+    """
+    groups = layout.groups
+    n = len(reasons)
+    unit_levels, unit_sigma, unit_component, borrowed = _fallback_levels(
+        solution, layout.fallback, len(groups)
+    )
     coefficients = np.full((n, ncoef), np.nan)
     sigma = np.full((n, ncoef), np.nan)
     component = np.full(n, -1)
@@ -1136,24 +1194,80 @@ def match_exposures(
             sigma[k] = np.nan
             component[k] = -1
             status[k] = "excluded"
+    return coefficients, sigma, component, np.asarray(status, dtype=str)
+
+
+def match_exposures(
+    exposures: Sequence[ExposureSource],
+    groups: Sequence[Sequence[int]],
+    config: MatchConfig | None = None,
+    grid: SkyGrid | None = None,
+    fallback: Sequence[int] | None = None,
+    execution: ExecutionSettings | None = None,
+) -> MatchResult:
+    """Match the background of exposures from per-pixel differences.
+
+    Parameters
+    ----------
+    exposures : sequence of ExposureSource
+        The exposures.
+    groups : sequence of sequence of int
+        Partition of the exposure indices into units that share one level
+        (e.g. jwst's ``group_id`` groups; see
+        :mod:`~jwst_skymatch_plus.core.grouping`).
+    config : MatchConfig, optional
+        Algorithm settings.
+    grid : SkyGrid, optional
+        Common grid; by default one covering all exposures at
+        ``config.grid_scale`` times their native pixel size.
+    fallback : sequence of int, optional
+        A label per *unit* (e.g. its visit): a unit that no used pair ties
+        to anything takes the mean level of the measured units with the same
+        label (status ``'group'``).  None: such units stay unmatched.
+    execution : ExecutionSettings, optional
+        Workers, Dask scheduler and store (serial and in memory by default);
+        results do not depend on them.
+
+    Returns
+    -------
+    MatchResult
+    """
+    config = config or MatchConfig()
+    execution = execution or ExecutionSettings()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    layout = _layout(exposures, groups, config, grid, fallback)
+    timings["grid"] = time.perf_counter() - t0
+    with execution.executor() as executor, make_store(execution.store, execution.temp_dir) as store:
+        t0 = time.perf_counter()
+        built = _resample_units(exposures, layout, config, executor, store)
+        timings["resample"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pairs = _measure_pairs(_pair_tasks(built, layout, config), built, layout, config, executor, store)
+        timings["pairs"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reasons = built.reasons
+    solution = _solve_units(pairs, layout, config, reasons)
+    timings["solve"] = time.perf_counter() - t0
+    coefficients, sigma, component, status = _exposure_levels(layout, solution, reasons, config.ncoef)
     return MatchResult(
-        grid=grid,
+        grid=layout.grid,
         fit_type=config.fit_type,
         plane_scale=config.plane_scale,
-        groups=groups,
+        groups=layout.groups,
         coefficients=coefficients,
         sigma=sigma,
         component=component,
-        group_index=group_index,
-        status=np.asarray(status, dtype=str),
+        group_index=layout.group_index,
+        status=status,
         reasons=reasons,
         group_solution=solution,
-        group_pairs=group_pairs,
-        rejected_pairs=rejected,
-        alignment=alignment,
-        group_boxes=[_unit_box(g, patches) for g in range(len(groups))],
-        group_flatness=np.array(flatness),
-        thumbnails=thumbnails,
+        group_pairs=pairs.used,
+        rejected_pairs=pairs.rejected,
+        alignment=pairs.alignment,
+        group_boxes=[_unit_box(g, built.patches) for g in range(len(layout.groups))],
+        group_flatness=np.array(built.flatness),
+        thumbnails=built.thumbnails,
         timings=timings,
     )
 
