@@ -106,3 +106,34 @@ def test_step_results_do_not_depend_on_worker_count(small_mosaic):
     one = levels_of(PixelSkyMatchStep.call(copy_models(small_mosaic), n_workers=1))
     two = levels_of(PixelSkyMatchStep.call(copy_models(small_mosaic), n_workers=2, in_memory=False))
     np.testing.assert_array_equal(one, two)
+
+
+def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypatch):
+    """An on-disk run of an association: each worker opens its exposures by path.
+
+    The parent process never loads a member's pixels for matching (the
+    workers do, from the files), and the levels equal the serial in-memory
+    run's bit for bit.
+    """
+    from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
+    from jwst_skymatch_plus.steps import pixel_skymatch
+
+    sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=21)
+    asn = write_association(sim.filenames, tmp_path, "workers")
+    serial = recorded_levels(PixelSkyMatchStep.call(str(asn)))
+
+    portable, parent_loads = [], []
+    match = pixel_skymatch.match_exposures
+
+    def watched(sources, *args, **kwargs):
+        for s in sources:
+            portable.append(s.portable_load is not None)
+            s.load = lambda load=s.load, name=s.name: parent_loads.append(name) or load()
+        return match(sources, *args, **kwargs)
+
+    monkeypatch.setattr(pixel_skymatch, "match_exposures", watched)
+    parallel = recorded_levels(PixelSkyMatchStep.call(str(asn), n_workers=2, in_memory=False))
+    np.testing.assert_array_equal(serial, parallel)
+    assert portable == [True] * len(sim.filenames)
+    assert parent_loads == []

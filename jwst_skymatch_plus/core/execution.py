@@ -66,6 +66,9 @@ class Executor:
     by inputs waiting to be processed.
     """
 
+    #: Tasks run in other processes: arrays must not travel with them.
+    remote = False
+
     def __init__(self, max_pending: int = 1) -> None:
         self.max_pending = max(1, max_pending)
 
@@ -121,6 +124,8 @@ class ProcessExecutor(Executor):
     SIGKILL; on an exception in the parent (SIGTERM included, see
     :mod:`jwst_skymatch_plus._signals`) they are stopped at once.
     """
+
+    remote = True
 
     def __init__(self, n_workers: int) -> None:
         super().__init__(max_pending=2 * n_workers)
@@ -217,6 +222,8 @@ def _set_parent_death_signal(signum: int) -> None:
 
 class DaskExecutor(Executor):
     """An existing Dask cluster (``dask.distributed``)."""
+
+    remote = True
 
     def __init__(self, scheduler: str | Any) -> None:
         from distributed import Client

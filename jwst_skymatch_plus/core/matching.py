@@ -48,7 +48,7 @@ from .pairs import (
 from .registration import ImageShift, measure_shift
 from .resample import Resampled, drizzle_noise_ratio, resample_to_grid
 from .solve import LevelSolution, solve_levels
-from .store import make_store
+from .store import StoredImages, make_store
 
 __all__ = [
     "EXPOSURE_STATUSES",
@@ -202,6 +202,9 @@ class ExposureSource:
     up front, the detector-to-sky transform.  It is called once per exposure,
     in the calling process, so exposures can stay on disk until needed.
 
+    ``portable_load``, when given, must return the same as ``load``; parallel
+    runs call it in the worker that resamples the exposure.
+
     The grid only needs each exposure's footprint and pixel scale; give them
     (e.g. from ``S_REGION`` and the FITS WCS keywords) to avoid opening every
     file twice, or give ``wcs`` and they are computed from it.
@@ -215,6 +218,10 @@ class ExposureSource:
     pixel_scale: float | None = None  # degrees per pixel
     position_angle: float | None = None  # degrees East of North of the detector +y axis
     footprint_margin: int = 10  # extra grid pixels around a given (corner-only) footprint
+    #: A ``load`` that also works in another process (picklable, e.g. it reads
+    #: the file by path): worker processes and Dask workers then read the
+    #: exposure themselves instead of receiving its arrays.
+    portable_load: Callable[[], tuple] | None = None
 
     def sky_footprint(self) -> np.ndarray:
         """Footprint polygon, given or computed from the WCS."""
@@ -249,6 +256,7 @@ class Patch:
     bbox: BBox
     area: int  # valid pixels
     pedestal: float
+    key: str = ""  # name of its image in the store
 
 
 @dataclass
@@ -1010,10 +1018,19 @@ def _layout(
     return _Layout(grid, groups, boxes, group_index, fallback, factor)
 
 
-def _unit_payloads(exposures: Sequence[ExposureSource], members: Sequence[int]) -> list[tuple]:
-    """``(data, good, wcs)`` of a unit's exposures, loaded now."""
+def _unit_payloads(
+    exposures: Sequence[ExposureSource], members: Sequence[int], portable: bool = False
+) -> list:
+    """``(data, good, wcs)`` of a unit's exposures, loaded now.
+
+    With ``portable``, exposures that can be loaded in another process are
+    represented by their ``portable_load`` instead (read by the worker).
+    """
     payloads = []
     for k in members:
+        if portable and exposures[k].portable_load is not None:
+            payloads.append(exposures[k].portable_load)
+            continue
         loaded = exposures[k].load()
         wcs = loaded[2] if len(loaded) > 2 else exposures[k].wcs
         if wcs is None:
@@ -1022,38 +1039,98 @@ def _unit_payloads(exposures: Sequence[ExposureSource], members: Sequence[int]) 
     return payloads
 
 
+@dataclass
+class _StoredPatch:
+    """Where a worker left a patch image (in place of the image itself)."""
+
+    bbox: BBox
+    area: int
+
+
+def _patch_key(unit: int, n: int) -> str:
+    return f"u{unit:06d}p{n:03d}"
+
+
+def _build_stored_unit(
+    payloads: Sequence,
+    boxes: Sequence[BBox],
+    grid: SkyGrid,
+    config: MatchConfig,
+    factor: int,
+    files,
+    unit: int,
+) -> tuple[UnitProduct, list]:
+    """:func:`build_unit` in a worker: load what it was given to load, leave the patches in ``files``.
+
+    Returns the product, with each patch image replaced by its box and area,
+    and the WCS of each exposure the worker loaded (None for the others).
+    """
+    loaded, wcs_out = [], []
+    for item in payloads:
+        if callable(item):
+            data, good, wcs = item()[:3]
+            loaded.append((data, good, wcs))
+            wcs_out.append(wcs)
+        else:
+            loaded.append(item)
+            wcs_out.append(None)
+    product = build_unit(loaded, boxes, grid, config, factor)
+    stored = []
+    for n, (positions, image, pedestal) in enumerate(product.patches):
+        files.write(_patch_key(unit, n), image)
+        stored.append((positions, _StoredPatch(image.bbox, int(image.valid.sum())), pedestal))
+    product.patches = stored
+    return product, wcs_out
+
+
 def _resample_units(
     exposures: Sequence[ExposureSource], layout: _Layout, config: MatchConfig, executor, store
 ) -> _PatchSet:
-    """Build every unit's patches (:func:`build_unit`) into ``store``."""
+    """Build every unit's patches (:func:`build_unit`) into ``store``.
+
+    Worker processes (``executor.remote``) load the exposures they can load
+    themselves and write their patches into the store's folder: only names,
+    boxes and small results come back.
+    """
     groups = layout.groups
     reasons = [""] * len(exposures)
     constant = np.zeros(len(exposures), dtype=bool)
     patches: list[Patch] = []
     flatness: list[float] = []
     thumbnails: list = []
-    tasks = (
-        (
-            _unit_payloads(exposures, members),
-            [layout.boxes[k] for k in members],
-            layout.grid,
-            config,
-            layout.thumbnail_factor,
-        )
-        for members in groups
-    )
+    remote = executor.remote and isinstance(getattr(store, "files", None), StoredImages)
+    factor = layout.thumbnail_factor
+
+    def tasks():
+        for g, members in enumerate(groups):
+            boxes = [layout.boxes[k] for k in members]
+            if remote:
+                payloads = _unit_payloads(exposures, members, portable=True)
+                yield (payloads, boxes, layout.grid, config, factor, store.files, g)
+            else:
+                yield (_unit_payloads(exposures, members), boxes, layout.grid, config, factor)
+
     progress = _Progress("Resampling exposures", len(groups))
-    for g, product in enumerate(executor.imap(build_unit, tasks)):
+    for g, product in enumerate(executor.imap(_build_stored_unit if remote else build_unit, tasks())):
         members = groups[g]
+        if remote:
+            product, loaded_wcs = product
+            for pos, wcs in enumerate(loaded_wcs):
+                if wcs is not None and exposures[members[pos]].wcs is None:
+                    exposures[members[pos]].wcs = wcs  # kept for later use (planes on detectors)
         for pos, k in enumerate(members):
             if product.problems[pos]:
                 reasons[k] = product.problems[pos]
             constant[k] = product.constant[pos]
-        for positions, image, pedestal in product.patches:
-            store.put(len(patches), image)
-            patches.append(
-                Patch(g, [members[p] for p in positions], image.bbox, int(image.valid.sum()), pedestal)
-            )
+        for n, (positions, image, pedestal) in enumerate(product.patches):
+            key = _patch_key(g, n)
+            if isinstance(image, _StoredPatch):
+                store.register(key, image.bbox)
+                area = image.area
+            else:
+                store.put(key, image)
+                area = int(image.valid.sum())
+            patches.append(Patch(g, [members[p] for p in positions], image.bbox, area, pedestal, key))
         flatness.append(product.flatness)
         thumbnails.append(product.thumbnail)
         del product
@@ -1098,15 +1175,29 @@ def _measure_pairs(
 ) -> _PairSet:
     """Measure every pair task; label the pairs with their units and pedestals."""
     patches = built.patches
-    jobs = (
-        (task, store.cutout(task.a, task.box), store.cutout(task.b, task.box), config, layout.grid.center)
-        for task in tasks
-    )
+    remote = executor.remote and isinstance(getattr(store, "files", None), StoredImages)
+    if remote:
+        # Workers read their cut-outs from the store's folder themselves.
+        fn = _measure_stored_pair
+        jobs = (
+            (task, (patches[task.a].key, patches[task.b].key), store.files, config, layout.grid.center)
+            for task in tasks
+        )
+    else:
+        fn = measure_pair
+        jobs = (
+            (
+                task,
+                store.cutout(patches[task.a].key, task.box),
+                store.cutout(patches[task.b].key, task.box),
+                config,
+                layout.grid.center,
+            )
+            for task in tasks
+        )
     out = _PairSet()
     progress = _Progress("Measuring pairs", len(tasks))
-    for count, (task, outcome) in enumerate(
-        zip(tasks, executor.imap(measure_pair, jobs), strict=True), start=1
-    ):
+    for count, (task, outcome) in enumerate(zip(tasks, executor.imap(fn, jobs), strict=True), start=1):
         pa, pb = patches[task.a], patches[task.b]
         pair = outcome.pair
         if task.check_alignment and pair is not None:
@@ -1125,6 +1216,29 @@ def _measure_pairs(
     for p in out.rejected:
         log.info("Pair of units %d-%d not used: %s.", p.i + 1, p.j + 1, "; ".join(p.flags))
     return out
+
+
+def _measure_stored_pair(
+    task: PairTask,
+    keys: tuple[str, str],
+    files: StoredImages,
+    config: MatchConfig,
+    center: tuple[float, float],
+) -> PairOutcome:
+    """:func:`measure_pair` in a worker, which reads both cut-outs from ``files``."""
+    cut_a = files.cutout(keys[0], task.boxes[0], task.box)
+    cut_b = files.cutout(keys[1], task.boxes[1], task.box)
+    return measure_pair(task, cut_a, cut_b, config, center)
+
+
+def _store_kind(execution: ExecutionSettings, executor) -> str:
+    """The store asked for; on disk whenever workers run in other processes."""
+    if executor.remote and execution.store == "memory":
+        # Workers exchange images through files (the page cache), not pipes:
+        # nothing large is pickled either way.
+        log.info("Parallel run: resampled images are shared with the workers through a temporary folder.")
+        return "disk"
+    return execution.store
 
 
 def _solve_units(pairs: _PairSet, layout: _Layout, config: MatchConfig, reasons: list[str]) -> LevelSolution:
@@ -1238,7 +1352,10 @@ def match_exposures(
     t0 = time.perf_counter()
     layout = _layout(exposures, groups, config, grid, fallback)
     timings["grid"] = time.perf_counter() - t0
-    with execution.executor() as executor, make_store(execution.store, execution.temp_dir) as store:
+    with (
+        execution.executor() as executor,
+        make_store(_store_kind(execution, executor), execution.temp_dir) as store,
+    ):
         t0 = time.perf_counter()
         built = _resample_units(exposures, layout, config, executor, store)
         timings["resample"] = time.perf_counter() - t0

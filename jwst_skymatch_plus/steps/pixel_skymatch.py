@@ -29,6 +29,7 @@ from ._library import (
     check_parameters,
     check_single_configuration,
     exposure_sources,
+    file_loads,
     good_pixel_mask,
     open_library_with_metadata,
     package_logging,
@@ -206,6 +207,11 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
                 sources = exposure_sources(library, mask, names)
+            if not self.in_memory:
+                # Workers read these files themselves.  (An in-memory library
+                # is loaded by this process anyway, to be returned.)
+                for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
+                    source.portable_load = load
             result = match_exposures(sources, units, config, fallback=fallback, execution=self._execution())
         self._check_alignment(result, names)
         ref_group, ref_index = self._reference_group(result, names, metas)
