@@ -137,3 +137,24 @@ def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypa
     np.testing.assert_array_equal(serial, parallel)
     assert portable == [True] * len(sim.filenames)
     assert parent_loads == []
+
+
+def test_memory_budget_spills_resampled_images_to_disk(miri_mosaic, serial, tmp_path, caplog):
+    """Above the budget the images wait on disk, said once in the log, with identical levels."""
+    execution = ExecutionSettings(memory_budget=1e-4, temp_dir=str(tmp_path))
+    with caplog.at_level("INFO", logger="jwst_skymatch_plus.core.matching"):
+        result = match_exposures(
+            _sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(), execution=execution
+        )
+    _same(serial, result)
+    spilled = [r for r in caplog.records if "more than the memory budget" in r.getMessage()]
+    assert len(spilled) == 1
+    assert list(tmp_path.iterdir()) == []  # the disk store was used, then removed
+
+
+def test_default_memory_budget_is_within_its_documented_range():
+    from jwst_skymatch_plus.core.execution import default_memory_budget
+
+    assert 1.0 <= default_memory_budget() <= 4.0
+    assert ExecutionSettings().budget_bytes == default_memory_budget() * 2**30
+    assert ExecutionSettings(memory_budget=0.5).budget_bytes == 2**29

@@ -16,7 +16,40 @@ from typing import Any
 
 from .._atomic import pid_alive
 
-__all__ = ["ExecutionSettings", "Executor", "default_workers", "make_executor"]
+__all__ = [
+    "ExecutionSettings",
+    "Executor",
+    "available_memory",
+    "default_memory_budget",
+    "default_workers",
+    "make_executor",
+]
+
+
+def available_memory() -> float | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_budget() -> float:
+    """GiB resampled images may use by default: a quarter of the available memory, 1 to 4 GiB.
+
+    The input models, the workers and the pair measurements need the rest.
+    """
+    available = available_memory()
+    if available is None:
+        return 2.0
+    return float(min(4.0, max(1.0, available / 4 / 2**30)))
 
 
 def default_workers() -> int:
@@ -43,16 +76,27 @@ class ExecutionSettings:
         Where resampled images wait between resampling and pair measurement.
     temp_dir : str, optional
         Parent directory of the disk store (default: the system's).
+    memory_budget : float, optional
+        GiB the resampled images may hold in memory; when a run's estimate
+        exceeds it, they wait on disk instead (``store='disk'``).  None:
+        :func:`default_memory_budget`.
     """
 
     n_workers: int = 1
     scheduler: str | Any | None = None
     store: str = "memory"
     temp_dir: str | None = None
+    memory_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.store not in ("memory", "disk"):
             raise ValueError(f"store must be 'memory' or 'disk', got {self.store!r}")
+
+    @property
+    def budget_bytes(self) -> float:
+        """The memory budget in bytes."""
+        gib = default_memory_budget() if self.memory_budget is None else self.memory_budget
+        return float(gib) * 2**30
 
     def executor(self) -> Executor:
         """The backend these settings ask for (a context manager)."""

@@ -1231,14 +1231,28 @@ def _measure_stored_pair(
     return measure_pair(task, cut_a, cut_b, config, center)
 
 
-def _store_kind(execution: ExecutionSettings, executor) -> str:
-    """The store asked for; on disk whenever workers run in other processes."""
-    if executor.remote and execution.store == "memory":
+def _store_kind(execution: ExecutionSettings, executor, layout: _Layout) -> str:
+    """The store asked for, or the disk when workers run elsewhere or memory would not do."""
+    if execution.store != "memory":
+        return execution.store
+    if executor.remote:
         # Workers exchange images through files (the page cache), not pipes:
         # nothing large is pickled either way.
         log.info("Parallel run: resampled images are shared with the workers through a temporary folder.")
         return "disk"
-    return execution.store
+    # Image and weight in float32 for every exposure's box (co-added patches
+    # of a unit take less).
+    need = 8.0 * sum(box.size for box in layout.boxes)
+    if need > execution.budget_bytes:
+        log.info(
+            "Resampled images need about %.2f GiB, more than the memory budget of %.2f GiB: they wait on "
+            "disk in a temporary folder (%s) until their pairs are measured (memory_budget sets the budget).",
+            need / 2**30,
+            execution.budget_bytes / 2**30,
+            execution.temp_dir or "the system's temporary directory",
+        )
+        return "disk"
+    return "memory"
 
 
 def _solve_units(pairs: _PairSet, layout: _Layout, config: MatchConfig, reasons: list[str]) -> LevelSolution:
@@ -1354,7 +1368,7 @@ def match_exposures(
     timings["grid"] = time.perf_counter() - t0
     with (
         execution.executor() as executor,
-        make_store(_store_kind(execution, executor), execution.temp_dir) as store,
+        make_store(_store_kind(execution, executor, layout), execution.temp_dir) as store,
     ):
         t0 = time.perf_counter()
         built = _resample_units(exposures, layout, config, executor, store)

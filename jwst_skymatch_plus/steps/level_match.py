@@ -86,6 +86,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
         table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
         in_memory = boolean(default=True) # keep exposures in memory
+        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -163,7 +164,9 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         background_times = [float(v) for v in self.background_times.replace(",", " ").split()]
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
-        execution = ExecutionSettings(store="memory" if self.in_memory else "disk")
+        execution = ExecutionSettings(
+            store="memory" if self.in_memory else "disk", memory_budget=self.memory_budget
+        )
         with library:
             sources = exposure_sources(library, mask, names)
             outcomes = run_stages(

@@ -123,6 +123,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         diagnostic_plot = string(default='') # path of a diagnostic PNG (overlap graph, thumbnails); '' none; 'auto' next to the table
         n_workers = integer(default=1) # local worker processes (0: all cores but one, at most 4)
         scheduler = string(default='') # Dask scheduler address (tcp://host:port); overrides n_workers
+        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -253,6 +254,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             n_workers=n_workers,
             scheduler=self.scheduler or None,
             store="memory" if self.in_memory else "disk",
+            memory_budget=self.memory_budget,
         )
 
     def _previous_level(self, meta: dict, name: str) -> float:
