@@ -773,26 +773,35 @@ def _coadd(images: Sequence[Resampled]) -> Resampled:
 
 
 class _Progress:
-    """Log a line at most every ``every`` seconds (and at the end)."""
+    """Log progress at every ``step`` fraction of the work once a stage runs long, and at its end.
 
-    def __init__(self, what: str, total: int, every: float = 10.0) -> None:
-        self.what, self.total, self.every = what, total, every
-        self.t0 = self.last = time.perf_counter()
+    Each line gives what is done, the elapsed time and an estimate of what
+    is left; stages shorter than ``quiet`` seconds log only their last line.
+    """
+
+    def __init__(self, what: str, total: int, step: float = 0.1, quiet: float = 5.0) -> None:
+        self.what, self.total, self.step, self.quiet = what, total, step, quiet
+        self.t0 = time.perf_counter()
+        self.next_mark = step
 
     def update(self, done: int) -> None:
         now = time.perf_counter()
-        if done == self.total or now - self.last >= self.every:
-            rate = (now - self.t0) / max(done, 1)
-            left = rate * (self.total - done)
-            log.info(
-                "%s: %d/%d done in %.1f s%s.",
-                self.what,
-                done,
-                self.total,
-                now - self.t0,
-                f" (about {left:.0f} s left)" if done < self.total else "",
-            )
-            self.last = now
+        fraction = done / max(self.total, 1)
+        if done < self.total and (fraction < self.next_mark or now - self.t0 < self.quiet):
+            return
+        while self.next_mark <= fraction:
+            self.next_mark += self.step
+        elapsed = now - self.t0
+        left = elapsed / max(done, 1) * (self.total - done)
+        log.info(
+            "%s: %d/%d (%.0f%%) done in %.1f s%s.",
+            self.what,
+            done,
+            self.total,
+            100.0 * fraction,
+            elapsed,
+            f", about {left:.0f} s left" if done < self.total else "",
+        )
 
 
 def _alignment_pairs(
