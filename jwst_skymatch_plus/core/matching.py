@@ -103,9 +103,8 @@ class MatchConfig:
         Grid pixel size in units of the exposures' native pixel size.
     kernel, pixfrac : str, float
         Drizzle kernel and pixel fraction used to resample for matching.
-        ``'auto'`` is ``'turbo'`` on a grid of native pixels (offsets as
-        good as with ``'square'``, three times faster) and ``'square'`` on
-        coarser grids (where turbo loses some 5-10% in precision).
+        ``'auto'`` is ``'turbo'`` on a grid of native pixels and
+        ``'square'`` on coarser grids.
     pixmap_stepsize : int
         WCS evaluated every this many pixels (interpolated between).
     weighting : {'ivar', 'npix', 'equal'}
@@ -139,9 +138,7 @@ class MatchConfig:
         Weight the pixels of level fits too by
         :func:`~jwst_skymatch_plus.core.pairs.structure_weights` (planes
         always are): resampling errors where the sky curves are coherent and
-        bias levels measured across bright structure (on simulated MIRI
-        mosaics with bright emission, errors fell from 2.4 to 1.9 times the
-        noise floor).
+        bias levels measured across bright structure.
     exclude_discordant : bool
         Leave out of the solution the units whose pairs contradict each
         other (no level fits them), when ``robust``; see
@@ -359,9 +356,7 @@ def default_grid_scale(fit_type: str) -> float:
     Native pixels for constant offsets: medians of differences are most
     precise there.  Twice native for planes: least-squares planes pick up the
     pixel-phase interpolation errors of resampling sharp structure, which a
-    coarser grid averages away (over five simulated mosaics the plane error
-    relative to the noise floor averaged 1.4x at twice native against 1.9x at
-    native, at a quarter of the cost).
+    coarser grid averages away.
     """
     return 2.0 if fit_type == "level+slope" else 1.0
 

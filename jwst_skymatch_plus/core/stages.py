@@ -411,7 +411,6 @@ def run_stages(
     config: MatchConfig,
     *,
     lyot_region: Callable[[int], tuple[slice, slice] | None] = lambda k: None,
-    exclude_lyot: bool = True,
     reference: str = "auto",
     background_times: Sequence[float] = (),
     match_down: bool = True,
@@ -435,9 +434,7 @@ def run_stages(
         Matching settings shared by the stages.
     lyot_region : callable
         ``lyot_region(k)``: the Lyot coronagraph slices of exposure ``k``, or
-        None.
-    exclude_lyot : bool
-        Leave the Lyot region out of every stage but ``lyot`` (it is
+        None.  The region is left out of every stage but ``lyot`` (it is
         corrected by all of them).
     reference : str
         Reference rule of the tile stage: ``'auto'`` (closest in time to a
@@ -468,7 +465,7 @@ def run_stages(
         if stage not in stages:
             continue
         current = [corrected_source(s, applied[k]) for k, s in enumerate(sources)]
-        if stage != "lyot" and exclude_lyot:
+        if stage != "lyot":
             current = [
                 s if lyot_region(k) is None else _restricted(s, lyot_region(k), inside=False, rename=False)
                 for k, s in enumerate(current)

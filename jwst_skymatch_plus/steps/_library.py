@@ -1,6 +1,9 @@
-"""Reading exposures out of a ModelLibrary for the core, and writing results back.
+"""What every step shares between stpipe and the core.
 
-Shared by every step of the package; no algorithm lives here.
+Opening the input as a ModelLibrary with each member's metadata read once;
+checks of exposures, WCS and step parameters that name what is wrong;
+good-pixel masks and excluded regions; lazy exposure sources for the core;
+logging and atomic saving of products.  No algorithm lives here.
 """
 
 from __future__ import annotations
