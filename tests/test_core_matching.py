@@ -2,38 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import metas_of as metas
+from conftest import sources_of as sources
 
 from jwst_skymatch_plus.core.grouping import group_exposures, sky_units
-from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
-from jwst_skymatch_plus.core.regions import miri_lyot_region
+from jwst_skymatch_plus.core.matching import MatchConfig, match_exposures
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
-
-
-def sources(sim, exclude_lyot=True):
-    out = []
-    for m in sim.models:
-
-        def load(m=m):
-            good = np.isfinite(m.data) & ((m.dq & 1) == 0)
-            if exclude_lyot:
-                good[miri_lyot_region(m.data.shape)] = False
-            return m.data, good
-
-        out.append(ExposureSource(m.meta.filename, m.meta.wcs, m.data.shape, load))
-    return out
-
-
-def metas(sim):
-    return [
-        {
-            "meta.observation.program_number": m.meta.observation.program_number,
-            "meta.observation.observation_number": m.meta.observation.observation_number,
-            "meta.observation.visit_number": m.meta.observation.visit_number,
-            "meta.instrument.module": m.meta.instrument.module,
-            "meta.instrument.detector": m.meta.instrument.detector,
-        }
-        for m in sim.models
-    ]
 
 
 def test_per_exposure_offsets_reach_the_noise_floor(miri_mosaic):

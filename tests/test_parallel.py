@@ -2,36 +2,16 @@
 
 import numpy as np
 import pytest
+from conftest import metas_of
+from conftest import sources_of as _sources
 
 from jwst_skymatch_plus.core.execution import ExecutionSettings
 from jwst_skymatch_plus.core.grouping import group_exposures
-from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
-from jwst_skymatch_plus.core.regions import miri_lyot_region
-
-
-def _sources(sim):
-    out = []
-    for m in sim.models:
-
-        def load(m=m):
-            good = np.isfinite(m.data) & ((m.dq & 1) == 0)
-            good[miri_lyot_region(m.data.shape)] = False
-            return m.data, good
-
-        out.append(ExposureSource(m.meta.filename, m.meta.wcs, m.data.shape, load))
-    return out
+from jwst_skymatch_plus.core.matching import MatchConfig, match_exposures
 
 
 def _groups(sim):
-    metas = [
-        {
-            "meta.observation.program_number": "1",
-            "meta.observation.observation_number": "1",
-            "meta.observation.visit_number": m.meta.observation.visit_number,
-        }
-        for m in sim.models
-    ]
-    return group_exposures(metas, "visit")
+    return group_exposures(metas_of(sim), "visit")
 
 
 @pytest.fixture(scope="module")
