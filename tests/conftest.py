@@ -88,3 +88,19 @@ def misaligned():
     return simulate_mosaic(
         "miri", shape=(160, 160), tiles=(2, 2), dithers=2, misalign_arcsec=0.25, n_sources=600, seed=13
     )
+
+
+@pytest.fixture(scope="session")
+def tilted_tiles():
+    """3 x 1 tiles x 2 dithers of a flat scene (no emission, few sources), strong per-visit gradients."""
+    return simulate_mosaic(
+        "miri",
+        shape=(128, 128),
+        tiles=(3, 1),
+        dithers=2,
+        gradient_sigma=3.0,
+        exposure_offset_sigma=0.0,
+        emission=0.0,
+        n_sources=5,
+        seed=4,
+    )

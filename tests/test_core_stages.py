@@ -25,15 +25,8 @@ INCONSISTENT = "after level matching"
 @pytest.fixture(scope="module")
 def mosaic():
     """MIRI, 2 x 2 tiles x 3 dithers, drifts inside visits and a Lyot offset per exposure."""
-    return simulate_mosaic(
-        "miri",
-        shape=(160, 160),
-        tiles=(2, 2),
-        dithers=3,
-        exposure_offset_sigma=0.05,
-        lyot_offset_sigma=0.3,
-        seed=7,
-    )
+    drifts = dict(exposure_offset_sigma=0.05, lyot_offset_sigma=0.3)
+    return simulate_mosaic("miri", shape=(160, 160), tiles=(2, 2), dithers=3, seed=7, **drifts)
 
 
 def _run(sim, stages, **kwargs):
