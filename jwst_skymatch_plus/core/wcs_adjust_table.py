@@ -68,6 +68,11 @@ COLUMNS = (
 #: Columns a table must have to be read (every other one has a fill value).
 REQUIRED_COLUMNS = ("program", "observation", "visit", "measured")
 
+_UNITS = {
+    **dict.fromkeys(("ra_ref", "dec_ref", "rotation"), "deg"),
+    **dict.fromkeys(("shift_ra", "shift_dec", "shift_error", "fit_rms"), "arcsec"),
+}
+
 
 def _number_text(value) -> str:
     """Visit numbers as table text: without leading zeros ('' for None)."""
@@ -128,18 +133,39 @@ def build_wcs_adjust_table(rows: Sequence[Mapping], meta: dict | None = None) ->
     -------
     astropy.table.Table
         Every column of :data:`COLUMNS`, with its description and unit.
+
+    Raises
+    ------
+    ValueError
+        A value that does not fit its column's type (the column is named).
     """
     table = Table()
-    for name, kind, fill, description in COLUMNS:
+    for name, kind, fill, _ in COLUMNS:
         dtype = {str: str, bool: bool, int: np.int64, float: np.float64}[kind]
-        table[name] = np.array([r.get(name, fill) for r in rows], dtype=dtype) if rows else np.zeros(0, dtype)
-        table[name].description = description
-    for col in ("ra_ref", "dec_ref", "rotation"):
-        table[col].unit = "deg"
-    for col in ("shift_ra", "shift_dec", "shift_error", "fit_rms"):
-        table[col].unit = "arcsec"
+        try:
+            values = np.array([r.get(name, fill) for r in rows], dtype=dtype) if rows else np.zeros(0, dtype)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"WCS adjustment table column {name!r}: {err}") from None
+        table[name] = values
+    _describe(table)
     table.meta.update(meta or {})
     return table
+
+
+def _describe(table: Table, path: Path | None = None) -> None:
+    """Set the description and unit of every column of :data:`COLUMNS` in ``table``.
+
+    A column that has a unit must have the schema's (values are never converted).
+    """
+    for name, _, _, description in COLUMNS:
+        col = table[name]
+        col.description = description
+        unit = _UNITS.get(name)
+        if col.unit is None:
+            col.unit = unit
+        elif unit is None or col.unit != unit:
+            where = f"{path}: " if path else ""
+            raise ValueError(f"{where}column {name!r} is in {col.unit}; the table's unit is {unit or 'none'}")
 
 
 def row_affine(row) -> SkyAffine:
@@ -196,7 +222,7 @@ def write_wcs_adjust_table(table: Table, path: str | Path, formats: Sequence[str
                 for row in table:
                     lines.append("[[visit]]")
                     lines += [f"{name} = {_toml_value(row[name])}" for name in table.colnames]
-                tmp.write_text("\n".join(lines) + "\n")
+                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         written.append(out)
     return written
 
@@ -212,15 +238,17 @@ def read_wcs_adjust_table(path: str | Path) -> Table:
     Returns
     -------
     astropy.table.Table
-        Every column of :data:`COLUMNS` (those the file lacks at their
-        unmeasured value); text columns as ``str``, visit numbers without
-        leading zeros.  TOML keeps no table metadata.
+        Every column of :data:`COLUMNS` in that order, with its description
+        and unit (those the file lacks at their unmeasured value), then any
+        other column of the file; text columns as ``str``, visit numbers
+        without leading zeros.  TOML keeps no table metadata.
 
     Raises
     ------
     ValueError
-        An unknown suffix, or a file that is not a WCS adjustment table
-        (the missing columns are named).
+        An unknown suffix, a file that is not a WCS adjustment table (the
+        missing columns, or the TOML row, are named), or a value that does
+        not fit its column (named).
     """
     import asdf
 
@@ -230,22 +258,33 @@ def read_wcs_adjust_table(path: str | Path) -> Table:
         table = Table.read(path, format="ascii.ecsv")
     elif suffix == "asdf":
         with asdf.open(path) as af:
+            if "wcs_adjust" not in af.tree:
+                raise ValueError(f"{path}: not a WCS adjustment table (no 'wcs_adjust' entry)")
             cols = {k: np.array(v) for k, v in af.tree["wcs_adjust"].items()}
             meta = dict(af.tree.get("meta", {}))
         table = Table(cols, meta=meta)
     elif suffix == "toml":
-        rows = tomllib.loads(path.read_text()).get("visit", [])
-        table = build_wcs_adjust_table(rows)
+        rows = tomllib.loads(path.read_text(encoding="utf-8")).get("visit", [])
+        for k, row in enumerate(rows):
+            missing = [c for c in REQUIRED_COLUMNS if c not in row]
+            if missing:
+                raise ValueError(
+                    f"{path}: [[visit]] table {k + 1} has no {', '.join(missing)}: "
+                    "not a WCS adjustment table row"
+                )
+        try:
+            table = build_wcs_adjust_table(rows)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     else:
         raise ValueError(f"{path}: unknown table format (use .ecsv, .asdf or .toml)")
     missing = [c for c in REQUIRED_COLUMNS if c not in table.colnames]
     if missing:
         raise ValueError(f"{path}: not a WCS adjustment table (no column {', '.join(missing)})")
-    for name, kind, fill, description in COLUMNS:
+    for name, kind, fill, _ in COLUMNS:
         if name not in table.colnames:
             # Written by an earlier version, before this column existed.
             table[name] = np.full(len(table), fill, dtype=type(fill) if kind is not str else str)
-            table[name].description = description
     for name, kind, _, _ in COLUMNS:
         if kind is str and name in table.colnames:
             # ECSV reads an all-empty text column back as masked.
@@ -254,4 +293,8 @@ def read_wcs_adjust_table(path: str | Path) -> Table:
             table[name] = np.array(["" if m else str(v) for v, m in zip(col, mask, strict=True)], dtype=str)
     for name in ("program", "observation", "visit"):
         table[name] = [_number_text(v) for v in table[name]]
+    # Every format reads to the same table (ASDF keeps neither order nor units).
+    names = [c[0] for c in COLUMNS]
+    table = table[names + [c for c in table.colnames if c not in names]]
+    _describe(table, path)
     return table
