@@ -395,20 +395,11 @@ def measure_block_shifts(
 
 
 def _components(n: int, samples: Sequence[ShiftSample], used: np.ndarray) -> np.ndarray:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """Connected set of each unit through the used samples (-1: none)."""
+    from .solve import pair_components
 
-    pairs = [(s.a, s.b) for s, ok in zip(samples, used, strict=True) if ok]
-    comp = np.full(n, -1)
-    if not pairs:
-        return comp
-    i, j = np.array(pairs).T
-    graph = coo_matrix((np.ones(len(pairs)), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    touched = np.zeros(n, bool)
-    touched[i] = touched[j] = True
-    comp[touched] = labels[touched]
-    return comp
+    pairs = np.array([(s.a, s.b) for s, ok in zip(samples, used, strict=True) if ok], dtype=int)
+    return pair_components(n, *pairs.reshape(-1, 2).T)
 
 
 def solve_unit_shifts(
