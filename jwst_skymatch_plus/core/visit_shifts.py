@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .grid import BBox, SkyGrid, overlap_bbox
-from .resample import Resampled
+from .resample import Resampled, weighted_coadd
 
 __all__ = [
     "ShiftSample",
@@ -607,15 +607,7 @@ def coadd_on_grid(
         weight = np.where(r.weight >= 0.5 * np.max(r.weight, initial=0.0), r.weight, 0.0)
         resampled.append(Resampled(b, r.image, weight.astype(np.float32)))
     levels = dither_levels(resampled) if match_levels and len(resampled) > 1 else np.zeros(len(resampled))
-    acc = np.zeros(box.shape, np.float64)
-    wsum = np.zeros(box.shape, np.float64)
-    for r, level in zip(resampled, levels, strict=True):
-        sl = r.bbox.slices_in(box)
-        acc[sl] += (r.image - level) * r.weight
-        wsum[sl] += r.weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
-    return Resampled(box, image, wsum.astype(np.float32))
+    return weighted_coadd(resampled, box, levels=levels)
 
 
 def correlate_visits(
