@@ -95,22 +95,25 @@ class BlockShift:
 
 def _has_structure(filled: np.ndarray, valid: np.ndarray, noise: float, threshold: float = 5.0) -> bool:
     """Whether an image (holes filled, noise known) holds structure well above its noise."""
+    from astropy.stats import mad_std
     from scipy import ndimage
 
     if not np.isfinite(noise):
         return False
     smooth = ndimage.gaussian_filter(filled, 2.0)[valid]
-    scatter = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
+    scatter = mad_std(smooth)
     return bool(scatter > threshold * noise / (4.0 * math.sqrt(math.pi)))
 
 
 def _noise(image: np.ndarray, valid: np.ndarray) -> float:
     """Pixel noise from differences of horizontal neighbours (robust; NaN if too few)."""
+    from astropy.stats import mad_std
+
     pairs = valid[:, 1:] & valid[:, :-1]
     if pairs.sum() < 100:
         return math.nan
     diff = np.diff(image, axis=1)[pairs]
-    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
+    return float(mad_std(diff) / math.sqrt(2.0))
 
 
 def _tame_outliers(filled: np.ndarray, noise: float, k: float = 4.0) -> np.ndarray:
@@ -555,6 +558,8 @@ def dither_levels(images: Sequence[Resampled], min_pixels: int = 100) -> np.ndar
     solved together (:func:`~jwst_skymatch_plus.core.solve.solve_levels`);
     an image that overlaps none gets 0.
     """
+    from astropy.stats import mad_std
+
     from .solve import solve_levels
 
     n = len(images)
@@ -570,7 +575,7 @@ def dither_levels(images: Sequence[Resampled], min_pixels: int = 100) -> np.ndar
             if diff.size < min_pixels:
                 continue
             med = float(np.median(diff))
-            mad = 1.4826 * float(np.median(np.abs(diff - med)))
+            mad = float(mad_std(diff))
             ii.append(i)
             jj.append(j)
             delta.append(med)
