@@ -53,8 +53,7 @@ def grid_pixmap(wcs, shape: tuple[int, int], grid: SkyGrid, stepsize: int = 16) 
         The common grid.
     stepsize : int
         Evaluate the WCS every ``stepsize`` pixels and interpolate between
-        (1 evaluates every pixel).  With JWST's smooth distortions 16 keeps the
-        error far below 0.01 pixel.
+        (1 evaluates every pixel).
 
     Returns
     -------

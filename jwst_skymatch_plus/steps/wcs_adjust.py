@@ -2,11 +2,11 @@
 
 JWST's relative pointing within a visit is excellent while guide-star
 astrometry differs between visits by up to a few arcsec.  ``get_wcs_adjust``
-measures one correction per visit in a reference band that has point
-sources; ``apply_wcs_adjust`` applies it to any band's exposures of the same
-visits.  The table between them is ECSV, ASDF or TOML (see
-``docs/wcs_adjust.rst``).  The algorithms live in
-:mod:`jwst_skymatch_plus.core.alignment`.
+measures one correction per visit in a reference band, with tweakreg on point
+sources or by cross-correlating the visits' overlaps; ``apply_wcs_adjust``
+applies it to any band's exposures of the same visits.  The table between
+them is ECSV, ASDF or TOML (see ``docs/wcs_adjust.rst``).  This module is the
+stpipe layer: the measurements and fits live in :mod:`jwst_skymatch_plus.core`.
 """
 
 from __future__ import annotations
