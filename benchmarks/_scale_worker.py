@@ -40,7 +40,7 @@ def naive(asn: str) -> dict[str, float]:
 
     from jwst_skymatch_plus.core.grid import BBox, SkyGrid
     from jwst_skymatch_plus.core.grouping import group_exposures
-    from jwst_skymatch_plus.core.resample import resample_to_grid
+    from jwst_skymatch_plus.core.resample import resample_to_grid, weighted_coadd
 
     library = ModelLibrary(asn, on_disk=True)
     with library:
@@ -56,18 +56,19 @@ def naive(asn: str) -> dict[str, float]:
         full = BBox(0, grid.shape[1], 0, grid.shape[0])
         groups = group_exposures(metas, "visit")
         images = []
-        for members in groups:
-            acc = np.zeros(grid.shape, np.float32)
-            wsum = np.zeros(grid.shape, np.float32)
+
+        def resampled(members):
             for k in members:
                 m = library.borrow(k)
                 good = np.isfinite(m.data) & ((m.dq & 1) == 0)
                 r = resample_to_grid(m.data, good, m.meta.wcs, grid, full)
                 library.shelve(m, k, modify=False)
-                acc += r.image * r.weight
-                wsum += r.weight
-            with np.errstate(invalid="ignore", divide="ignore"):
-                images.append((np.where(wsum > 0, acc / wsum, 0).astype(np.float32), wsum > 0))
+                yield r
+
+        for members in groups:
+            # Full-mosaic float32 sums, as a simple implementation would hold them.
+            mean = weighted_coadd(resampled(members), full, accumulate=np.float32)
+            images.append((mean.image, mean.valid))
     return _solve_full_arrays(images, groups, names)
 
 

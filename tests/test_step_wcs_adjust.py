@@ -451,3 +451,11 @@ def test_bad_reference_images_are_refused(tmp_path):
                 reference_image=str(tmp_path / name),
                 table_path=str(tmp_path / "t.ecsv"),
             )
+
+
+def test_steps_configure_the_package_loggers():
+    """tweakwcs does the work of both steps: its messages must reach the user as the others' do."""
+    for step in (GetWCSAdjustStep, ApplyWCSAdjustStep):
+        loggers = step.get_stpipe_loggers()
+        assert tuple(loggers) == tuple(PixelSkyMatchStep.get_stpipe_loggers())
+        assert "tweakwcs" in loggers

@@ -46,7 +46,7 @@ from .pairs import (
     structure_weights,
 )
 from .registration import ImageShift, measure_shift
-from .resample import Resampled, drizzle_noise_ratio, resample_to_grid
+from .resample import Resampled, drizzle_noise_ratio, resample_to_grid, weighted_coadd
 from .solve import LevelSolution, solve_levels
 from .store import StoredImages, make_store
 
@@ -753,18 +753,7 @@ def _coadd(images: Sequence[Resampled]) -> Resampled:
     """Weighted mean of resampled images on the union of their boxes."""
     if len(images) == 1:
         return images[0]
-    box = images[0].bbox
-    for im in images[1:]:
-        box = box.union(im.bbox)
-    acc = np.zeros(box.shape, dtype=np.float64)
-    wsum = np.zeros(box.shape, dtype=np.float64)
-    for im in images:
-        sl = im.bbox.slices_in(box)
-        acc[sl] += im.weight * im.image.astype(np.float64)
-        wsum[sl] += im.weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
-    return Resampled(box, image, wsum.astype(np.float32))
+    return weighted_coadd(images)
 
 
 class _Progress:

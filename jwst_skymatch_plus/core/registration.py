@@ -76,6 +76,7 @@ class ImageShift:
 
 def _highpass(image: np.ndarray, valid: np.ndarray, smooth: float, clip: float = 4.0) -> np.ndarray:
     """Image minus its local background (valid pixels only), clipped, zero elsewhere."""
+    from astropy.stats import mad_std
     from scipy import ndimage
 
     img = np.where(valid, image, 0.0).astype(np.float64)
@@ -95,7 +96,7 @@ def _highpass(image: np.ndarray, valid: np.ndarray, smooth: float, clip: float =
         # sources outweighs everything else.  Capped, a source still counts
         # through its extent and numbers, a lone hit barely at all.
         med = np.median(vals)
-        noise = 1.4826 * np.median(np.abs(vals - med))
+        noise = mad_std(vals)
         if noise > 0:
             img = np.clip(img, med - clip * noise, med + clip * noise)
     img[~valid] = 0.0
@@ -314,6 +315,7 @@ def measure_shift(
     ImageShift or None
         ``None`` when there are too few common pixels.
     """
+    from astropy.stats import mad_std
     from scipy import ndimage
 
     del upsample
@@ -351,7 +353,7 @@ def measure_shift(
     rest[max(iy - 2, 0) : iy + 3, max(ix - 2, 0) : ix + 3] = np.nan
     rest = rest[np.isfinite(rest)]
     if rest.size >= 8:
-        spread = 1.4826 * np.median(np.abs(rest - np.median(rest)))
+        spread = mad_std(rest)
         significance = float((z[iy, ix] - np.median(rest)) / spread) if spread > 0 else math.inf
     else:
         significance = 0.0
