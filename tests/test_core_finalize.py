@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from test_core_matching import metas, sources
+from conftest import metas_of, sources_of
 
 from jwst_skymatch_plus.core.finalize import (
     FinalBackgrounds,
@@ -26,14 +26,6 @@ from jwst_skymatch_plus.simulate import (
     offset_rms_error,
     simulate_mosaic,
 )
-
-
-def timed_metas(sim):
-    """Flat metadata with the exposures' names and mid times."""
-    return [
-        {**meta, "meta.filename": m.meta.filename, "meta.exposure.mid_time": m.meta.exposure.mid_time}
-        for meta, m in zip(metas(sim), sim.models, strict=True)
-    ]
 
 
 def median_skies(sim):
@@ -57,8 +49,8 @@ def median_error(sim):
 @pytest.fixture(scope="module")
 def matched(miri_mosaic):
     """The MIRI mosaic matched as the step does by default (group_id units, visits as fallback)."""
-    meta = timed_metas(miri_mosaic)
-    srcs = sources(miri_mosaic)
+    meta = metas_of(miri_mosaic)
+    srcs = sources_of(miri_mosaic)
     units, fallback = sky_units(meta, "visit")
     result = match_exposures(srcs, units, MatchConfig(), fallback=fallback)
     return miri_mosaic, srcs, meta, group_exposures(meta, "visit"), result
@@ -70,8 +62,8 @@ def flat():
     sim = simulate_mosaic(
         "miri", shape=(128, 128), tiles=(2, 2), dithers=2, emission=0.0, n_sources=0, seed=7
     )
-    units, fallback = sky_units(metas(sim), "visit")
-    result = match_exposures(sources(sim), units, MatchConfig(check_alignment=False), fallback=fallback)
+    units, fallback = sky_units(metas_of(sim), "visit")
+    result = match_exposures(sources_of(sim), units, MatchConfig(check_alignment=False), fallback=fallback)
     return sim, result
 
 
@@ -153,10 +145,10 @@ def test_unknown_reference_number_names_the_kind(matched):
 
 def test_global_sky_makes_levels_absolute(flat):
     sim, result = flat
-    meta = metas(sim)
+    meta = metas_of(sim)
     final = finalize(
         result,
-        sources(sim),
+        sources_of(sim),
         meta,
         group_exposures(meta, "visit"),
         Gauge(add_global_sky=True),
@@ -177,7 +169,7 @@ def test_ties_recover_the_offsets_between_disconnected_parts():
     sim = simulate_mosaic(
         "miri", shape=(96, 96), tiles=(3, 1), dithers=2, tile_overlap=-0.3, emission=0.0, n_sources=0, seed=6
     )
-    srcs, meta = sources(sim), metas(sim)
+    srcs, meta = sources_of(sim), metas_of(sim)
     visits = group_exposures(meta, "visit")
     result = match_exposures(srcs, group_exposures(meta, "exposure"), MatchConfig(check_alignment=False))
     assert sorted(np.unique(result.component)) == [0, 1, 2]
@@ -222,7 +214,7 @@ def test_plane_fit_recovers_detector_planes():
         exposure_offset_sigma=0.0,
         seed=21,
     )
-    srcs, meta = sources(sim), metas(sim)
+    srcs, meta = sources_of(sim), metas_of(sim)
     visits = group_exposures(meta, "visit")
     result = match_exposures(srcs, visits, MatchConfig(fit_type="level+slope", grid_scale=2.0))
     final = finalize(result, srcs, meta, visits, Gauge(reference="1"))
@@ -237,13 +229,10 @@ def _with_shifts(result, *shifts):
     return replace(result, alignment=[PairCheck(0, 1, s) for s in shifts])
 
 
-def test_misaligned_visits_are_refused_or_named(caplog):
-    # 0.25" is more than 2 MIRI pixels; plenty of sources give every overlap structure.
-    sim = simulate_mosaic(
-        "miri", shape=(160, 160), tiles=(2, 2), dithers=2, misalign_arcsec=0.25, n_sources=600, seed=13
-    )
-    srcs = sources(sim)
-    result = match_exposures(srcs, group_exposures(metas(sim), "visit"), MatchConfig())
+def test_misaligned_visits_are_refused_or_named(misaligned, caplog):
+    # Visits 0.25" (over 2 MIRI pixels) apart; plenty of sources give every overlap structure.
+    srcs = sources_of(misaligned)
+    result = match_exposures(srcs, group_exposures(metas_of(misaligned), "visit"), MatchConfig())
     names = [s.name for s in srcs]
     with pytest.raises(ValueError, match=r"misaligned by more than max_misalignment=0\.3") as err:
         review_alignment(result, names, max_misalignment=0.3, min_correlation=0.5, refuse=True)

@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 from stdatamodels.jwst.datamodels import ImageModel
 
@@ -21,19 +21,14 @@ def mosaic():
 
 
 def records(library):
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(
-                (
-                    m.meta.cal_step.skymatch,
-                    m.meta.background.method,
-                    dict(m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch", {})),
-                )
-            )
-            library.shelve(m, i, modify=False)
-    return out
+    return read_models(
+        library,
+        lambda m: (
+            m.meta.cal_step.skymatch,
+            m.meta.background.method,
+            dict(m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch", {})),
+        ),
+    )
 
 
 def test_default_skystat_is_the_stock_default():

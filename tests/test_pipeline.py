@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_models
 from stdatamodels.jwst import datamodels
 
 from jwst_skymatch_plus.background import BackgroundRule, background_times, classify_exposures
@@ -130,13 +131,7 @@ def test_tweakreg_sees_the_grouping_asked_for_then_jwst_grouping(mosaic_dir, tmp
     # needs source catalogs this offline test does not build).
     def record(self, library):
         seen["groups"] = sorted(library.group_names)
-        ids = []
-        with library:
-            for i in range(len(library)):
-                model = library.borrow(i)
-                ids.append(model.meta.group_id)
-                library.shelve(model, i, modify=False)
-        seen["model_ids"] = ids
+        seen["model_ids"] = read_models(library, lambda model: model.meta.group_id)
         return library
 
     monkeypatch.setattr(TweakRegStep, "process", record)

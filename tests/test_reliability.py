@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 
 from jwst_skymatch_plus import PixelSkyMatchStep
@@ -17,13 +17,7 @@ def mosaic():
 
 
 def statuses(library):
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(m.meta.cal_step.skymatch)
-            library.shelve(m, i, modify=False)
-    return out
+    return read_models(library, lambda m: m.meta.cal_step.skymatch)
 
 
 def test_empty_input_is_skipped(caplog):

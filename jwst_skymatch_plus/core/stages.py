@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .execution import ExecutionSettings
 from .finalize import Gauge, detector_planes, finalize
 from .grouping import group_exposures, instrument_family
 from .matching import ExposureSource, MatchConfig, MatchResult, match_exposures
@@ -185,7 +186,7 @@ def _stage_config(config: MatchConfig, fit_type: str) -> MatchConfig:
     return replace(config, fit_type=fit_type, check_alignment=False, exclude_discordant=False)
 
 
-def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
+def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutcome:
     n = len(sources)
     corrections: list[Correction | None] = [None] * n
     results = []
@@ -195,7 +196,9 @@ def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
         if len(members) < 2:
             continue
         subset = [sources[k] for k in members]
-        result = match_exposures(subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type))
+        result = match_exposures(
+            subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type), execution=execution
+        )
         results.append(result)
         # match_exposures leaves each connected part at zero mean: the tile
         # keeps its level when its dithers are all tied; otherwise every part
@@ -207,7 +210,7 @@ def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
     return StageOutcome("dithers", corrections, results, split=split)
 
 
-def _run_lyot(sources, metas, config, fit_type, lyot_region) -> StageOutcome:
+def _run_lyot(sources, metas, config, fit_type, lyot_region, execution=None) -> StageOutcome:
     n = len(sources)
     miri = [k for k in range(n) if instrument_family(metas[k]) == "miri" and lyot_region(k) is not None]
     if len(miri) < 2:
@@ -217,7 +220,9 @@ def _run_lyot(sources, metas, config, fit_type, lyot_region) -> StageOutcome:
         region = lyot_region(k)
         parts += [_restricted(sources[k], region, inside=False), _restricted(sources[k], region, inside=True)]
         owner += [k, k]
-    result = match_exposures(parts, [[i] for i in range(len(parts))], _stage_config(config, fit_type))
+    result = match_exposures(
+        parts, [[i] for i in range(len(parts))], _stage_config(config, fit_type), execution=execution
+    )
     planes = detector_planes(result, parts)
     corrections: list[Correction | None] = [None] * n
     for idx, k in enumerate(miri):
@@ -237,7 +242,7 @@ def _run_lyot(sources, metas, config, fit_type, lyot_region) -> StageOutcome:
     return StageOutcome("lyot", corrections, [result])
 
 
-def _run_nircam_short(sources, metas, config, fit_type) -> StageOutcome:
+def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> StageOutcome:
     n = len(sources)
     short = [k for k in range(n) if instrument_family(metas[k]) == "nircam_short"]
     corrections: list[Correction | None] = [None] * n
@@ -250,7 +255,9 @@ def _run_nircam_short(sources, metas, config, fit_type) -> StageOutcome:
     for members in _partition([_tile_key(metas[k]) for k in short]):
         members = [short[i] for i in members]
         subset = [sources[k] for k in members]
-        result = match_exposures(subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type))
+        result = match_exposures(
+            subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type), execution=execution
+        )
         results.append(result)
         planes = detector_planes(result, subset)
         split += _split_parts(result, members, sources, f"NIRCam short chips of {subset[0].name}'s tile")
@@ -300,13 +307,13 @@ def _tile_units(metas, earlier: Sequence[StageOutcome]) -> tuple[list[list[int]]
 
 
 def _run_tiles(
-    sources, metas, config, fit_type, reference, background_times, match_down, earlier
+    sources, metas, config, fit_type, reference, background_times, match_down, earlier, execution=None
 ) -> StageOutcome:
     n = len(sources)
     units, visits = _tile_units(metas, earlier)
     if len(units) < 2:
         return StageOutcome("tiles", [None] * n, skipped="a single mosaic tile")
-    result = match_exposures(sources, units, _stage_config(config, fit_type))
+    result = match_exposures(sources, units, _stage_config(config, fit_type), execution=execution)
     rule = (reference or "").strip()
     if rule == "auto":
         rule = "closest_to_background" if background_times else "most_connected"
@@ -372,11 +379,11 @@ def run_stages(
     config: MatchConfig,
     *,
     lyot_region: Callable[[int], tuple[slice, slice] | None] = lambda k: None,
-    exclude_lyot: bool = True,
     reference: str = "auto",
     background_times: Sequence[float] = (),
     match_down: bool = True,
     progress: Callable[[str], None] | None = None,
+    execution: ExecutionSettings | None = None,
 ) -> list[StageOutcome]:
     """Run the requested stages in order, each on the data the earlier ones corrected.
 
@@ -395,9 +402,7 @@ def run_stages(
         Matching settings shared by the stages.
     lyot_region : callable
         ``lyot_region(k)``: the Lyot coronagraph slices of exposure ``k``, or
-        None.
-    exclude_lyot : bool
-        Leave the Lyot region out of every stage but ``lyot`` (it is
+        None.  The region is left out of every stage but ``lyot`` (it is
         corrected by all of them).
     reference : str
         Reference rule of the tile stage: ``'auto'`` (closest in time to a
@@ -411,6 +416,8 @@ def run_stages(
         Gauge of the tile stage when no reference applies.
     progress : callable, optional
         Called with one line per stage for logging.
+    execution : ExecutionSettings, optional
+        Where matching runs (results do not depend on it).
 
     Returns
     -------
@@ -426,21 +433,21 @@ def run_stages(
         if stage not in stages:
             continue
         current = [corrected_source(s, applied[k]) for k, s in enumerate(sources)]
-        if stage != "lyot" and exclude_lyot:
+        if stage != "lyot":
             current = [
                 s if lyot_region(k) is None else _restricted(s, lyot_region(k), inside=False, rename=False)
                 for k, s in enumerate(current)
             ]
         fit_type = fit_types.get(stage, "level")
         if stage == "dithers":
-            outcome = _run_dithers(current, metas, config, fit_type)
+            outcome = _run_dithers(current, metas, config, fit_type, execution)
         elif stage == "lyot":
-            outcome = _run_lyot(current, metas, config, fit_type, lyot_region)
+            outcome = _run_lyot(current, metas, config, fit_type, lyot_region, execution)
         elif stage == "nircam_short":
-            outcome = _run_nircam_short(current, metas, config, fit_type)
+            outcome = _run_nircam_short(current, metas, config, fit_type, execution)
         else:
             outcome = _run_tiles(
-                current, metas, config, fit_type, reference, background_times, match_down, outcomes
+                current, metas, config, fit_type, reference, background_times, match_down, outcomes, execution
             )
         for k, c in enumerate(outcome.corrections):
             if c is not None:
@@ -555,6 +562,7 @@ def check_solution(
     nsigma: float = 5.0,
     lyot_region: Callable[[int], tuple[slice, slice] | None] = lambda k: None,
     exclude_lyot: bool = True,
+    execution: ExecutionSettings | None = None,
 ) -> SolutionCheck:
     """Measure every overlapping exposure pair after all stages' corrections.
 
@@ -579,6 +587,8 @@ def check_solution(
         As for :func:`run_stages`.
     exclude_lyot : bool
         Leave the Lyot region out of the check (as the stages but ``lyot`` do).
+    execution : ExecutionSettings, optional
+        Where matching runs (results do not depend on it).
 
     Returns
     -------
@@ -594,7 +604,9 @@ def check_solution(
     if len(sources) < 2:
         return SolutionCheck(names, [], nsigma)
     with _quiet("jwst_skymatch_plus.core.matching"):
-        result = match_exposures(current, [[k] for k in range(len(sources))], _stage_config(config, "level"))
+        result = match_exposures(
+            current, [[k] for k in range(len(sources))], _stage_config(config, "level"), execution=execution
+        )
     pairs = [
         PairResidual(p.i, p.j, float(p.coeffs[0]), float(p.sigma[0]), int(p.npix)) for p in result.group_pairs
     ]

@@ -10,7 +10,7 @@ import numpy as np
 from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
-from ..core.execution import default_workers
+from ..core.execution import ExecutionSettings, default_workers
 from ..core.finalize import FinalBackgrounds, Gauge, finalize, global_sky, residual_sky, review_alignment
 from ..core.grouping import exposure_label, group_exposures, sky_units
 from ..core.matching import (
@@ -28,6 +28,7 @@ from ._library import (
     check_parameters,
     check_single_configuration,
     exposure_sources,
+    file_loads,
     good_pixel_mask,
     open_library_with_metadata,
     package_logging,
@@ -118,6 +119,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         diagnostic_plot = string(default='') # path of a diagnostic PNG (overlap graph, thumbnails); '' none; 'auto' next to the table
         n_workers = integer(default=1) # local worker processes (0: all cores but one, at most 4)
         scheduler = string(default='') # Dask scheduler address (tcp://host:port); overrides n_workers
+        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -187,7 +189,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 )
             return self._global_only(library, settings, previous)
         # Match, then finalize: the free constants, the global sky, planes on the detectors.
-        sources, result = self._match(library, metas, names, units, fallback, settings)
+        sources, result = self._match(input_models, library, metas, names, units, fallback, settings)
         final = finalize(
             result,
             sources,
@@ -203,7 +205,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         return library
 
     # -- pieces ----------------------------------------------------------------
-    def _match(self, library, metas, names, units, fallback, settings):
+    def _match(self, input_models, library, metas, names, units, fallback, settings):
         """Exposure sources and their matching result; the alignment of overlaps reviewed."""
         log.info(
             "Pixel sky matching of %d exposures in %d sky group(s) (grouping=%r, match_within_groups=%s, "
@@ -221,7 +223,12 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
                 sources = exposure_sources(library, mask, names)
-            result = match_exposures(sources, units, config, fallback=fallback)
+            if not self.in_memory:
+                # Workers read these files themselves.  (An in-memory library
+                # is loaded by this process anyway, to be returned.)
+                for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
+                    source.portable_load = load
+            result = match_exposures(sources, units, config, fallback=fallback, execution=self._execution())
         if self.alignment_check != "off":
             review_alignment(
                 result,
@@ -236,7 +243,6 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         grid_scale = default_grid_scale(self.fit_type) if self.grid_scale is None else self.grid_scale
         if not grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
-        n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
         return MatchConfig(
             fit_type=self.fit_type,
             statistic=DifferenceStatistic(self.skystat, self.nclip, self.lsigma, self.usigma, self.binwidth),
@@ -255,10 +261,16 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             source_npixels=self.source_npixels,
             source_dilate=self.source_dilate,
             check_alignment=self.alignment_check != "off",
+            thumbnail_size=800 if self.diagnostic_plot else 0,
+        )
+
+    def _execution(self) -> ExecutionSettings:
+        n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
+        return ExecutionSettings(
             n_workers=n_workers,
             scheduler=self.scheduler or None,
             store="memory" if self.in_memory else "disk",
-            thumbnail_size=800 if self.diagnostic_plot else 0,
+            memory_budget=self.memory_budget,
         )
 
     def _previous_level(self, meta: dict, name: str) -> float:
