@@ -1,5 +1,7 @@
 """The gauge (core.reference): which group is held fixed, and how levels are shifted to it."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import metas_of, sources_of
@@ -82,6 +84,38 @@ def test_reference_mean_uses_only_measured_levels(levels):
     assert out[2] == pytest.approx(values[2] - values[3])
 
 
+def test_reference_group_spanning_two_parts_is_held_at_zero_in_each():
+    levels = np.array([1.0, 3.0, 10.0, 20.0])
+    component = np.array([0, 0, 1, 1])
+    group = np.array([0, 1, 0, 1])
+    np.testing.assert_array_equal(apply_reference(levels, component, group, 0), [0.0, 2.0, 0.0, 10.0])
+
+
+def test_unknown_number_names_the_kind():
+    with pytest.raises(ValueError, match=r"reference tile 4 does not exist \(there are 3 tiles\)"):
+        choose_reference("4", group_names=[["a"], ["b"], ["c"]], kind="tile")
+
+
+def test_pairs_inside_a_set_do_not_count():
+    # Set A = units 0 and 1, tied to each other by five pairs and to set B
+    # by one; B (unit 2) is tied to A and to C (unit 3): B is the most
+    # connected set, A's unit 1 the most connected unit.
+    pair = [(0, 1)] * 5 + [(1, 2), (2, 3)]
+    result = SimpleNamespace(
+        group_pairs=[SimpleNamespace(i=i, j=j, npix=100) for i, j in pair],
+        group_solution=SimpleNamespace(used=np.ones(len(pair), dtype=bool)),
+        group_flatness=np.zeros(4),
+        groups=[[0], [1], [2], [3]],
+        group_index=np.arange(4),
+    )
+    metas = [{}] * 4
+    sets = [[0, 1], [2], [3]]
+    assert (
+        reference_for_result("most_connected", result, metas, [["a0", "a1"], ["b"], ["c"]], groups=sets) == 1
+    )
+    assert reference_for_result("most_connected", result, metas, [["a0"], ["a1"], ["b"], ["c"]]) == 1
+
+
 def test_reference_outside_every_part_falls_back_to_match_down(levels):
     values, component, group = levels
     out = apply_reference(values, component, group, 4)  # the unmatched exposure
@@ -134,3 +168,10 @@ def test_flattest_visit_is_the_one_with_least_gradient(tilted_tiles):
     result = match_exposures(sources_of(sim), visits, MatchConfig(check_alignment=False))
     g = reference_for_result("flattest", result, metas, _names(metas, visits))
     assert g == int(np.argmin(steepness))
+
+
+def test_flattest_set_averages_its_units(grid3x3):
+    _, metas, result = grid3x3
+    visits = group_exposures(metas, "visit")
+    v = reference_for_result("flattest", result, metas, _names(metas, visits), groups=visits)
+    assert v == int(np.argmin([np.mean(result.group_flatness[members]) for members in visits]))

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .execution import ExecutionSettings
+from .finalize import Gauge, detector_planes, finalize
 from .grouping import group_exposures, instrument_family
 from .matching import ExposureSource, MatchConfig, MatchResult, match_exposures
-from .planes import DetectorPlane, detector_plane
-from .reference import apply_reference, reference_for_result
+from .planes import DetectorPlane
 
 __all__ = [
     "STAGES",
@@ -157,17 +157,6 @@ def _split_parts(result: MatchResult, members: Sequence[int], sources, what: str
     return [parts]
 
 
-def _planes(result: MatchResult, sources: Sequence[ExposureSource]) -> list[DetectorPlane | None]:
-    planes = []
-    for k, src in enumerate(sources):
-        coeffs = result.coefficients[k]
-        if not np.all(np.isfinite(coeffs)) or src.wcs is None:
-            planes.append(None)
-        else:
-            planes.append(detector_plane(coeffs, src.wcs, src.shape, result.grid, result.plane_scale))
-    return planes
-
-
 def _shifted(plane: DetectorPlane, level: float) -> DetectorPlane:
     return DetectorPlane(level, plane.slope_x, plane.slope_y, plane.x_center, plane.y_center)
 
@@ -214,7 +203,7 @@ def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutco
         # match_exposures leaves each connected part at zero mean: the tile
         # keeps its level when its dithers are all tied; otherwise every part
         # keeps its own, and the tile stage matches the parts separately.
-        for i, plane in enumerate(_planes(result, subset)):
+        for i, plane in enumerate(detector_planes(result, subset)):
             if plane is not None:
                 corrections[members[i]] = Correction("dithers", plane)
         split += _split_parts(result, members, sources, f"Dithers of {subset[0].name} and its tile-mates")
@@ -234,7 +223,7 @@ def _run_lyot(sources, metas, config, fit_type, lyot_region, execution=None) -> 
     result = match_exposures(
         parts, [[i] for i in range(len(parts))], _stage_config(config, fit_type), execution=execution
     )
-    planes = _planes(result, parts)
+    planes = detector_planes(result, parts)
     corrections: list[Correction | None] = [None] * n
     for idx, k in enumerate(miri):
         main, lyot = planes[2 * idx], planes[2 * idx + 1]
@@ -270,7 +259,7 @@ def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> Stage
             subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type), execution=execution
         )
         results.append(result)
-        planes = _planes(result, subset)
+        planes = detector_planes(result, subset)
         split += _split_parts(result, members, sources, f"NIRCam short chips of {subset[0].name}'s tile")
         # Zero mean over the chips of each exposure and module (inside one
         # connected part: levels of different parts are not comparable):
@@ -324,26 +313,25 @@ def _run_tiles(
     units, visits = _tile_units(metas, earlier)
     if len(units) < 2:
         return StageOutcome("tiles", [None] * n, skipped="a single mosaic tile")
-    visit_of = np.empty(n, dtype=int)
-    for v, members in enumerate(visits):
-        visit_of[members] = v
     result = match_exposures(sources, units, _stage_config(config, fit_type), execution=execution)
-    solved = _fall_back_to_tile(result, visits, sources)
-    planes = _planes(solved, sources)
-    ref_visit, rule = _reference(result, metas, reference, background_times, visit_of, len(visits))
-    centre = np.array([p.level if p is not None else np.nan for p in planes])
+    rule = (reference or "").strip()
+    if rule == "auto":
+        rule = "closest_to_background" if background_times else "most_connected"
     # The reference tile (all its units) is held at zero mean.
-    levels = apply_reference(centre, solved.component, visit_of, ref_visit, match_down)
-    corrections: list[Correction | None] = [
-        None
-        if p is None or not np.isfinite(levels[k])
-        else Correction("tiles", _shifted(p, float(levels[k])))
-        for k, p in enumerate(planes)
-    ]
+    final = finalize(
+        _fall_back_to_tile(result, visits, sources),
+        sources,
+        metas,
+        visits,
+        Gauge(rule, match_down, tuple(background_times or ())),
+        kind="tile",
+        units_compete=True,
+    )
+    corrections = [None if p is None else Correction("tiles", p) for p in final.planes]
     label = None
-    if ref_visit is not None:
-        first = visits[ref_visit][0]
-        label = f"tile {ref_visit + 1} ({metas[first].get('meta.filename') or first}), by {rule!r}"
+    if final.reference is not None:
+        first = visits[final.reference][0]
+        label = f"tile {final.reference + 1} ({metas[first].get('meta.filename') or first}), by {rule!r}"
     note = None
     if len(units) > len(visits):
         note = f"{len(visits)} tiles matched as {len(units)} units (tiles split by earlier stages)"
@@ -381,26 +369,6 @@ def _fall_back_to_tile(result: MatchResult, visits: Sequence[Sequence[int]], sou
         ", ".join(sources[k].name for k in assumed),
     )
     return replace(result, coefficients=coefficients, component=component)
-
-
-def _reference(
-    result: MatchResult, metas, reference: str, background_times, visit_of: np.ndarray, n_visits: int
-) -> tuple[int | None, str]:
-    """The reference tile (visit index) and the rule that chose it."""
-    rule = (reference or "").strip()
-    if rule == "auto":
-        rule = "closest_to_background" if background_times else "most_connected"
-    if not rule:
-        return None, ""
-    if rule.isdigit():
-        # A number names a tile, whatever units the tiles were matched as.
-        v = int(rule) - 1
-        if not 0 <= v < n_visits:
-            raise ValueError(f"reference tile {rule} does not exist (there are {n_visits} tiles)")
-        return v, rule
-    names = [[str(metas[k].get("meta.filename")) for k in members] for members in result.groups]
-    g = reference_for_result(rule, result, metas, names, background_times or ())
-    return int(visit_of[result.groups[g][0]]), rule
 
 
 def run_stages(
