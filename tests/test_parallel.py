@@ -138,3 +138,32 @@ def test_default_memory_budget_is_within_its_documented_range():
     assert 1.0 <= default_memory_budget() <= 4.0
     assert ExecutionSettings().budget_bytes == default_memory_budget() * 2**30
     assert ExecutionSettings(memory_budget=0.5).budget_bytes == 2**29
+
+
+def test_on_disk_run_saves_each_exposure_once(tmp_path, monkeypatch):
+    """On disk, the levels are written during stpipe's closing pass: one save per exposure, same levels."""
+    from stpipe.library import AbstractModelLibrary
+
+    from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
+
+    sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=22)
+    asn = write_association(sim.filenames, tmp_path, "once")
+    in_memory = PixelSkyMatchStep.call(str(asn))
+    saves = []
+    shelve = AbstractModelLibrary.shelve
+
+    def counted(self, model, index=None, modify=True):
+        saves.append(bool(modify and self._on_disk))
+        return shelve(self, model, index, modify)
+
+    monkeypatch.setattr(AbstractModelLibrary, "shelve", counted)
+    on_disk = PixelSkyMatchStep.call(str(asn), in_memory=False)
+    monkeypatch.undo()
+    assert sum(saves) == len(sim.filenames)
+    np.testing.assert_array_equal(recorded_levels(in_memory), recorded_levels(on_disk))
+    with on_disk:
+        for index, model in enumerate(on_disk):
+            assert model.meta.cal_step.skymatch == "COMPLETE"
+            assert model.meta.instance["skymatch_plus"]["pixel_skymatch"]["method"] == "pixel-match"
+            on_disk.shelve(model, index, modify=False)

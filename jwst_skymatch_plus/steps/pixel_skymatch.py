@@ -200,7 +200,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         )
         # Write: log, models, reports.
         self._log_table(result, names, final)
-        self._write(library, result, final, previous)
+        self._write(library, result, final, previous, metas)
         self._write_reports(library, result, names, final)
         return library
 
@@ -325,70 +325,130 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 skies[index] = residual_sky(values, levels[index], stats)
         return skies
 
-    def _write(self, library, result: MatchResult, final: FinalBackgrounds, previous) -> None:
-        method = f"pixel-{self.skymethod}"
-        with library:
-            for index in range(len(library)):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    plane = final.planes[index]
-                    status = str(result.status[index])
-                    name = model.meta.filename or f"exposure {index + 1}"
-                    if plane is None:
-                        log.warning(
-                            "%s: %s (%s): SKIPPED, its sky is left unchanged.",
-                            name,
-                            EXPOSURE_STATUSES[status],
-                            result.reasons[index] or "no usable overlap",
-                        )
-                        model.meta.cal_step.skymatch = "SKIPPED"
-                        model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
-                            "method": method,
-                            "status": status,
-                            "level_source": EXPOSURE_STATUSES[status],
-                            "reason": result.reasons[index],
-                        }
-                        continue
-                    if status != "measured":
-                        log.warning(
-                            "%s: %s (%s); its level %s.",
-                            name,
-                            EXPOSURE_STATUSES[status],
-                            result.reasons[index],
-                            "comes from its group (its group_id's other members, else its visit)"
-                            if status == "group"
-                            else "is the global sky alone",
-                        )
-                    subtract = self.subtract or not plane.is_flat
-                    if subtract:
-                        model.data -= plane.evaluate(model.data.shape)
-                    model.meta.background.level = float(previous[index] + plane.level)
-                    model.meta.background.subtracted = bool(subtract)
-                    # The stock step's value: downstream code compares it.
-                    model.meta.background.method = str(self.skymethod)
-                    model.meta.cal_step.skymatch = "COMPLETE"
-                    record = {
-                        "method": method,
-                        "status": status,
-                        "level_source": EXPOSURE_STATUSES[status],
-                        "reason": result.reasons[index],
-                        "fit_type": self.fit_type,
-                        "grouping": self.grouping,
-                        "group": int(result.group_index[index]) + 1,
-                        "component": int(result.component[index]),
-                        "reference_group": 0 if final.reference is None else final.reference + 1,
-                        "match_down": bool(self.match_down),
-                        "level_uncertainty": float(result.sigma[index, 0]),
-                        **{f"plane_{k}": v for k, v in plane.as_dict().items()},
-                    }
-                    model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
-                finally:
-                    library.shelve(model, index)
+    def _write(self, library, result: MatchResult, final: FinalBackgrounds, previous, metas) -> None:
+        filenames = [m.get("meta.filename") for m in metas]
+        updates = [
+            self._model_update(result, final, previous, index, filenames[index] or f"exposure {index + 1}")
+            for index in range(len(metas))
+        ]
         if self.fit_type == "level+slope" and not self.subtract:
             log.info(
                 "Planes were subtracted from the data (subtracted=True): a scalar level cannot carry a plane."
             )
+        if (
+            self._deferred_updates is not None
+            and getattr(library, "_on_disk", False)
+            and all(filenames)
+            and len(set(filenames)) == len(filenames)
+        ):
+            # An on-disk library saves every model it lends back changed, and
+            # stpipe's closing pass (finalize_result) borrows and saves each
+            # one again: the levels go in during that pass, one save instead
+            # of two per exposure.
+            self._deferred_updates.update(zip(filenames, updates, strict=True))
+            return
+        with library:
+            for index, update in enumerate(updates):
+                with unvalidated_reads():
+                    model = library.borrow(index)
+                try:
+                    update(model)
+                finally:
+                    library.shelve(model, index)
+
+    def _model_update(self, result: MatchResult, final: FinalBackgrounds, previous, index: int, name: str):
+        """What writing exposure ``index``'s result does to its model (warnings are logged now)."""
+        method = f"pixel-{self.skymethod}"
+        plane = final.planes[index]
+        status = str(result.status[index])
+        record = {
+            "method": method,
+            "status": status,
+            "level_source": EXPOSURE_STATUSES[status],
+            "reason": result.reasons[index],
+        }
+        if plane is None:
+            log.warning(
+                "%s: %s (%s): SKIPPED, its sky is left unchanged.",
+                name,
+                EXPOSURE_STATUSES[status],
+                result.reasons[index] or "no usable overlap",
+            )
+
+            def skipped(model) -> None:
+                model.meta.cal_step.skymatch = "SKIPPED"
+                model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
+
+            return skipped
+        if status != "measured":
+            log.warning(
+                "%s: %s (%s); its level %s.",
+                name,
+                EXPOSURE_STATUSES[status],
+                result.reasons[index],
+                "comes from its group (its group_id's other members, else its visit)"
+                if status == "group"
+                else "is the global sky alone",
+            )
+        subtract = self.subtract or not plane.is_flat
+        record.update(
+            {
+                "fit_type": self.fit_type,
+                "grouping": self.grouping,
+                "group": int(result.group_index[index]) + 1,
+                "component": int(result.component[index]),
+                "reference_group": 0 if final.reference is None else final.reference + 1,
+                "match_down": bool(self.match_down),
+                "level_uncertainty": float(result.sigma[index, 0]),
+                **{f"plane_{k}": v for k, v in plane.as_dict().items()},
+            }
+        )
+        level = float(previous[index] + plane.level)
+
+        def matched(model) -> None:
+            if subtract:
+                model.data -= plane.evaluate(model.data.shape)
+            model.meta.background.level = level
+            model.meta.background.subtracted = bool(subtract)
+            # The stock step's value: downstream code compares it.
+            model.meta.background.method = str(self.skymethod)
+            model.meta.cal_step.skymatch = "COMPLETE"
+            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
+
+        return matched
+
+    # Results of an on-disk run waiting for stpipe's closing pass (see _write).
+    _deferred_updates: dict | None = None
+
+    def run(self, *args):
+        """Run the step (stpipe's ``run``); an on-disk run writes its levels in the closing pass."""
+        self._deferred_updates = {}
+        try:
+            result = super().run(*args)
+            if self._deferred_updates:
+                # The closing pass did not see these exposures (a post-hook
+                # replaced the result?): write them now.
+                log.warning(
+                    "%d exposure(s) missed stpipe's closing pass; their levels are written now.",
+                    len(self._deferred_updates),
+                )
+                with result:
+                    for index, model in enumerate(result):
+                        update = self._deferred_updates.pop(model.meta.filename, None)
+                        if update is not None:
+                            update(model)
+                        result.shelve(model, index, modify=update is not None)
+            return result
+        finally:
+            self._deferred_updates = None
+
+    def finalize_result(self, result, reference_files_used):
+        """Close one result (stpipe's hook), writing its deferred on-disk levels first."""
+        if self._deferred_updates and hasattr(result, "meta"):
+            update = self._deferred_updates.pop(result.meta.filename, None)
+            if update is not None:
+                update(result)
+        super().finalize_result(result, reference_files_used)
 
     def _write_reports(self, library, result, names, final: FinalBackgrounds) -> None:
         # After the products: a table never lists exposures whose products are missing.
