@@ -19,8 +19,9 @@ from stdatamodels.jwst.datamodels.dqflags import pixel
 
 from .._atomic import place, staging_folder
 from .._signals import sigterm_raises
+from ..core.keys import lyot_region
 from ..core.matching import ExposureSource
-from ..core.regions import describe_region, miri_lyot_region, region_misses
+from ..core.regions import describe_region, region_misses
 
 __all__ = [
     "PACKAGE_LOGGERS",
@@ -430,14 +431,8 @@ def good_pixel_mask(model, settings: MaskSettings, bit_flags=None) -> np.ndarray
         good &= data >= settings.lower
     if settings.upper is not None:
         good &= data <= settings.upper
-    if settings.exclude_lyot and _is_miri_imager(model):
-        sub = model.meta.subarray
-        region = miri_lyot_region(
-            data.shape,
-            xstart=sub.xstart or 1,
-            ystart=sub.ystart or 1,
-            full_frame=(sub.name or "FULL").upper() == "FULL",
-        )
+    if settings.exclude_lyot:
+        region = lyot_region(model, data.shape)
         if region is not None:
             good[region] = False
     for region in settings.regions:
@@ -569,11 +564,6 @@ def check_parameters(step) -> None:
         value = getattr(step, name, None)
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
-
-
-def _is_miri_imager(model) -> bool:
-    inst = model.meta.instrument
-    return (inst.name or "").upper() == "MIRI" and (inst.detector or "").upper() == "MIRIMAGE"
 
 
 def exposure_sources(

@@ -12,9 +12,9 @@ from jwst.stpipe import Step
 
 from .._atomic import atomic_path
 from ..core.grouping import exposure_label
+from ..core.keys import lyot_region
 from ..core.matching import MatchConfig
 from ..core.pairs import DifferenceStatistic
-from ..core.regions import miri_lyot_region
 from ..core.stages import STAGES, check_solution, run_stages
 from ._library import (
     PACKAGE_LOGGERS,
@@ -159,7 +159,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         # The Lyot region takes part only in its own stage; the mask keeps it.
         settings = MaskSettings(self.dqbits, None, None, False, ())
         mask = partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags)
-        lyot = [_lyot_region(m) for m in metas]
+        lyot = [lyot_region(m) for m in metas]
         background_times = [float(v) for v in self.background_times.replace(",", " ").split()]
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
@@ -251,18 +251,3 @@ class LevelMatchStep(AtomicSaveMixin, Step):
 
         # After the products: a table never lists exposures whose products are missing.
         self.after_save(write)
-
-
-def _lyot_region(meta: dict) -> tuple[slice, slice] | None:
-    """The Lyot coronagraph of a MIRI imager exposure (from metadata), or None."""
-    if str(meta.get("meta.instrument.name", "")).upper() != "MIRI":
-        return None
-    if str(meta.get("meta.instrument.detector", "")).upper() != "MIRIMAGE":
-        return None
-    shape = (int(meta["meta.subarray.ysize"]), int(meta["meta.subarray.xsize"]))
-    return miri_lyot_region(
-        shape,
-        xstart=int(meta.get("meta.subarray.xstart") or 1),
-        ystart=int(meta.get("meta.subarray.ystart") or 1),
-        full_frame=str(meta.get("meta.subarray.name") or "FULL").upper() == "FULL",
-    )

@@ -27,7 +27,9 @@ from jwst.stpipe import Step
 
 from .._atomic import atomic_path
 from ..core.alignment import SkyAffine, apply_affine_to_wcs, detector_samples, fit_sky_affine
-from ..core.grouping import nircam_module
+from ..core.grouping import nircam_module as _module
+from ..core.keys import plain_number as _norm
+from ..core.keys import visit_key
 from ..core.visit_shifts import correlate_visits
 from ._library import (
     AtomicSaveMixin,
@@ -83,32 +85,6 @@ _COLUMNS = (
     ("correlation", float, math.nan, "cross_corr: median correlation of the blocks used"),
     ("fit_rms", float, math.nan, "RMS of the exposures' corrections about the visit's one, arcsec"),
 )
-
-
-def _norm(value) -> str:
-    """Metadata numbers as the zero-padded strings of JWST file names."""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return text.lstrip("0") or "0" if text.isdigit() else text
-
-
-def visit_key(model) -> tuple[str, str, str]:
-    """``(program, observation, visit)`` of an exposure, numbers without leading zeros."""
-    obs = model.meta.observation
-    return (_norm(obs.program_number), _norm(obs.observation_number), _norm(obs.visit_number))
-
-
-def _module(model) -> str:
-    """NIRCam module of an exposure (see :func:`~jwst_skymatch_plus.core.grouping.nircam_module`)."""
-    inst = model.meta.instrument
-    return nircam_module(
-        {
-            "meta.instrument.name": inst.name,
-            "meta.instrument.module": getattr(inst, "module", None),
-            "meta.instrument.detector": inst.detector,
-        }
-    )
 
 
 def _visit_id(key: tuple[str, ...]) -> str:
