@@ -16,6 +16,7 @@ from ..core.keys import lyot_region
 from ..core.matching import MatchConfig
 from ..core.pairs import DifferenceStatistic
 from ..core.stages import STAGES, check_solution, run_stages
+from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -27,7 +28,6 @@ from ._library import (
     open_library_with_metadata,
     package_logging,
     report_base,
-    unvalidated_reads,
 )
 from .pixel_skymatch import RECORD_KEY
 
@@ -191,31 +191,25 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         return library
 
     def _apply(self, library, outcomes) -> None:
-        with library:
-            for index in range(len(library)):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    record = {}
-                    for outcome in outcomes:
-                        c = outcome.corrections[index]
-                        if c is None:
-                            continue
-                        model.data = model.data - c.evaluate(model.data.shape)
-                        entry = c.plane.as_dict()
-                        if c.region is not None:
-                            entry["rows"] = [c.region[0].start or 0, c.region[0].stop or model.data.shape[0]]
-                            entry["columns"] = [
-                                c.region[1].start or 0,
-                                c.region[1].stop or model.data.shape[1],
-                            ]
-                        record[outcome.stage] = entry
-                    model.meta.instance.setdefault(RECORD_KEY, {})["level_match"] = {
-                        "stages": [o.stage for o in outcomes],
-                        "corrections": record,
-                    }
-                finally:
-                    library.shelve(model, index, modify=True)
+        for index, model in each_model(library, modify=True, validate=False):
+            record = {}
+            for outcome in outcomes:
+                c = outcome.corrections[index]
+                if c is None:
+                    continue
+                model.data = model.data - c.evaluate(model.data.shape)
+                entry = c.plane.as_dict()
+                if c.region is not None:
+                    entry["rows"] = [c.region[0].start or 0, c.region[0].stop or model.data.shape[0]]
+                    entry["columns"] = [
+                        c.region[1].start or 0,
+                        c.region[1].stop or model.data.shape[1],
+                    ]
+                record[outcome.stage] = entry
+            model.meta.instance.setdefault(RECORD_KEY, {})["level_match"] = {
+                "stages": [o.stage for o in outcomes],
+                "corrections": record,
+            }
 
     def _write_table(self, library, names, outcomes) -> None:
         parent = getattr(self, "parent", None)

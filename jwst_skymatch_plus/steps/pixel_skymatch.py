@@ -22,6 +22,7 @@ from ..core.matching import (
 from ..core.pairs import DifferenceStatistic
 from ..core.planes import DetectorPlane, detector_plane
 from ..core.reference import apply_reference, reference_for_result
+from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -35,7 +36,6 @@ from ._library import (
     parse_regions,
     report_base,
     sources_from_metadata,
-    unvalidated_reads,
 )
 from ._report import plot_diagnostics, write_offsets_tables
 
@@ -398,18 +398,13 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         stats = self._sky_stats()
         mask_settings = MaskSettings(settings.dqbits, None, None, settings.exclude_lyot, settings.regions)
         skies = np.full(len(library), np.nan)
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                try:
-                    good = good_pixel_mask(model, mask_settings)
-                    values = model.data[good] - (levels[index] if np.isfinite(levels[index]) else 0.0)
-                finally:
-                    library.shelve(model, index, modify=False)
-                if values.size:
-                    sky, _ = stats(values)
-                    if sky is not None and np.isfinite(sky):
-                        skies[index] = float(sky)
+        for index, model in each_model(library):
+            good = good_pixel_mask(model, mask_settings)
+            values = model.data[good] - (levels[index] if np.isfinite(levels[index]) else 0.0)
+            if values.size:
+                sky, _ = stats(values)
+                if sky is not None and np.isfinite(sky):
+                    skies[index] = float(sky)
         return skies
 
     def _global_sky(self, library, levels, settings) -> float:
@@ -437,64 +432,58 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
     def _write(self, library, result: MatchResult, levels, planes, previous, ref_group) -> None:
         method = f"pixel-{self.skymethod}"
-        with library:
-            for index in range(len(library)):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    plane = planes[index]
-                    status = str(result.status[index])
-                    name = model.meta.filename or f"exposure {index + 1}"
-                    if plane is None:
-                        log.warning(
-                            "%s: %s (%s): SKIPPED, its sky is left unchanged.",
-                            name,
-                            EXPOSURE_STATUSES[status],
-                            result.reasons[index] or "no usable overlap",
-                        )
-                        model.meta.cal_step.skymatch = "SKIPPED"
-                        model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
-                            "method": method,
-                            "status": status,
-                            "level_source": EXPOSURE_STATUSES[status],
-                            "reason": result.reasons[index],
-                        }
-                        continue
-                    if status != "measured":
-                        log.warning(
-                            "%s: %s (%s); its level %s.",
-                            name,
-                            EXPOSURE_STATUSES[status],
-                            result.reasons[index],
-                            "comes from its group (its group_id's other members, else its visit)"
-                            if status == "group"
-                            else "is the global sky alone",
-                        )
-                    subtract = self.subtract or not plane.is_flat
-                    if subtract:
-                        model.data -= plane.evaluate(model.data.shape)
-                    model.meta.background.level = float(previous[index] + plane.level)
-                    model.meta.background.subtracted = bool(subtract)
-                    # The stock step's value: downstream code compares it.
-                    model.meta.background.method = str(self.skymethod)
-                    model.meta.cal_step.skymatch = "COMPLETE"
-                    record = {
-                        "method": method,
-                        "status": status,
-                        "level_source": EXPOSURE_STATUSES[status],
-                        "reason": result.reasons[index],
-                        "fit_type": self.fit_type,
-                        "grouping": self.grouping,
-                        "group": int(result.group_index[index]) + 1,
-                        "component": int(result.component[index]),
-                        "reference_group": 0 if ref_group is None else ref_group + 1,
-                        "match_down": bool(self.match_down),
-                        "level_uncertainty": float(result.sigma[index, 0]),
-                        **{f"plane_{k}": v for k, v in plane.as_dict().items()},
-                    }
-                    model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
-                finally:
-                    library.shelve(model, index)
+        for index, model in each_model(library, modify=True, validate=False):
+            plane = planes[index]
+            status = str(result.status[index])
+            name = model.meta.filename or f"exposure {index + 1}"
+            if plane is None:
+                log.warning(
+                    "%s: %s (%s): SKIPPED, its sky is left unchanged.",
+                    name,
+                    EXPOSURE_STATUSES[status],
+                    result.reasons[index] or "no usable overlap",
+                )
+                model.meta.cal_step.skymatch = "SKIPPED"
+                model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
+                    "method": method,
+                    "status": status,
+                    "level_source": EXPOSURE_STATUSES[status],
+                    "reason": result.reasons[index],
+                }
+                continue
+            if status != "measured":
+                log.warning(
+                    "%s: %s (%s); its level %s.",
+                    name,
+                    EXPOSURE_STATUSES[status],
+                    result.reasons[index],
+                    "comes from its group (its group_id's other members, else its visit)"
+                    if status == "group"
+                    else "is the global sky alone",
+                )
+            subtract = self.subtract or not plane.is_flat
+            if subtract:
+                model.data -= plane.evaluate(model.data.shape)
+            model.meta.background.level = float(previous[index] + plane.level)
+            model.meta.background.subtracted = bool(subtract)
+            # The stock step's value: downstream code compares it.
+            model.meta.background.method = str(self.skymethod)
+            model.meta.cal_step.skymatch = "COMPLETE"
+            record = {
+                "method": method,
+                "status": status,
+                "level_source": EXPOSURE_STATUSES[status],
+                "reason": result.reasons[index],
+                "fit_type": self.fit_type,
+                "grouping": self.grouping,
+                "group": int(result.group_index[index]) + 1,
+                "component": int(result.component[index]),
+                "reference_group": 0 if ref_group is None else ref_group + 1,
+                "match_down": bool(self.match_down),
+                "level_uncertainty": float(result.sigma[index, 0]),
+                **{f"plane_{k}": v for k, v in plane.as_dict().items()},
+            }
+            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
         if self.fit_type == "level+slope" and not self.subtract:
             log.info(
                 "Planes were subtracted from the data (subtracted=True): a scalar level cannot carry a plane."
@@ -535,11 +524,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
     def _skip(self, library, reason: str):
         log.warning("Sky matching skipped: %s.", reason)
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                model.meta.cal_step.skymatch = "SKIPPED"
-                library.shelve(model, index)
+        for _, model in each_model(library, modify=True):
+            model.meta.cal_step.skymatch = "SKIPPED"
         return library
 
     def _global_only(self, library, settings, previous):
@@ -549,23 +535,17 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         levels = np.full(n, np.nan)
         gsky = self._global_sky(library, levels, settings)
         log.info("'Global' sky of every exposure: %.6g", gsky)
-        with library:
-            for index in range(n):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    if self.subtract:
-                        model.data -= gsky
-                    model.meta.background.level = float(previous[index] + gsky)
-                    model.meta.background.subtracted = bool(self.subtract)
-                    model.meta.background.method = str(self.skymethod)
-                    model.meta.cal_step.skymatch = "COMPLETE"
-                    model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
-                        "method": f"pixel-{self.skymethod}",
-                        "status": "global sky only (one sky group)",
-                    }
-                finally:
-                    library.shelve(model, index)
+        for index, model in each_model(library, modify=True, validate=False):
+            if self.subtract:
+                model.data -= gsky
+            model.meta.background.level = float(previous[index] + gsky)
+            model.meta.background.subtracted = bool(self.subtract)
+            model.meta.background.method = str(self.skymethod)
+            model.meta.cal_step.skymatch = "COMPLETE"
+            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
+                "method": f"pixel-{self.skymethod}",
+                "status": "global sky only (one sky group)",
+            }
         return library
 
     @staticmethod
