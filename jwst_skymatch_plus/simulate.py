@@ -1379,25 +1379,20 @@ def recorded_levels(library) -> np.ndarray:
 
     What a sky-matching step recorded, to compare with the truth.
     """
-    out = []
-    with library:
-        for i in range(len(library)):
-            model = library.borrow(i)
-            level = model.meta.background.level
-            out.append(np.nan if level is None else float(level))
-            library.shelve(model, i, modify=False)
-    return np.array(out)
+    from .inputs import each_model
+
+    levels = [model.meta.background.level for _, model in each_model(library)]
+    return np.array([np.nan if level is None else float(level) for level in levels])
 
 
 def level_match_totals(library) -> np.ndarray:
     """Total level LevelMatchStep removed from each exposure's main field (all stages but Lyot)."""
+    from .inputs import each_model
+
     out = []
-    with library:
-        for i in range(len(library)):
-            model = library.borrow(i)
-            stages = model.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            out.append(sum(c["level"] for stage, c in stages.items() if stage != "lyot"))
-            library.shelve(model, i, modify=False)
+    for _, model in each_model(library):
+        stages = model.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+        out.append(sum(c["level"] for stage, c in stages.items() if stage != "lyot"))
     return np.array(out)
 
 

@@ -10,6 +10,7 @@ from astropy.table import Table
 from jwst.datamodels import ImageModel, ModelLibrary
 
 from jwst_skymatch_plus import PixelSkyMatchStep
+from jwst_skymatch_plus.inputs import each_model
 from jwst_skymatch_plus.simulate import alignment_errors, offset_rms_error, simulate_mosaic
 from jwst_skymatch_plus.steps.wcs_adjust import (
     ApplyWCSAdjustStep,
@@ -28,11 +29,8 @@ TOLERANCE_PIX = 0.05
 
 def _models(library):
     out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(m)
-            library.shelve(m, i, modify=False)
+    for _, m in each_model(library):
+        out.append(m)
     return out
 
 
