@@ -89,20 +89,17 @@ def _mosaic(models, levels, grid):
     """Mean mosaic on ``grid`` of exposures with ``levels`` removed."""
     import numpy as np
 
-    from .core.grid import footprint_of
-    from .core.resample import resample_to_grid
+    from .core.grid import BBox, footprint_of
+    from .core.resample import resample_to_grid, weighted_coadd
 
-    acc = np.zeros(grid.shape)
-    wsum = np.zeros(grid.shape)
-    for m, lev in zip(models, levels, strict=True):
-        good = np.isfinite(m.data) & ((m.dq & 1) == 0) & ((m.dq & (1 << 9)) == 0)
-        box = grid.bbox_of(footprint_of(m.meta.wcs, m.data.shape))
-        r = resample_to_grid(m.data - np.float32(lev), good, m.meta.wcs, grid, box)
-        sl = box.slices_in(type(box)(0, grid.shape[1], 0, grid.shape[0]))
-        acc[sl] += r.image * r.weight
-        wsum[sl] += r.weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(wsum > 0, acc / wsum, np.nan)
+    def resampled():
+        for m, lev in zip(models, levels, strict=True):
+            good = np.isfinite(m.data) & ((m.dq & 1) == 0) & ((m.dq & (1 << 9)) == 0)
+            box = grid.bbox_of(footprint_of(m.meta.wcs, m.data.shape))
+            yield resample_to_grid(m.data - np.float32(lev), good, m.meta.wcs, grid, box)
+
+    full = BBox(0, grid.shape[1], 0, grid.shape[0])
+    return weighted_coadd(resampled(), full, fill=np.nan, dtype=np.float64).image
 
 
 def run_demo(outdir: str | Path = "skymatch_plus_demo", seed: int = 3, quick: bool = False) -> dict:

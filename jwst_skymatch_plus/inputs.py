@@ -42,6 +42,7 @@ __all__ = [
     "is_association",
     "label_member",
     "load_association",
+    "member_path",
     "open_exposures",
     "read_all_metadata",
     "read_exposure_metadata",
@@ -388,7 +389,7 @@ def read_all_metadata(library) -> list[dict]:
         return [dict(library.read_metadata(i)) for i in range(len(library))]
 
 
-def _member_path(library, index: int) -> str | None:
+def member_path(library, index: int) -> str | None:
     """A library member's file, when it has one (without opening it)."""
     try:
         return os.fspath(library.asn["products"][0]["members"][index]["expname"])
@@ -401,7 +402,7 @@ def _borrow(library, index: int, name: str | None = None):
     try:
         return library.borrow(index)
     except Exception as exc:
-        path = _member_path(library, index)
+        path = member_path(library, index)
         name = name or (Path(path).name if path else f"exposure {index}")
         reason = file_problem(path, exc) if path and os.path.exists(path) else f"{type(exc).__name__}: {exc}"
         raise OSError(f"{name}: cannot be opened: {reason}") from exc

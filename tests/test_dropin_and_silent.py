@@ -4,12 +4,12 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 from stdatamodels.jwst.datamodels import ImageModel
 
 from jwst_skymatch_plus import PixelSkyMatchStep
-from jwst_skymatch_plus.inputs import borrowed, each_model
+from jwst_skymatch_plus.inputs import borrowed
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
 
 
@@ -22,16 +22,14 @@ def mosaic():
 
 
 def records(library):
-    out = []
-    for _, m in each_model(library):
-        out.append(
-            (
-                m.meta.cal_step.skymatch,
-                m.meta.background.method,
-                dict(m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch", {})),
-            )
-        )
-    return out
+    return read_models(
+        library,
+        lambda m: (
+            m.meta.cal_step.skymatch,
+            m.meta.background.method,
+            dict(m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch", {})),
+        ),
+    )
 
 
 def test_default_skystat_is_the_stock_default():

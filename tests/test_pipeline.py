@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_models
 from stdatamodels.jwst import datamodels
 
 from jwst_skymatch_plus import LevelMatchStep, PixelSkyMatchStep
 from jwst_skymatch_plus.background import BackgroundRule, background_times
 from jwst_skymatch_plus.core.grouping import instrument_family, parse_families, regrouped_id
-from jwst_skymatch_plus.inputs import each_model, read_exposures
+from jwst_skymatch_plus.inputs import read_exposures
 from jwst_skymatch_plus.pipeline import Image3PlusPipeline
 from jwst_skymatch_plus.simulate import simulate_mosaic, write_association
 
@@ -132,7 +133,7 @@ def test_tweakreg_sees_the_grouping_asked_for_then_jwst_grouping(mosaic_dir, tmp
     # needs source catalogs this offline test does not build).
     def record(self, library):
         seen["groups"] = sorted(library.group_names)
-        seen["model_ids"] = [model.meta.group_id for _, model in each_model(library)]
+        seen["model_ids"] = read_models(library, lambda model: model.meta.group_id)
         return library
 
     monkeypatch.setattr(TweakRegStep, "process", record)

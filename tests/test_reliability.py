@@ -4,11 +4,11 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 
 from jwst_skymatch_plus import PixelSkyMatchStep
-from jwst_skymatch_plus.inputs import borrowed, each_model
+from jwst_skymatch_plus.inputs import borrowed
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
 
 
@@ -18,10 +18,7 @@ def mosaic():
 
 
 def statuses(library):
-    out = []
-    for _, m in each_model(library):
-        out.append(m.meta.cal_step.skymatch)
-    return out
+    return read_models(library, lambda m: m.meta.cal_step.skymatch)
 
 
 def test_empty_input_is_skipped(caplog):

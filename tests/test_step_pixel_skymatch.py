@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 from jwst.skymatch import SkyMatchStep
 
@@ -108,9 +108,7 @@ def test_mixed_filters_are_refused(small_mosaic):
 
 def test_rerun_with_inconsistent_subtract_is_refused(small_mosaic):
     result = PixelSkyMatchStep.call(copy_models(small_mosaic), subtract=True)
-    models = []
-    for _, m in each_model(result):
-        models.append(m.copy())
+    models = read_models(result, lambda m: m.copy())
     with pytest.raises(ValueError, match="inconsistent"):
         PixelSkyMatchStep.call(models, subtract=False)
 

@@ -1,6 +1,9 @@
-"""Reading exposures out of a ModelLibrary for the core, and writing results back.
+"""What every step shares between stpipe and the core.
 
-Shared by every step of the package; no algorithm lives here.
+Opening the input as a ModelLibrary with each member's metadata read once;
+checks of exposures, WCS and step parameters that name what is wrong;
+good-pixel masks and excluded regions; lazy exposure sources for the core;
+logging and atomic saving of products.  No algorithm lives here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..background import Exposure, background_times, format_times
 from ..core.keys import lyot_region
 from ..core.matching import ExposureSource
 from ..core.regions import describe_region, region_misses
-from ..inputs import borrowed, each_model, open_exposures
+from ..inputs import borrowed, each_model, file_problem, member_path, open_exposures, unvalidated_reads
 
 __all__ = [
     "PACKAGE_LOGGERS",
@@ -566,6 +569,54 @@ def _loader(library, index: int, mask, source: ExposureSource | None = None, nam
         return data, good, wcs
 
     return load
+
+
+@dataclass(frozen=True)
+class FileLoad:
+    """Read an exposure from its file as the library's loader does: ``(data, good, wcs)``.
+
+    It can be sent to worker processes and Dask workers (it holds a path, not
+    arrays), which then read the file themselves.
+    """
+
+    path: str
+    mask: Callable
+    name: str
+
+    def __call__(self) -> tuple:
+        from stdatamodels.jwst import datamodels
+
+        with unvalidated_reads():
+            try:
+                model = datamodels.open(self.path)
+            except Exception as exc:
+                raise OSError(f"{self.name}: cannot be opened: {file_problem(self.path, exc)}") from exc
+        with model:
+            wcs = check_image(model, self.name)
+            data = np.array(model.data, dtype=np.float32, copy=True)
+            good = self.mask(model)
+        return data, good, wcs
+
+
+def file_loads(library, input_models, mask: Callable, names: Sequence[str]) -> list[FileLoad | None]:
+    """A :class:`FileLoad` per member when the input was files, else None per member.
+
+    Only files the library has not yet changed qualify: this is called
+    before anything is written, and only for an association or a list of
+    file names (models in memory may differ from any file).
+    """
+    from_files = isinstance(input_models, (str, os.PathLike)) or (
+        isinstance(input_models, (list, tuple))
+        and all(isinstance(m, (str, os.PathLike)) for m in input_models)
+    )
+    asn_dir = getattr(library, "_asn_dir", None)
+    if not from_files or asn_dir is None:
+        return [None] * len(names)
+    out = []
+    for index, name in enumerate(names):
+        path = member_path(library, index)
+        out.append(None if path is None else FileLoad(os.path.join(asn_dir, path), mask, name))
+    return out
 
 
 def check_exposure_types(metas: Sequence[dict], names: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ from astropy.table import Table
 from jwst.stpipe import Step
 
 from .._atomic import atomic_path
+from ..core.execution import ExecutionSettings
 from ..core.grouping import exposure_label
 from ..core.keys import lyot_region
 from ..core.matching import MatchConfig
@@ -85,6 +86,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
         table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
         in_memory = boolean(default=True) # keep exposures in memory
+        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -143,7 +145,6 @@ class LevelMatchStep(AtomicSaveMixin, Step):
             source_nsigma=self.sigma,
             source_npixels=self.npixels,
             source_dilate=self.dilate_size,
-            store="memory" if self.in_memory else "disk",
         )
 
     def _process(self, input_models):
@@ -163,6 +164,9 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         background_times = [float(v) for v in self.background_times.replace(",", " ").split()]
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
+        execution = ExecutionSettings(
+            store="memory" if self.in_memory else "disk", memory_budget=self.memory_budget
+        )
         with library:
             sources = exposure_sources(library, mask, names)
             outcomes = run_stages(
@@ -181,10 +185,16 @@ class LevelMatchStep(AtomicSaveMixin, Step):
                 background_times=background_times,
                 match_down=self.match_down,
                 progress=lambda line: log.info("Level matching %s", line),
+                execution=execution,
             )
             if self.check_sigma > 0:
                 check_solution(
-                    sources, outcomes, config, nsigma=self.check_sigma, lyot_region=lambda k: lyot[k]
+                    sources,
+                    outcomes,
+                    config,
+                    nsigma=self.check_sigma,
+                    lyot_region=lambda k: lyot[k],
+                    execution=execution,
                 )
         self._apply(library, outcomes)
         self._write_table(library, names, outcomes)
