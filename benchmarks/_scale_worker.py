@@ -20,17 +20,15 @@ warnings.simplefilter("ignore")
 
 import numpy as np
 
+from jwst_skymatch_plus.inputs import borrowed, each_model
 from jwst_skymatch_plus.simulate import offset_rms_error
 
 
 def levels_of(library) -> dict[str, float]:
     out = {}
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            level = m.meta.background.level
-            out[m.meta.filename] = np.nan if level is None else float(level)
-            library.shelve(m, i, modify=False)
+    for _, m in each_model(library):
+        level = m.meta.background.level
+        out[m.meta.filename] = np.nan if level is None else float(level)
     return out
 
 
@@ -46,12 +44,10 @@ def naive(asn: str) -> dict[str, float]:
     with library:
         metas = [dict(library.read_metadata(i)) for i in range(len(library))]
         wcs, shapes, names = [], [], []
-        for i in range(len(library)):
-            m = library.borrow(i)
+        for _, m in each_model(library):
             wcs.append(m.meta.wcs)
             shapes.append(m.data.shape)
             names.append(m.meta.filename)
-            library.shelve(m, i, modify=False)
         grid = SkyGrid.for_exposures(wcs, shapes)
         full = BBox(0, grid.shape[1], 0, grid.shape[0])
         groups = group_exposures(metas, "visit")
@@ -59,10 +55,9 @@ def naive(asn: str) -> dict[str, float]:
 
         def resampled(members):
             for k in members:
-                m = library.borrow(k)
-                good = np.isfinite(m.data) & ((m.dq & 1) == 0)
-                r = resample_to_grid(m.data, good, m.meta.wcs, grid, full)
-                library.shelve(m, k, modify=False)
+                with borrowed(library, k) as m:
+                    good = np.isfinite(m.data) & ((m.dq & 1) == 0)
+                    r = resample_to_grid(m.data, good, m.meta.wcs, grid, full)
                 yield r
 
         for members in groups:
@@ -94,10 +89,9 @@ def naive_jwst(asn: str) -> dict[str, float]:
         for members in groups:
             models = []
             for k in members:
-                m = library.borrow(k)
-                names[k] = m.meta.filename
-                models.append(m.copy())
-                library.shelve(m, k, modify=False)
+                with borrowed(library, k) as m:
+                    names[k] = m.meta.filename
+                    models.append(m.copy())
             result = ResampleImage(
                 ModelLibrary(models, on_disk=False),
                 output_wcs={"wcs": wcs, "pixel_scale": None},

@@ -85,17 +85,6 @@ def collect_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------
 # Demo
 # --------------------------------------------------------------------------
-def _levels(library) -> list[float]:
-    out = []
-    with library:
-        for index in range(len(library)):
-            model = library.borrow(index)
-            level = model.meta.background.level
-            out.append(float("nan") if level is None else float(level))
-            library.shelve(model, index, modify=False)
-    return out
-
-
 def _mosaic(models, levels, grid):
     """Mean mosaic on ``grid`` of exposures with ``levels`` removed."""
     import numpy as np
@@ -135,7 +124,7 @@ def run_demo(outdir: str | Path = "skymatch_plus_demo", seed: int = 3, quick: bo
     import numpy as np
     from jwst.skymatch import SkyMatchStep
 
-    from .simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
+    from .simulate import offset_noise_floor, offset_rms_error, recorded_levels, simulate_mosaic
     from .steps.pixel_skymatch import PixelSkyMatchStep
 
     outdir = Path(outdir)
@@ -165,7 +154,7 @@ def run_demo(outdir: str | Path = "skymatch_plus_demo", seed: int = 3, quick: bo
         t0 = time.perf_counter()
         library = cls.call(models, **kwargs)
         elapsed = time.perf_counter() - t0
-        levels = np.array(_levels(library))
+        levels = recorded_levels(library)
         results[label] = {"levels": levels, "time": elapsed, "rms": offset_rms_error(levels, truth)}
 
     stock = results["stock SkyMatchStep"]

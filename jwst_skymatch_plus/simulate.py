@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.keys import lyot_region as lyot_region_of
 from .core.regions import MIRI_FULL_SHAPE, miri_lyot_region
 
 __all__ = [
@@ -1548,25 +1549,20 @@ def recorded_levels(library) -> np.ndarray:
 
     What a sky-matching step recorded, to compare with the truth.
     """
-    out = []
-    with library:
-        for i in range(len(library)):
-            model = library.borrow(i)
-            level = model.meta.background.level
-            out.append(np.nan if level is None else float(level))
-            library.shelve(model, i, modify=False)
-    return np.array(out)
+    from .inputs import each_model
+
+    levels = [model.meta.background.level for _, model in each_model(library)]
+    return np.array([np.nan if level is None else float(level) for level in levels])
 
 
 def level_match_totals(library) -> np.ndarray:
     """Total level LevelMatchStep removed from each exposure's main field (all stages but Lyot)."""
+    from .inputs import each_model
+
     out = []
-    with library:
-        for i in range(len(library)):
-            model = library.borrow(i)
-            stages = model.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            out.append(sum(c["level"] for stage, c in stages.items() if stage != "lyot"))
-            library.shelve(model, i, modify=False)
+    for _, model in each_model(library):
+        stages = model.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+        out.append(sum(c["level"] for stage, c in stages.items() if stage != "lyot"))
     return np.array(out)
 
 
@@ -1686,16 +1682,9 @@ def background_noise_floor(
     for k, m in enumerate(models):
         ny, nx = m.data.shape
         good = np.isfinite(m.data) & ((m.dq & DO_NOT_USE) == 0)
-        if exclude_lyot and layout.instrument == "MIRI":
-            sub = m.meta.subarray
-            region = miri_lyot_region(
-                m.data.shape,
-                xstart=int(sub.xstart or 1),
-                ystart=int(sub.ystart or 1),
-                full_frame=str(sub.name or "FULL").upper() == "FULL",
-            )
-            if region is not None:
-                good[region] = False
+        region = lyot_region_of(m, m.data.shape) if exclude_lyot else None
+        if region is not None:
+            good[region] = False
         by, bx = ny // bin_size, nx // bin_size
         counts = good[: by * bin_size, : bx * bin_size].reshape(by, bin_size, bx, bin_size).sum(axis=(1, 3))
         yy, xx = np.mgrid[0:by, 0:bx]

@@ -12,6 +12,7 @@ import pytest
 from jwst_skymatch_plus._offline import import_pysiaf
 from jwst_skymatch_plus.core.matching import ExposureSource
 from jwst_skymatch_plus.core.regions import miri_lyot_region
+from jwst_skymatch_plus.inputs import each_model
 from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic
 
 # pysiaf asks GitHub for a newer PRD when imported: import it offline first.
@@ -30,15 +31,7 @@ def levels_of(library):
 
 def read_models(library, read):
     """``[read(model) for each model]`` of a ModelLibrary, borrowed and shelved unmodified."""
-    out = []
-    with library:
-        for i in range(len(library)):
-            model = library.borrow(i)
-            try:
-                out.append(read(model))
-            finally:
-                library.shelve(model, i, modify=False)
-    return out
+    return [read(model) for _, model in each_model(library)]
 
 
 def sources_of(sim, exclude_lyot=True):

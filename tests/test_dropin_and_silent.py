@@ -9,6 +9,7 @@ from jwst.datamodels import ModelLibrary
 from stdatamodels.jwst.datamodels import ImageModel
 
 from jwst_skymatch_plus import PixelSkyMatchStep
+from jwst_skymatch_plus.inputs import borrowed
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
 
 
@@ -167,11 +168,9 @@ def test_skipped_inside_a_pipeline_is_recorded_under_the_stock_key():
     pipe.skymatch = PixelSkyMatchStep(name="skymatch", parent=pipe, skip=True)
     library = ModelLibrary([ImageModel((4, 4))])
     pipe.skymatch.run(library)
-    with library:
-        model = library.borrow(0)
+    with borrowed(library, 0) as model:
         assert model.meta.cal_step.skymatch == "SKIPPED"
         assert "pixel_skymatch" not in model.meta.cal_step.instance
-        library.shelve(model, 0, modify=False)
 
 
 def test_standalone_products_carry_the_stock_suffix():

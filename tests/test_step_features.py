@@ -13,6 +13,7 @@ from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
 from jwst_skymatch_plus import PixelSkyMatchStep
+from jwst_skymatch_plus.inputs import borrowed
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
 
 
@@ -131,10 +132,8 @@ def test_stock_parameter_file_runs_unchanged(small_mosaic, tmp_path):
     result = PixelSkyMatchStep.call(copy_models(small_mosaic), config_file=str(pars))
     levels = levels_of(result)
     assert np.nanmax(levels) == 0.0  # match_down=False came from the file
-    with result:
-        m = result.borrow(0)
+    with borrowed(result, 0) as m:
         assert m.meta.background.subtracted is True
-        result.shelve(m, 0, modify=False)
 
 
 def test_excluded_regions(small_mosaic):

@@ -13,6 +13,7 @@ from astropy.table import Table
 from conftest import copy_models, levels_of, read_models
 
 from jwst_skymatch_plus import PixelSkyMatchStep
+from jwst_skymatch_plus.inputs import each_model
 from jwst_skymatch_plus.simulate import (
     background_noise_floor,
     background_rms_error,
@@ -248,32 +249,29 @@ def test_outputs_keep_dq_and_differ_by_the_recorded_correction(lyot_mosaic, tmp_
     sim = lyot_mosaic
     inputs = copy_models(sim)
     library = LevelMatchStep.call(copy_models(sim), recombine_lyot=True, fit_type_dithers="level+slope")
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            # DQ untouched, NON_SCIENCE included (PJPipe's uint8 cast dropped it).
-            np.testing.assert_array_equal(m.dq, inputs[i].dq)
-            assert (m.dq & (1 << 9)).any()
-            removed = inputs[i].data - m.data
-            main = np.isfinite(removed)
-            rows, cols = record["lyot"]["rows"], record["lyot"]["columns"]
-            main[rows[0] : rows[1], cols[0] : cols[1]] = False
-            # Outside the Lyot region the data moved by dither plane + tile level.
-            d = record["dithers"]
-            y, x = np.nonzero(main)
-            expected = (
-                d["level"]
-                + d["slope_x"] * (x - d["x_center"])
-                + d["slope_y"] * (y - d["y_center"])
-                + record["tiles"]["level"]
-            )
-            # float32 rounding of the data (bright sources reach thousands).
-            rounding = 1e-5 + 4 * np.spacing(np.abs(inputs[i].data[main]))
-            assert np.all(np.abs(removed[main] - expected) <= rounding)
-            if i == 0:
-                m.save(tmp_path / "out_cal.fits")
-            library.shelve(m, i, modify=False)
+    for i, m in each_model(library):
+        record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+        # DQ untouched, NON_SCIENCE included (PJPipe's uint8 cast dropped it).
+        np.testing.assert_array_equal(m.dq, inputs[i].dq)
+        assert (m.dq & (1 << 9)).any()
+        removed = inputs[i].data - m.data
+        main = np.isfinite(removed)
+        rows, cols = record["lyot"]["rows"], record["lyot"]["columns"]
+        main[rows[0] : rows[1], cols[0] : cols[1]] = False
+        # Outside the Lyot region the data moved by dither plane + tile level.
+        d = record["dithers"]
+        y, x = np.nonzero(main)
+        expected = (
+            d["level"]
+            + d["slope_x"] * (x - d["x_center"])
+            + d["slope_y"] * (y - d["y_center"])
+            + record["tiles"]["level"]
+        )
+        # float32 rounding of the data (bright sources reach thousands).
+        rounding = 1e-5 + 4 * np.spacing(np.abs(inputs[i].data[main]))
+        assert np.all(np.abs(removed[main] - expected) <= rounding)
+        if i == 0:
+            m.save(tmp_path / "out_cal.fits")
     with datamodels.open(tmp_path / "out_cal.fits") as reopened:
         assert reopened.meta.instance["skymatch_plus"]["level_match"]["stages"] == [
             "dithers",

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .keys import mid_time
 from .solve import apply_match_down
 
 __all__ = ["REFERENCE_RULES", "apply_reference", "choose_reference", "reference_for_result"]
@@ -186,11 +187,7 @@ def reference_for_result(
         used_pairs = [(p.i, p.j) for p in kept]
     times = []
     for members in groups:
-        t = [
-            metas[k].get("meta.exposure.mid_time") or metas[k].get("meta.exposure.start_time")
-            for k in members
-        ]
-        t = [float(v) for v in t if v is not None]
+        t = [v for v in (mid_time(metas[k]) for k in members) if v is not None]
         times.append(float(np.mean(t)) if t else np.nan)
     return choose_reference(
         rule,

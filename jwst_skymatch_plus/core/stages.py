@@ -47,7 +47,8 @@ import numpy as np
 
 from .execution import ExecutionSettings
 from .finalize import Gauge, detector_planes, finalize
-from .grouping import group_exposures, instrument_family
+from .grouping import group_exposures, instrument_family, nircam_module
+from .keys import exposure_key, visit_key
 from .matching import ExposureSource, MatchConfig, MatchResult, match_exposures
 from .planes import DetectorPlane
 
@@ -161,17 +162,6 @@ def _shifted(plane: DetectorPlane, level: float) -> DetectorPlane:
     return DetectorPlane(level, plane.slope_x, plane.slope_y, plane.x_center, plane.y_center)
 
 
-def _tile_key(meta: Mapping) -> tuple:
-    return tuple(
-        str(meta.get(k))
-        for k in (
-            "meta.observation.program_number",
-            "meta.observation.observation_number",
-            "meta.observation.visit_number",
-        )
-    )
-
-
 def _partition(keys: Sequence) -> list[list[int]]:
     out: dict = {}
     for k, key in enumerate(keys):
@@ -191,7 +181,7 @@ def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutco
     corrections: list[Correction | None] = [None] * n
     results = []
     split: list[list[list[int]]] = []
-    keys = [(*_tile_key(m), str(m.get("meta.instrument.detector"))) for m in metas]
+    keys = [(*visit_key(m), str(m.get("meta.instrument.detector"))) for m in metas]
     for members in _partition(keys):
         if len(members) < 2:
             continue
@@ -252,7 +242,7 @@ def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> Stage
         )
     results = []
     split: list[list[list[int]]] = []
-    for members in _partition([_tile_key(metas[k]) for k in short]):
+    for members in _partition([visit_key(metas[k]) for k in short]):
         members = [short[i] for i in members]
         subset = [sources[k] for k in members]
         result = match_exposures(
@@ -265,12 +255,7 @@ def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> Stage
         # connected part: levels of different parts are not comparable):
         # chips are equalised, the exposure keeps its level for later stages.
         exposure_keys = [
-            (
-                str(metas[k].get("meta.observation.exposure_number")),
-                str(metas[k].get("meta.observation.activity_id")),
-                str(metas[k].get("meta.instrument.module")),
-                int(result.component[i]),
-            )
+            (exposure_key(metas[k], k), nircam_module(metas[k]), int(result.component[i]))
             for i, k in enumerate(members)
         ]
         for chips in _partition(exposure_keys):

@@ -19,6 +19,7 @@ from astropy.table import Table
 
 from .._atomic import atomic_path
 from .alignment import SkyAffine
+from .keys import plain_number
 
 __all__ = [
     "COLUMNS",
@@ -72,14 +73,6 @@ _UNITS = {
     **dict.fromkeys(("ra_ref", "dec_ref", "rotation"), "deg"),
     **dict.fromkeys(("shift_ra", "shift_dec", "shift_error", "fit_rms"), "arcsec"),
 }
-
-
-def _number_text(value) -> str:
-    """Visit numbers as table text: without leading zeros ('' for None)."""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return text.lstrip("0") or "0" if text.isdigit() else text
 
 
 def visit_id(key: tuple[str, ...]) -> str:
@@ -292,7 +285,7 @@ def read_wcs_adjust_table(path: str | Path) -> Table:
             mask = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)))
             table[name] = np.array(["" if m else str(v) for v, m in zip(col, mask, strict=True)], dtype=str)
     for name in ("program", "observation", "visit"):
-        table[name] = [_number_text(v) for v in table[name]]
+        table[name] = [plain_number(v) for v in table[name]]
     # Every format reads to the same table (ASDF keeps neither order nor units).
     names = [c[0] for c in COLUMNS]
     table = table[names + [c for c in table.colnames if c not in names]]

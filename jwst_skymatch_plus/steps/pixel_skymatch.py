@@ -21,6 +21,7 @@ from ..core.matching import (
     match_exposures,
 )
 from ..core.pairs import DifferenceStatistic
+from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -35,7 +36,6 @@ from ._library import (
     parse_regions,
     report_base,
     sources_from_metadata,
-    unvalidated_reads,
 )
 from ._report import plot_diagnostics, write_offsets_tables
 
@@ -315,14 +315,9 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         stats = self._sky_stats()
         mask_settings = MaskSettings(settings.dqbits, None, None, settings.exclude_lyot, settings.regions)
         skies = np.full(len(library), np.nan)
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                try:
-                    values = model.data[good_pixel_mask(model, mask_settings)]
-                finally:
-                    library.shelve(model, index, modify=False)
-                skies[index] = residual_sky(values, levels[index], stats)
+        for index, model in each_model(library):
+            values = model.data[good_pixel_mask(model, mask_settings)]
+            skies[index] = residual_sky(values, levels[index], stats)
         return skies
 
     def _write(self, library, result: MatchResult, final: FinalBackgrounds, previous, metas) -> None:
@@ -347,14 +342,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             # of two per exposure.
             self._deferred_updates.update(zip(filenames, updates, strict=True))
             return
-        with library:
-            for index, update in enumerate(updates):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    update(model)
-                finally:
-                    library.shelve(model, index)
+        for index, model in each_model(library, modify=True, validate=False):
+            updates[index](model)
 
     def _model_update(self, result: MatchResult, final: FinalBackgrounds, previous, index: int, name: str):
         """What writing exposure ``index``'s result does to its model (warnings are logged now)."""
@@ -485,11 +474,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
     def _skip(self, library, reason: str):
         log.warning("Sky matching skipped: %s.", reason)
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                model.meta.cal_step.skymatch = "SKIPPED"
-                library.shelve(model, index)
+        for _, model in each_model(library, modify=True):
+            model.meta.cal_step.skymatch = "SKIPPED"
         return library
 
     def _global_only(self, library, settings, previous):
@@ -498,23 +484,17 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         n = len(library)
         gsky = global_sky(self._residual_skies(library, settings, np.full(n, np.nan)))
         log.info("'Global' sky of every exposure: %.6g", gsky)
-        with library:
-            for index in range(n):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    if self.subtract:
-                        model.data -= gsky
-                    model.meta.background.level = float(previous[index] + gsky)
-                    model.meta.background.subtracted = bool(self.subtract)
-                    model.meta.background.method = str(self.skymethod)
-                    model.meta.cal_step.skymatch = "COMPLETE"
-                    model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
-                        "method": f"pixel-{self.skymethod}",
-                        "status": "global sky only (one sky group)",
-                    }
-                finally:
-                    library.shelve(model, index)
+        for index, model in each_model(library, modify=True, validate=False):
+            if self.subtract:
+                model.data -= gsky
+            model.meta.background.level = float(previous[index] + gsky)
+            model.meta.background.subtracted = bool(self.subtract)
+            model.meta.background.method = str(self.skymethod)
+            model.meta.cal_step.skymatch = "COMPLETE"
+            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
+                "method": f"pixel-{self.skymethod}",
+                "status": "global sky only (one sky group)",
+            }
         return library
 
     @staticmethod

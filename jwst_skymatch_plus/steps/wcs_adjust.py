@@ -24,6 +24,7 @@ from jwst.stpipe import Step
 
 from ..core.alignment import apply_affine_to_wcs, detector_samples
 from ..core.grouping import nircam_module
+from ..core.keys import visit_key
 from ..core.visit_correction import combine_visit, fit_shift_error
 from ..core.visit_shifts import correlate_visits
 from ..core.wcs_adjust_table import (
@@ -35,6 +36,7 @@ from ..core.wcs_adjust_table import (
     visit_id,
     write_wcs_adjust_table,
 )
+from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -59,32 +61,6 @@ __all__ = [
 ]
 
 METHODS = ("tweakreg", "cross_corr")
-
-
-def _norm(value) -> str:
-    """Metadata numbers as the zero-padded strings of JWST file names."""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return text.lstrip("0") or "0" if text.isdigit() else text
-
-
-def visit_key(model) -> tuple[str, str, str]:
-    """``(program, observation, visit)`` of an exposure, numbers without leading zeros."""
-    obs = model.meta.observation
-    return (_norm(obs.program_number), _norm(obs.observation_number), _norm(obs.visit_number))
-
-
-def _module(model) -> str:
-    """NIRCam module of an exposure (see :func:`~jwst_skymatch_plus.core.grouping.nircam_module`)."""
-    inst = model.meta.instrument
-    return nircam_module(
-        {
-            "meta.instrument.name": inst.name,
-            "meta.instrument.module": getattr(inst, "module", None),
-            "meta.instrument.detector": inst.detector,
-        }
-    )
 
 
 # --------------------------------------------------------------------------
@@ -195,21 +171,18 @@ class GetWCSAdjustStep(AtomicSaveMixin, Step):
             self.table_paths = [path]
             return library
         copies, keys, filters, instruments, targets = [], [], [], [], []
-        with library:
-            for i in range(len(library)):
-                model = library.borrow(i)
-                copy = model.copy()
-                module = _module(model) if self.degroup_nircam_modules else ""
-                keys.append((*visit_key(model), module))
-                if self.group_dithers:
-                    # tweakreg fits one correction per group_id: a whole
-                    # visit constrains rotation far better than one dither.
-                    copy.meta.group_id = visit_id(keys[-1]) + module
-                copies.append(copy)
-                filters.append(str(model.meta.instrument.filter or ""))
-                instruments.append(str(model.meta.instrument.name or "").lower())
-                targets.append(str(model.meta.target.catalog_name or model.meta.target.proposer_name or ""))
-                library.shelve(model, i, modify=False)
+        for _, model in each_model(library):
+            copy = model.copy()
+            module = nircam_module(model) if self.degroup_nircam_modules else ""
+            keys.append((*visit_key(model), module))
+            if self.group_dithers:
+                # tweakreg fits one correction per group_id: a whole
+                # visit constrains rotation far better than one dither.
+                copy.meta.group_id = visit_id(keys[-1]) + module
+            copies.append(copy)
+            filters.append(str(model.meta.instrument.filter or ""))
+            instruments.append(str(model.meta.instrument.name or "").lower())
+            targets.append(str(model.meta.target.catalog_name or model.meta.target.proposer_name or ""))
         if len(set(filters)) > 1:
             log.warning(
                 "The reference exposures mix filters (%s): one band is expected.",
@@ -362,13 +335,10 @@ class GetWCSAdjustStep(AtomicSaveMixin, Step):
         # A reference nothing was aligned to measures nothing.
         any_success = any("SUCCESS" in st for st in statuses)
         after = []
-        with aligned:
-            for i in range(len(aligned)):
-                model = aligned.borrow(i)
-                # tweakreg's reference group keeps its WCS: a measured zero.
-                ok = "SUCCESS" in statuses[i] or (statuses[i] == "REFERENCE" and any_success)
-                after.append(model.meta.wcs(*samples[i]) if ok else None)
-                aligned.shelve(model, i, modify=False)
+        for i, model in each_model(aligned):
+            # tweakreg's reference group keeps its WCS: a measured zero.
+            ok = "SUCCESS" in statuses[i] or (statuses[i] == "REFERENCE" and any_success)
+            after.append(model.meta.wcs(*samples[i]) if ok else None)
         for f in fits:
             f["shift_error"] = fit_shift_error(f)
         return after, fits
@@ -533,7 +503,7 @@ class ApplyWCSAdjustStep(AtomicSaveMixin, Step):
                 model = library.borrow(i)
                 key = visit_key(model)
                 # A module's own row (degroup_nircam_modules) before the visit's.
-                row = rows.get((*key, _module(model)), rows.get((*key, "")))
+                row = rows.get((*key, nircam_module(model)), rows.get((*key, "")))
                 changed = self._apply_one(model, row)
                 if changed:
                     unit = (row["program"], row["observation"], row["visit"], row["module"])
