@@ -105,7 +105,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # PJPipe's progress bars
 
 import numpy as np
 
-from jwst_skymatch_plus.core.regions import miri_lyot_region
+from jwst_skymatch_plus.core.keys import lyot_region
 from jwst_skymatch_plus.simulate import (
     level_match_totals,
     offset_noise_floor,
@@ -178,16 +178,9 @@ def _nan_masked(model) -> np.ndarray:
     """Data with NaN where DO_NOT_USE and in the MIRI Lyot box (as our steps leave it out)."""
     data = np.array(model.data, dtype=np.float32)
     data[(model.dq & DO_NOT_USE) != 0] = np.nan
-    if model.meta.instrument.name == "MIRI":
-        sub = model.meta.subarray
-        region = miri_lyot_region(
-            data.shape,
-            xstart=sub.xstart or 1,
-            ystart=sub.ystart or 1,
-            full_frame=(sub.name or "FULL").upper() == "FULL",
-        )
-        if region is not None:
-            data[region] = np.nan
+    region = lyot_region(model, data.shape)  # None for anything but the MIRI imager
+    if region is not None:
+        data[region] = np.nan
     return data
 
 

@@ -7,11 +7,16 @@ in fresh processes, one at a time:
     jwst's SkyMatchStep (skymethod='match'), as calwebb_image3 runs it.
 ``ours``
     PixelSkyMatchStep with its defaults (in memory, like the stock step).
+``ours-Nw``
+    ``ours`` with ``n_workers=N`` local processes (``--workers``).
 ``ours-disk``
     PixelSkyMatchStep with ``in_memory=False`` (on-disk library and group
     store): memory bounded by a few groups.
-``ours-Nw``
-    ``ours-disk`` with ``n_workers=N`` local processes (``--workers``).
+``ours-disk-Nw``
+    ``ours-disk`` with ``n_workers=N``: each worker reads its exposures.
+``ours-dask``
+    ``ours`` on a local Dask cluster of N single-threaded worker processes,
+    started before the clock (``scheduler=``).
 ``naive``
     The algorithm of the earlier pixel-matching tool, with our lean
     resampler: every group resampled onto a full-mosaic array, all kept in
@@ -133,61 +138,90 @@ def slope(ns, ts):
     return float(np.polyfit(x, y, 1)[0])
 
 
+#: Each row: (worker method, uses --workers, serial row it is compared with).
+METHODS = {
+    "stock": ("stock", False, None),
+    "ours": ("ours", False, None),
+    "ours-Nw": ("ours", True, "ours"),
+    "ours-disk": ("ours-disk", False, "ours"),
+    "ours-disk-Nw": ("ours-disk", True, "ours-disk"),
+    "ours-dask": ("ours-dask", True, "ours"),
+    "naive": ("naive", False, None),
+    "naive-jwst": ("naive-jwst", False, None),
+}
+
+
 def main(argv=None) -> int:
+    import numpy as np
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10, 50, 100, 500])
     parser.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/skymatch_plus_bench"))
     parser.add_argument("--quick", action="store_true", help="256 x 256 detectors")
-    parser.add_argument("--workers", type=int, default=2, help="workers for the parallel row (0: skip it)")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the parallel rows (1: skip them)")
     parser.add_argument("--naive-max", type=int, default=100, help="largest size run with the naive method")
     parser.add_argument("--stock-max", type=int, default=500, help="largest size run with the stock step")
+    parser.add_argument(
+        "--methods", nargs="*", default=list(METHODS), help="rows to run (names as in METHODS)"
+    )
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    methods = (
-        ["stock", "ours", "ours-disk"]
-        + ([f"ours-{args.workers}w"] if args.workers > 1 else [])
-        + ["naive", "naive-jwst"]
-    )
+    methods = [m for m in args.methods if args.workers > 1 or not METHODS[m][1]]
+    label = {m: m.replace("Nw", f"{args.workers}w") for m in methods}
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
     print(
-        f"# bench_scale ({'256x256' if args.quick else 'full-frame'} MIRI, 2 dithers/visit, workdir {workdir})"
+        f"# bench_scale ({'256x256' if args.quick else 'full-frame'} MIRI, 2 dithers/visit, workdir {workdir})\n"
+        "speed-up: serial time of the same mode / this row's time; efficiency: speed-up / workers; "
+        "max |dlevel|: largest level difference from the serial row's"
     )
-    print(f"| {'N':>4} | {'method':<10} | {'wall [s]':>9} | {'peak RSS [GiB]':>14} | {'rms error':>9} |")
-    print("|------|------------|-----------|----------------|-----------|")
+    print(
+        f"| {'N':>4} | {'method':<13} | {'wall [s]':>9} | {'peak RSS [GiB]':>14} | {'rms error':>9} "
+        f"| {'speed-up':>8} | {'efficiency':>10} | {'max |dlevel|':>12} |"
+    )
+    print(
+        "|------|---------------|-----------|----------------|-----------|----------|------------|--------------|"
+    )
     for n in args.sizes:
         asn = simulate(n, workdir, args.quick)
         for method in methods:
+            worker_method, parallel, serial = METHODS[method]
             if method.startswith("naive") and n > args.naive_max:
                 results[method][n] = {"skipped": f"> --naive-max {args.naive_max}"}
             elif method == "stock" and n > args.stock_max:
                 results[method][n] = {"skipped": f"> --stock-max {args.stock_max}"}
             else:
-                workers = args.workers if method.endswith("w") else 1
-                worker_method = method if method in ("ours-disk", "naive-jwst") else method.split("-")[0]
-                if method.endswith("w"):
-                    worker_method = "ours-disk"
-                results[method][n] = run_method(worker_method, asn, workers)
+                results[method][n] = run_method(worker_method, asn, args.workers if parallel else 1)
             r = results[method][n]
-            if "wall" in r:
-                print(
-                    f"| {n:>4} | {method:<10} | {r['wall']:>9.1f} | {r['rss'] / 2**30:>14.2f} | {r['rms']:>9.4f} |",
-                    flush=True,
-                )
-            else:
-                print(f"| {n:>4} | {method:<10} | {r.get('skipped') or r.get('error')} |", flush=True)
+            if "wall" not in r:
+                print(f"| {n:>4} | {label[method]:<13} | {r.get('skipped') or r.get('error')} |", flush=True)
+                continue
+            base = results.get(serial, {}).get(n, {}) if serial else {}
+            speedup = efficiency = diff = ""
+            if "wall" in base:
+                speedup = f"{base['wall'] / r['wall']:.2f}"
+                efficiency = f"{base['wall'] / r['wall'] / args.workers:.2f}" if parallel else ""
+                diff = f"{np.nanmax(np.abs(np.subtract(r['levels'], base['levels']))):.1e}"
+            print(
+                f"| {n:>4} | {label[method]:<13} | {r['wall']:>9.1f} | {r['rss'] / 2**30:>14.2f} | {r['rms']:>9.4f} "
+                f"| {speedup:>8} | {efficiency:>10} | {diff:>12} |",
+                flush=True,
+            )
     print()
     for method in methods:
         ns = [n for n in args.sizes if "wall" in results[method][n]]
-        print(f"scaling exponent ({method}): {slope(ns, [results[method][n]['wall'] for n in ns]):.2f}")
+        if len(ns) > 1:
+            print(
+                f"scaling exponent ({label[method]}): {slope(ns, [results[method][n]['wall'] for n in ns]):.2f}"
+            )
     for n in args.sizes:
-        s, o = results["stock"][n], results["ours"][n]
+        s, o = results.get("stock", {}).get(n, {}), results.get("ours", {}).get(n, {})
         parts = []
         if "wall" in s and "wall" in o:
             parts.append(f"ours/stock time {o['wall'] / s['wall']:.2f}")
         for baseline in ("naive", "naive-jwst"):
-            v = results[baseline][n]
+            v = results.get(baseline, {}).get(n, {})
             if "wall" in v and "wall" in o:
                 parts.append(f"{baseline}/ours time {v['wall'] / o['wall']:.1f}")
         if parts:

@@ -28,6 +28,7 @@ os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
 
 import numpy as np
 
+from jwst_skymatch_plus.inputs import each_model
 from jwst_skymatch_plus.simulate import (
     background_noise_floor,
     background_rms_error,
@@ -89,18 +90,15 @@ def scenarios(quick: bool) -> dict[str, dict]:
 
 def levels_and_planes(library):
     levels, planes = [], []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            level = m.meta.background.level
-            rec = m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch")
-            level = np.nan if level is None else float(level)
-            levels.append(level)
-            if rec:
-                planes.append((rec["plane_level"], rec["plane_slope_x"], rec["plane_slope_y"]))
-            else:
-                planes.append((level, 0.0, 0.0))
-            library.shelve(m, i, modify=False)
+    for _, m in each_model(library):
+        level = m.meta.background.level
+        rec = m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch")
+        level = np.nan if level is None else float(level)
+        levels.append(level)
+        if rec:
+            planes.append((rec["plane_level"], rec["plane_slope_x"], rec["plane_slope_y"]))
+        else:
+            planes.append((level, 0.0, 0.0))
     return np.array(levels), planes
 
 

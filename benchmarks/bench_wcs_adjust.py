@@ -26,6 +26,7 @@ os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
 
 import numpy as np
 
+from jwst_skymatch_plus.inputs import each_model
 from jwst_skymatch_plus.simulate import alignment_errors, simulate_mosaic
 from jwst_skymatch_plus.steps.wcs_adjust import ApplyWCSAdjustStep, GetWCSAdjustStep
 
@@ -88,13 +89,7 @@ def run(quick: bool, seed: int = 3, rows: str = "", geometry: str = "simple", bi
 
 
 def _models(library) -> list:
-    models = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            models.append(m)
-            library.shelve(m, i, modify=False)
-    return models
+    return [m for _, m in each_model(library)]
 
 
 def _stock_row(sim) -> float:

@@ -31,17 +31,21 @@ Members listed as ``background`` in the association are background
 observations under every rule: the association is explicit.  The other rules
 add exposures the association lists as science.
 
-The helper other steps should use for the times is :func:`background_times`.
+This module holds the rules, applied to metadata already read;
+:func:`jwst_skymatch_plus.inputs.open_exposures` reads the input once and
+classifies its exposures with them.  :func:`background_times` gives the
+times of the background observations found.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .core.keys import mid_time, start_time
 
 __all__ = [
     "BGR_CHECK_ALIASES",
@@ -49,9 +53,8 @@ __all__ = [
     "BackgroundRule",
     "Exposure",
     "background_times",
-    "classify_exposures",
+    "classify",
     "format_times",
-    "load_association",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,10 +64,6 @@ BGR_CHECK_TYPES = ("asn_exptype", "name", "keyword", "target_name", "parallel")
 
 #: PJPipe's names for the same rules, accepted so its configurations carry over.
 BGR_CHECK_ALIASES = {"parallel_off": "parallel", "check_in_name": "name", "filename": "name"}
-
-#: Association member types a level-3 imaging run reads; others (target
-#: acquisitions, ...) are ignored, as calwebb_image3 does.
-RUN_EXPTYPES = ("science", "background")
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -163,7 +162,7 @@ class Exposure:
     background: bool
     reason: str | None
     start_time: float | None
-    mid_time: float | None
+    mid_time: float | None  # the start when the mid time is not recorded
     meta: dict = field(default_factory=dict, compare=False, repr=False)  # flat metadata, as read
 
     def time(self, kind: str = "mid") -> float | None:
@@ -172,7 +171,7 @@ class Exposure:
             return self.start_time
         if kind != "mid":
             raise ValueError(f"kind must be 'mid' or 'start', not {kind!r}")
-        return self.mid_time if self.mid_time is not None else self.start_time
+        return self.mid_time
 
 
 def _same_value(actual: Any, wanted: str) -> bool:
@@ -195,147 +194,47 @@ def _sequence_from_filename(filename: str) -> str | None:
     return None
 
 
-def _float_or_none(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if out == out else None  # NaN -> None
+def classify(filename: str, exptype: str, meta: Mapping[str, Any], rule: BackgroundRule) -> Exposure:
+    """Apply a rule to one exposure whose metadata has been read.
 
+    Parameters
+    ----------
+    filename : str
+        The exposure's file name (or path).
+    exptype : str
+        Its association member type (``'science'``, ``'background'``).
+    meta : mapping
+        Its flat metadata.
+    rule : BackgroundRule
+        How background observations are recognised.
 
-def load_association(path: str | os.PathLike) -> dict:
-    """Read an association file (JSON or YAML) into a plain dictionary.
-
-    Raises
-    ------
-    OSError
-        If the file is not a valid association.
+    Returns
+    -------
+    Exposure
     """
-    from jwst.associations import AssociationNotValidError, load_asn
-
-    try:
-        with Path(path).open() as handle:
-            asn = load_asn(handle)
-    except AssociationNotValidError as exc:
-        raise OSError(f"Cannot read association {path}: {exc}") from exc
-    return dict(asn)
-
-
-def is_association_path(item: Any) -> bool:
-    """True for a path to an association file (``.json``, ``.yaml``, ``.yml``)."""
-    return isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() in (".json", ".yaml", ".yml")
-
-
-def _model_meta(model) -> dict:
-    return dict(model.get_crds_parameters())
-
-
-def _file_meta(path: str | os.PathLike) -> dict:
-    # A file that cannot be read is named with its problem (missing, not
-    # FITS, truncated...), not left to fail deep in astropy.
-    from .steps._library import read_exposure_metadata
-
-    return read_exposure_metadata(path)
-
-
-def _exposure(filename: str, exptype: str, meta: Mapping, rule: BackgroundRule) -> Exposure:
     reason = rule.reason(filename, meta, exptype)
     return Exposure(
         filename=Path(str(filename)).name,
         exptype=str(exptype).lower(),
         background=reason is not None,
         reason=reason,
-        start_time=_float_or_none(meta.get("meta.exposure.start_time")),
-        mid_time=_float_or_none(meta.get("meta.exposure.mid_time")),
+        start_time=start_time(meta),
+        mid_time=mid_time(meta),
         meta=dict(meta),
     )
 
 
-def association_members(asn: Mapping, asn_dir: str | os.PathLike) -> list[tuple[dict, str]]:
-    """Members of an association's first product that a level-3 run reads, with their paths.
+def background_times(exposures: Sequence[Exposure], kind: str = "mid") -> list[float]:
+    """Times (MJD) of the background observations among classified exposures.
 
-    Returns
-    -------
-    list of (dict, str)
-        The member entry and the absolute path of its file.
-    """
-    members = asn["products"][0]["members"]
-    out = []
-    for member in members:
-        if str(member.get("exptype", "science")).lower() not in RUN_EXPTYPES:
-            continue
-        path = Path(member["expname"])
-        if not path.is_absolute():
-            path = Path(asn_dir) / path
-        out.append((dict(member), os.fspath(path.resolve())))
-    return out
-
-
-def classify_exposures(input_data: Any, rule: BackgroundRule | None = None) -> list[Exposure]:
-    """Which exposures of an input are background observations.
+    The time reference of ``reference='closest_to_background'``
+    (PixelSkyMatchStep and LevelMatchStep).
 
     Parameters
     ----------
-    input_data : str, Path, dict, list, ModelLibrary or DataModel
-        An association file or dictionary (its science and background
-        members), a list of models or file names, a ``ModelLibrary``, or one
-        model or file.
-    rule : BackgroundRule, optional
-        The rule (default: association exptype only).
-
-    Returns
-    -------
-    list of Exposure
-        One entry per exposure, in input order.
-    """
-    rule = rule or BackgroundRule()
-    return [_exposure(name, exptype, meta(), rule) for name, exptype, meta in _iter_inputs(input_data)]
-
-
-def _iter_inputs(input_data: Any):
-    """Yield ``(file name, exptype, metadata loader)`` for every exposure of an input."""
-    from jwst.datamodels import ModelLibrary
-    from stdatamodels.jwst.datamodels import JwstDataModel
-
-    if isinstance(input_data, ModelLibrary):
-        exptypes = input_data.exptypes
-        members = input_data.asn["products"][0]["members"]
-        with input_data:
-            metas = [dict(input_data.read_metadata(i)) for i in range(len(input_data))]
-        for member, exptype, meta in zip(members, exptypes, metas, strict=True):
-            yield member["expname"], exptype, (lambda m=meta: m)
-        return
-    if is_association_path(input_data) or isinstance(input_data, Mapping):
-        if isinstance(input_data, Mapping):
-            asn, asn_dir = dict(input_data), os.getcwd()
-        else:
-            asn, asn_dir = load_association(input_data), Path(input_data).resolve().parent
-        for member, path in association_members(asn, asn_dir):
-            yield path, member.get("exptype", "science"), (lambda p=path: _file_meta(p))
-        return
-    items = [input_data] if isinstance(input_data, (str, os.PathLike, JwstDataModel)) else list(input_data)
-    for item in items:
-        if isinstance(item, (str, os.PathLike)):
-            yield os.fspath(item), "science", (lambda p=item: _file_meta(p))
-        else:
-            exptype = getattr(item.meta.asn, "exptype", None) or "science"
-            yield item.meta.filename or "model", exptype, (lambda m=item: _model_meta(m))
-
-
-def background_times(input_data: Any, rule: BackgroundRule | None = None, kind: str = "mid") -> list[float]:
-    """Times (MJD) of the background observations of an input.
-
-    This is the helper for steps that use background observations as a time
-    reference (``reference='closest_to_background'`` of PixelSkyMatchStep,
-    and level matching).
-
-    Parameters
-    ----------
-    input_data : str, Path, dict, list, ModelLibrary, DataModel or sequence of Exposure
-        Anything :func:`classify_exposures` accepts, or its result.
-    rule : BackgroundRule, optional
-        How background observations are recognised (default: association
-        exptype ``background``).
+    exposures : sequence of Exposure
+        Classified exposures (:func:`classify`,
+        :func:`jwst_skymatch_plus.inputs.read_exposures`).
     kind : {'mid', 'start'}
         Exposure mid times (``meta.exposure.mid_time``, falling back to the
         start time) or start times (``meta.exposure.start_time``).
@@ -346,10 +245,6 @@ def background_times(input_data: Any, rule: BackgroundRule | None = None, kind: 
         Sorted times; exposures without a recorded time are skipped with a
         warning.
     """
-    if isinstance(input_data, Sequence) and input_data and isinstance(input_data[0], Exposure):
-        exposures = list(input_data)
-    else:
-        exposures = classify_exposures(input_data, rule)
     times = []
     for exp in exposures:
         if not exp.background:

@@ -85,35 +85,21 @@ def collect_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------
 # Demo
 # --------------------------------------------------------------------------
-def _levels(library) -> list[float]:
-    out = []
-    with library:
-        for index in range(len(library)):
-            model = library.borrow(index)
-            level = model.meta.background.level
-            out.append(float("nan") if level is None else float(level))
-            library.shelve(model, index, modify=False)
-    return out
-
-
 def _mosaic(models, levels, grid):
     """Mean mosaic on ``grid`` of exposures with ``levels`` removed."""
     import numpy as np
 
-    from .core.grid import footprint_of
-    from .core.resample import resample_to_grid
+    from .core.grid import BBox, footprint_of
+    from .core.resample import resample_to_grid, weighted_coadd
 
-    acc = np.zeros(grid.shape)
-    wsum = np.zeros(grid.shape)
-    for m, lev in zip(models, levels, strict=True):
-        good = np.isfinite(m.data) & ((m.dq & 1) == 0) & ((m.dq & (1 << 9)) == 0)
-        box = grid.bbox_of(footprint_of(m.meta.wcs, m.data.shape))
-        r = resample_to_grid(m.data - np.float32(lev), good, m.meta.wcs, grid, box)
-        sl = box.slices_in(type(box)(0, grid.shape[1], 0, grid.shape[0]))
-        acc[sl] += r.image * r.weight
-        wsum[sl] += r.weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(wsum > 0, acc / wsum, np.nan)
+    def resampled():
+        for m, lev in zip(models, levels, strict=True):
+            good = np.isfinite(m.data) & ((m.dq & 1) == 0) & ((m.dq & (1 << 9)) == 0)
+            box = grid.bbox_of(footprint_of(m.meta.wcs, m.data.shape))
+            yield resample_to_grid(m.data - np.float32(lev), good, m.meta.wcs, grid, box)
+
+    full = BBox(0, grid.shape[1], 0, grid.shape[0])
+    return weighted_coadd(resampled(), full, fill=np.nan, dtype=np.float64).image
 
 
 def run_demo(outdir: str | Path = "skymatch_plus_demo", seed: int = 3, quick: bool = False) -> dict:
@@ -138,7 +124,7 @@ def run_demo(outdir: str | Path = "skymatch_plus_demo", seed: int = 3, quick: bo
     import numpy as np
     from jwst.skymatch import SkyMatchStep
 
-    from .simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
+    from .simulate import offset_noise_floor, offset_rms_error, recorded_levels, simulate_mosaic
     from .steps.pixel_skymatch import PixelSkyMatchStep
 
     outdir = Path(outdir)
@@ -168,7 +154,7 @@ def run_demo(outdir: str | Path = "skymatch_plus_demo", seed: int = 3, quick: bo
         t0 = time.perf_counter()
         library = cls.call(models, **kwargs)
         elapsed = time.perf_counter() - t0
-        levels = np.array(_levels(library))
+        levels = recorded_levels(library)
         results[label] = {"levels": levels, "time": elapsed, "rms": offset_rms_error(levels, truth)}
 
     stock = results["stock SkyMatchStep"]

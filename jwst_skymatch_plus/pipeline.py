@@ -10,24 +10,23 @@ from pathlib import Path
 
 from jwst.pipeline import Image3Pipeline
 
-from .background import (
-    BGR_CHECK_ALIASES,
-    BGR_CHECK_TYPES,
-    BackgroundRule,
-    classify_exposures,
-    format_times,
-    load_association,
-)
+from .background import BGR_CHECK_ALIASES, BGR_CHECK_TYPES, BackgroundRule
 from .core.grouping import exposure_label, instrument_family, parse_families, regrouped_id
+from .inputs import (
+    each_model,
+    is_association,
+    load_association,
+    open_exposures,
+    read_exposure_metadata,
+    unvalidated_reads,
+)
 from .steps._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
     check_exposure_types,
     check_image,
     check_parameters,
-    label_member,
-    read_exposure_metadata,
-    unvalidated_reads,
+    pass_background_times,
 )
 from .steps.level_match import LevelMatchStep
 from .steps.pixel_skymatch import PixelSkyMatchStep
@@ -119,7 +118,7 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         ``ValueError`` / ``OSError`` saying so (stpipe then carries on, and
         the run itself refuses the input with the same message).
         """
-        if isinstance(dataset, (str, os.PathLike)) and Path(dataset).suffix.lower() == ".json":
+        if is_association(dataset):
             from jwst.datamodels import ModelLibrary
 
             asn = load_association(dataset)
@@ -170,14 +169,21 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         self.resample.save_results = self.save_results
         self.source_catalog.save_results = self.save_results
 
-        library, metas = self._open_input(input_data)
+        # Background observations are recognised by bgr_check_type; their
+        # times go to skymatch and level_match as the time reference of
+        # reference='closest_to_background'.
+        opened = open_exposures(
+            input_data,
+            rule=self._background_rule(),
+            keep_background=self.process_bgr_like_science,
+            on_disk=not self.in_memory,
+        )
+        pass_background_times(opened.exposures, [self.skymatch, self.level_match])
+        library, metas = opened.library, opened.metas
         if self.output_file is None and "name" in library.asn["products"][0]:
             self.output_file = library.asn["products"][0]["name"]
         if len(library) == 0:
             raise ValueError("No exposures to process")
-        if metas is None:
-            with library:
-                metas = [dict(library.read_metadata(i)) for i in range(len(library))]
         check_exposure_types(metas, [exposure_label(m, i) for i, m in enumerate(metas)])
         self._configure_skymatch_grouping(metas)
 
@@ -226,13 +232,8 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         """
         if all(getattr(self, name).skip for name in ("get_wcs_adjust", "apply_wcs_adjust", "tweakreg")):
             return
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                try:
-                    check_image(model, model.meta.filename or f"exposure {index}")
-                finally:
-                    library.shelve(model, index, modify=False)
+        for index, model in each_model(library):
+            check_image(model, model.meta.filename or f"exposure {index}")
 
     def _background_rule(self) -> BackgroundRule:
         return BackgroundRule(
@@ -241,85 +242,6 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
             keyword=self.bgr_keyword,
             value=self.bgr_keyword_value,
         )
-
-    def _load_input_as_library(self, input_data):
-        """Load the science exposures (and background ones when asked) into a ModelLibrary."""
-        return self._open_input(input_data)[0]
-
-    def _open_input(self, input_data):
-        """The exposures to process as a ModelLibrary, and their metadata when it was read here.
-
-        Background observations are recognised by ``bgr_check_type``; their
-        times go to ``skymatch`` (and ``level_match``) as the reference for
-        ``reference='closest_to_background'``.  For an association, each
-        member's metadata is read once, while classifying it, and its group
-        id handed to the library (which would otherwise read every file
-        again); the metadata is returned, or None where it was not read.
-        """
-        from jwst.datamodels import ModelLibrary
-
-        if isinstance(input_data, ModelLibrary):
-            return input_data, None
-        if isinstance(input_data, (str, os.PathLike)) and Path(input_data).suffix.lower() in (
-            ".fits",
-            ".asdf",
-        ):
-            input_data = [os.fspath(input_data)]
-        elif isinstance(input_data, (str, os.PathLike)) and Path(input_data).suffix.lower() not in (
-            ".json",
-            ".yaml",
-            ".yml",
-        ):
-            raise ValueError(f"Input file {input_data} is neither an association nor a model file")
-
-        rule = self._background_rule()
-        with unvalidated_reads():
-            exposures = classify_exposures(input_data, rule)
-        if not exposures:
-            named = isinstance(input_data, (str, os.PathLike))
-            what = f"the association {Path(input_data).name}" if named else "the input"
-            raise ValueError(f"No exposures to process: {what} is empty (no science or background members).")
-        background = [e for e in exposures if e.background]
-        self._pass_background_times(background)
-        keep = [(not e.background) or self.process_bgr_like_science for e in exposures]
-        if background:
-            action = "processed like science" if self.process_bgr_like_science else "left out of the mosaic"
-            for e in background:
-                log.info("Background observation %s (%s): %s", e.filename, e.reason, action)
-        else:
-            log.info("No background observations found (rule: %s)", rule.describe())
-
-        if not any(keep):
-            raise ValueError(
-                f"No science exposures to process: all {len(exposures)} are background observations "
-                f"({rule.describe()}); set process_bgr_like_science=True to make a mosaic of them"
-            )
-        on_disk = not self.in_memory
-        if isinstance(input_data, (str, os.PathLike, Mapping)):
-            if isinstance(input_data, Mapping):
-                asn, asn_dir = dict(input_data), Path.cwd()
-            else:
-                asn, asn_dir = load_association(input_data), Path(input_data).resolve().parent
-            asn, metas = _filtered_association(asn, asn_dir, exposures, keep)
-            return ModelLibrary(asn, on_disk=on_disk), metas
-        items = [input_data] if not isinstance(input_data, Sequence) else list(input_data)
-        chosen = [item for item, k in zip(items, keep, strict=True) if k]
-        library = ModelLibrary(
-            [item if not isinstance(item, os.PathLike) else os.fspath(item) for item in chosen],
-            on_disk=on_disk,
-        )
-        return library, None
-
-    def _pass_background_times(self, background) -> None:
-        times = [t for t in (e.time("mid") for e in background) if t is not None]
-        if not times:
-            return
-        text = format_times(times)
-        for name in ("skymatch", "level_match"):
-            step = getattr(self, name, None)
-            if step is not None and hasattr(step, "background_times") and not step.background_times:
-                step.background_times = text
-        log.info("Times of %d background observation(s) passed on as the sky time reference", len(times))
 
     def _check_grouping_parameters(self) -> None:
         for stage in ("tweakreg", "skymatch"):
@@ -375,21 +297,16 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
         kwargs["wcs_pars"] = None
         kwargs["blendheaders"] = False
         log.info("Drizzling %d exposure(s) one by one onto the mosaic grid", len(library))
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                try:
-                    single = ResampleImage(
-                        ModelLibrary([model.copy()], on_disk=False),
-                        enable_ctx=False,
-                        enable_var=False,
-                        compute_err="driz_err",
-                        **kwargs,
-                    ).resample_many_to_one()
-                    single.meta.filename = None
-                    self._save_product(single, model.meta.filename, "i2d_single")
-                finally:
-                    library.shelve(model, index, modify=False)
+        for _, model in each_model(library):
+            single = ResampleImage(
+                ModelLibrary([model.copy()], on_disk=False),
+                enable_ctx=False,
+                enable_var=False,
+                compute_err="driz_err",
+                **kwargs,
+            ).resample_many_to_one()
+            single.meta.filename = None
+            self._save_product(single, model.meta.filename, "i2d_single")
 
     def _blot_mosaic(self, library, mosaic) -> None:
         """Blot the mosaic back onto every exposure's detector (``*_i2d_blot``)."""
@@ -398,28 +315,23 @@ class Image3PlusPipeline(AtomicSaveMixin, Image3Pipeline):
 
         fillval = _parse_fillval(self.blot_fillval)
         log.info("Blotting the mosaic onto %d exposure frame(s)", len(library))
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                try:
-                    data = gwcs_blot(
-                        mosaic.data,
-                        mosaic.meta.wcs,
-                        model.data.shape,
-                        model.meta.wcs,
-                        fillval=fillval,
-                        pixmap_stepsize=self.resample.pixmap_stepsize,
-                        pixmap_order=self.resample.pixmap_order,
-                    )
-                    blot = datamodels.ImageModel(data=data)
-                    blot.update(model, only="PRIMARY")
-                    blot.update(model, only="SCI")
-                    blot.meta.wcs = model.meta.wcs
-                    blot.meta.wcsinfo = model.meta.wcsinfo
-                    blot.meta.bunit_data = mosaic.meta.bunit_data
-                    self._save_product(blot, model.meta.filename, "i2d_blot")
-                finally:
-                    library.shelve(model, index, modify=False)
+        for _, model in each_model(library):
+            data = gwcs_blot(
+                mosaic.data,
+                mosaic.meta.wcs,
+                model.data.shape,
+                model.meta.wcs,
+                fillval=fillval,
+                pixmap_stepsize=self.resample.pixmap_stepsize,
+                pixmap_order=self.resample.pixmap_order,
+            )
+            blot = datamodels.ImageModel(data=data)
+            blot.update(model, only="PRIMARY")
+            blot.update(model, only="SCI")
+            blot.meta.wcs = model.meta.wcs
+            blot.meta.wcsinfo = model.meta.wcsinfo
+            blot.meta.bunit_data = mosaic.meta.bunit_data
+            self._save_product(blot, model.meta.filename, "i2d_blot")
 
     def _save_product(self, model, exposure_name: str, suffix: str) -> None:
         if not self.save_results:
@@ -442,39 +354,11 @@ def set_group_ids(library, group_ids: Sequence[str]) -> list[str]:
     original = [m["group_id"] for m in members]
     for member, gid in zip(members, group_ids, strict=True):
         member["group_id"] = gid
-    with library:
-        for index in range(len(library)):
-            model = library.borrow(index)
-            model.meta.group_id = group_ids[index]
-            # modify=True: an on-disk library reloads models from its own
-            # temporary files without re-applying the member's id.
-            library.shelve(model, index, modify=True)
+    # modify=True: an on-disk library reloads models from its own
+    # temporary files without re-applying the member's id.
+    for index, model in each_model(library, modify=True):
+        model.meta.group_id = group_ids[index]
     return original
-
-
-def _filtered_association(asn: dict, asn_dir: Path, exposures, keep: Sequence[bool]) -> tuple[dict, list]:
-    """The association with absolute paths, background members dropped or kept as science.
-
-    Returns the association and the metadata of its members (read while
-    classifying them), each member given its group id.
-    """
-    from .background import association_members
-
-    members = association_members(asn, asn_dir)
-    if len(members) != len(keep):
-        raise RuntimeError("association members changed while reading them")
-    out = {k: v for k, v in asn.items() if k != "products"}
-    kept, metas = [], []
-    for (member, path), exposure, k in zip(members, exposures, keep, strict=True):
-        if not k:
-            continue
-        member = {**member, "expname": path, "exptype": "science"}
-        meta = dict(exposure.meta)
-        label_member(member, meta, out, len(kept))
-        kept.append(member)
-        metas.append(meta)
-    out["products"] = [{**asn["products"][0], "members": kept}]
-    return out, metas
 
 
 def _grid_wcs(mosaic) -> dict:

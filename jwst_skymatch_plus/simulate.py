@@ -33,13 +33,14 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .core.keys import lyot_region as lyot_region_of
 from .core.regions import MIRI_FULL_SHAPE, miri_lyot_region
 
 __all__ = [
@@ -115,6 +116,23 @@ def _nircam_short_detectors() -> tuple[Detector, ...]:
     return tuple(dets)
 
 
+def _nircam_layout(
+    channel: str, pixel_scale: float, filter: str, detectors: tuple[Detector, ...]
+) -> InstrumentLayout:
+    """A NIRCam imaging channel: 2048 x 2048 detectors, CLEAR pupil, BRIGHT1 readout."""
+    return InstrumentLayout(
+        instrument="NIRCAM",
+        exp_type="NRC_IMAGE",
+        shape=(2048, 2048),
+        pixel_scale=pixel_scale,
+        filter=filter,
+        channel=channel,
+        pupil="CLEAR",
+        detectors=detectors,
+        readpatt="BRIGHT1",
+    )
+
+
 INSTRUMENTS: dict[str, InstrumentLayout] = {
     "miri": InstrumentLayout(
         instrument="MIRI",
@@ -126,28 +144,13 @@ INSTRUMENTS: dict[str, InstrumentLayout] = {
         v3yangle=0.0,
         readpatt="FASTR1",
     ),
-    "nircam_long": InstrumentLayout(
-        instrument="NIRCAM",
-        exp_type="NRC_IMAGE",
-        shape=(2048, 2048),
-        pixel_scale=0.063,
-        filter="F444W",
-        channel="LONG",
-        pupil="CLEAR",
-        detectors=(Detector("NRCALONG", 86.0, -493.0, "A"), Detector("NRCBLONG", -86.0, -493.0, "B")),
-        readpatt="BRIGHT1",
+    "nircam_long": _nircam_layout(
+        "LONG",
+        0.063,
+        "F444W",
+        (Detector("NRCALONG", 86.0, -493.0, "A"), Detector("NRCBLONG", -86.0, -493.0, "B")),
     ),
-    "nircam_short": InstrumentLayout(
-        instrument="NIRCAM",
-        exp_type="NRC_IMAGE",
-        shape=(2048, 2048),
-        pixel_scale=0.031,
-        filter="F200W",
-        channel="SHORT",
-        pupil="CLEAR",
-        detectors=_nircam_short_detectors(),
-        readpatt="BRIGHT1",
-    ),
+    "nircam_short": _nircam_layout("SHORT", 0.031, "F200W", _nircam_short_detectors()),
 }
 
 
@@ -621,6 +624,211 @@ def isolated_dither_pattern(
     return out
 
 
+# --------------------------------------------------------------------------
+# Parameter bundles and the pieces both geometries share
+# --------------------------------------------------------------------------
+_T0 = 60310.0  # MJD of the first exposure, 2024-01-01
+_TEXP = 300.0  # exposure time (s)
+
+
+@dataclass(frozen=True)
+class _Survey:
+    """What is observed and how: tiles, visits, dithers, orientation."""
+
+    instrument: str
+    tiles: tuple[int, int]
+    tile_overlap: float | tuple[float, float]
+    visits_per_tile: int
+    dithers: int
+    dither_pattern: Any
+    detectors: Sequence[str] | None
+    roll: float | Sequence[float]
+    center: tuple[float, float]
+    filter: str | None
+    seed: int
+
+    @property
+    def n_visits(self) -> int:
+        """Every tile/repeat pair is a visit."""
+        return self.tiles[0] * self.tiles[1] * self.visits_per_tile
+
+
+@dataclass(frozen=True)
+class _Offsets:
+    """The additive background of the exposures and their noise (see :class:`MosaicTruth`)."""
+
+    sky_level: float
+    visit_offset_sigma: float
+    exposure_offset_sigma: float
+    gradient_sigma: float
+    exposure_gradient_sigma: float
+    lyot_offset_sigma: float
+    detector_offset_sigma: float
+    module_offset_sigma: float
+    noise: float
+
+
+@dataclass(frozen=True)
+class _PointingErrors:
+    """Per-visit pointing errors (drawn, or given as ``misalignment``) and a per-module extra."""
+
+    misalign_arcsec: float
+    misalign_roll: float
+    misalignment: dict[int, tuple[float, float, float]] | None
+    module_misalignment: dict[str, tuple[float, float]] | None
+
+
+@dataclass(frozen=True)
+class _SceneSpec:
+    """The sky: extended emission, point sources, a common sky plane."""
+
+    emission: float
+    n_blobs: int | None
+    n_sources: int
+    psf_fwhm: float | None  # arcsec; default two pixels
+    sky_gradient: float
+    scene_seed: int | None  # default: the simulation's random stream
+
+
+@dataclass(frozen=True)
+class _Defects:
+    """Fractions of bad, NaN and cosmic-ray pixels, and the chance and size of a masked disc."""
+
+    bad_pixel_fraction: float
+    nan_fraction: float
+    cosmic_ray_fraction: float
+    masked_region_probability: float
+    masked_region_radius: float
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where the exposures go (``out_dir``: saved there, paths kept) and whether they carry error arrays."""
+
+    out_dir: str | Path | None
+    minimal_arrays: bool
+
+
+@dataclass(frozen=True)
+class _SiafOptions:
+    """What only the SIAF geometry takes: readouts, binning, MIRI pattern size, background model."""
+
+    subarray: str | Sequence[str]
+    binning: int
+    pattern_size: str
+    background: Any  # 'simple', 'jwst' or a simulate_siaf.JwstBackground
+
+
+def _bundle(cls, params: dict[str, Any]):
+    """The dataclass ``cls`` made of the ``simulate_mosaic`` arguments of the same names."""
+    return cls(**{f.name: params[f.name] for f in fields(cls)})
+
+
+@dataclass
+class _VisitDraws:
+    """Random quantities of the visits (visit ``v`` is row ``v - 1`` of the arrays)."""
+
+    offsets: np.ndarray  # per-visit sky offset
+    gradients: np.ndarray  # (n_visits, 2): plane change across a detector, data units
+    detector_offsets: dict[str, float]
+    module_offsets: dict[tuple[int, str], float]
+    shifts: dict[int, tuple[float, float, float]]  # visit -> (dx", dy", droll deg)
+
+
+def _draw_visits(
+    rng: np.random.Generator,
+    n_visits: int,
+    detectors: Sequence[str],
+    offsets: _Offsets,
+    errors: _PointingErrors,
+) -> _VisitDraws:
+    """Per-visit offsets and gradients, then per-detector and per-module offsets and pointing errors.
+
+    The last three are drawn only when asked for, so that other simulations
+    keep their random stream; both geometries draw them in this order.
+    """
+    visit_offsets = rng.normal(0.0, offsets.visit_offset_sigma, n_visits)
+    gradients = rng.normal(0.0, offsets.gradient_sigma, (n_visits, 2))
+    detector_offsets = (
+        {d: float(rng.normal(0.0, offsets.detector_offset_sigma)) for d in detectors}
+        if offsets.detector_offset_sigma
+        else {}
+    )
+    module_offsets = (
+        {
+            (v + 1, m): float(rng.normal(0.0, offsets.module_offset_sigma))
+            for v in range(n_visits)
+            for m in "AB"
+        }
+        if offsets.module_offset_sigma
+        else {}
+    )
+    arcsec, roll = errors.misalign_arcsec, errors.misalign_roll
+    shifts = {
+        v + 1: (
+            float(rng.normal(0.0, arcsec)) if arcsec else 0.0,
+            float(rng.normal(0.0, arcsec)) if arcsec else 0.0,
+            float(rng.normal(0.0, roll)) if roll else 0.0,
+        )
+        for v in range(n_visits)
+    }
+    if errors.misalignment is not None:
+        shifts = {
+            v + 1: tuple(float(x) for x in errors.misalignment.get(v + 1, (0.0, 0.0, 0.0)))
+            for v in range(n_visits)
+        }
+    return _VisitDraws(visit_offsets, gradients, detector_offsets, module_offsets, shifts)
+
+
+def _make_scene(
+    rng: np.random.Generator, center: tuple[float, float], extent: float, pixel_scale: float, spec: _SceneSpec
+) -> _Scene:
+    """The sky over ``extent`` arcsec, on a grid of half a pixel unless that grid would be huge."""
+    scale = pixel_scale / 2.0 if extent / pixel_scale < 6000 else pixel_scale
+    psf_fwhm = 2.0 * pixel_scale if spec.psf_fwhm is None else spec.psf_fwhm
+    n_blobs = spec.n_blobs if spec.n_blobs is not None else 40
+    scene_rng = rng if spec.scene_seed is None else np.random.default_rng(spec.scene_seed)
+    return _Scene(
+        center, extent, scale, scene_rng, spec.emission, spec.n_sources, psf_fwhm, n_blobs, spec.sky_gradient
+    )
+
+
+@dataclass
+class _Chip:
+    """One detector (or subarray) readout as every exposure reads it out."""
+
+    layout: InstrumentLayout  # shape, pixel scale, filter and ideal-frame angles of this readout
+    det: Detector
+    regions: tuple | None = None  # MIRI: where the Lyot is, where no sky falls (or None), what is flagged
+    fits_wcs: bool = True  # write FITS WCS keywords fitted to the gwcs
+    aperture: str | None = None  # SIAF aperture name
+
+
+@dataclass
+class _Readout:
+    """One chip in one exposure: where it points and when."""
+
+    chip: _Chip
+    wcs: Any  # recorded in the model
+    true_wcs: Any  # the data are rendered with it
+    pointing: tuple[float, float, float]  # (ra, dec, roll) at ``ap_v2v3``
+    ap_v2v3: tuple[float, float]
+    visit: int
+    tile: int
+    dither: int
+    start: float  # MJD
+
+    @property
+    def layout(self) -> InstrumentLayout:
+        """The chip's layout."""
+        return self.chip.layout
+
+    @property
+    def det(self) -> Detector:
+        """The chip's detector."""
+        return self.chip.det
+
+
 def _stored(model, out_dir: str | Path | None):
     """The model itself, or (with ``out_dir``) the path it was saved to and closed."""
     if out_dir is None:
@@ -632,42 +840,84 @@ def _stored(model, out_dir: str | Path | None):
     return str(path)
 
 
-def _visit_perturbations(
-    rng: np.random.Generator,
-    n_visits: int,
-    detectors: Sequence[str],
-    detector_offset_sigma: float,
-    module_offset_sigma: float,
-    misalign_arcsec: float,
-    misalign_roll: float,
-    misalignment: dict | None,
-) -> tuple[dict, dict, dict]:
-    """Per-detector and per-module offsets and per-visit pointing errors.
+class _Exposures:
+    """Renders readouts into models, in order, and keeps them with their truth."""
 
-    Each is drawn only when asked for, so that other simulations keep their
-    random stream; both geometries draw them in this order.
-    """
-    detector_offsets = (
-        {d: float(rng.normal(0.0, detector_offset_sigma)) for d in detectors} if detector_offset_sigma else {}
-    )
-    module_offsets = (
-        {(v + 1, m): float(rng.normal(0.0, module_offset_sigma)) for v in range(n_visits) for m in "AB"}
-        if module_offset_sigma
-        else {}
-    )
-    shifts = {
-        v + 1: (
-            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
-            float(rng.normal(0.0, misalign_arcsec)) if misalign_arcsec else 0.0,
-            float(rng.normal(0.0, misalign_roll)) if misalign_roll else 0.0,
+    _COLUMNS = ("level", "grad", "voff", "drift", "lyot", "noise", "visit", "tile", "dither", "det")
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        scene: _Scene,
+        draws: _VisitDraws,
+        common: float,
+        offsets: _Offsets,
+        defects: _Defects,
+        emission: float,
+        output: _Output,
+    ):
+        self.rng, self.scene, self.draws, self.common = rng, scene, draws, common
+        self.offsets, self.defects, self.emission, self.output = offsets, defects, emission, output
+        self.models: list = []
+        self.true_wcs: list = []
+        self.apertures: list[str | None] = []
+        self.cols: dict[str, list] = {k: [] for k in self._COLUMNS}
+
+    def add(self, r: _Readout, voff: float, drift: float, grad: np.ndarray, finish=None) -> None:
+        """Render one readout and keep its model (``finish(model)`` first adds to its metadata).
+
+        The sky level is the common one plus the visit's ``voff``, the
+        exposure's ``drift`` and the detector's and module's offsets; ``grad``
+        is the plane per detector pixel.  Random draws, in order: noise
+        sigma, Lyot offset, pixel noise, defects.
+        """
+        rng, off = self.rng, self.offsets
+        ny, nx = r.layout.shape
+        level = (
+            self.common
+            + voff
+            + drift
+            + self.draws.detector_offsets.get(r.det.name, 0.0)
+            + self.draws.module_offsets.get((r.visit, r.det.module), 0.0)
         )
-        for v in range(n_visits)
-    }
-    if misalignment is not None:
-        shifts = {
-            v + 1: tuple(float(x) for x in misalignment.get(v + 1, (0.0, 0.0, 0.0))) for v in range(n_visits)
-        }
-    return detector_offsets, module_offsets, shifts
+        sigma = off.noise * rng.uniform(0.8, 1.2)
+        miri = r.layout.instrument == "MIRI"
+        lyot_off = rng.normal(0.0, off.lyot_offset_sigma) if (off.lyot_offset_sigma and miri) else 0.0
+
+        data = self.scene.sample(r.true_wcs, (ny, nx))
+        yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+        data += (level + grad[0] * (xx - (nx - 1) / 2.0) + grad[1] * (yy - (ny - 1) / 2.0)).astype(np.float32)
+        dq = np.zeros((ny, nx), dtype=np.uint32)
+        if r.chip.regions is not None:
+            lyot, dark, flagged = r.chip.regions
+            data[lyot] += np.float32(lyot_off)
+            if dark is not None:
+                data[dark] = 0.0  # not illuminated: no sky
+            dq[flagged] |= NON_SCIENCE | DO_NOT_USE
+        data += rng.normal(0.0, sigma, (ny, nx)).astype(np.float32)
+        _add_defects(data, dq, rng, sigma, self.emission, xx, yy, self.defects)
+
+        model = _make_model(r, data, dq, None if self.output.minimal_arrays else sigma)
+        if finish is not None:
+            finish(model)
+        self.models.append(_stored(model, self.output.out_dir))
+        self.true_wcs.append(r.true_wcs)
+        self.apertures.append(r.chip.aperture)
+        row = (level, grad, voff, drift, lyot_off, sigma, r.visit, r.tile, r.dither, r.det.name)
+        for key, value in zip(self._COLUMNS, row, strict=True):
+            self.cols[key].append(value)
+
+    def mosaic(self, layout: InstrumentLayout, config: dict[str, Any]) -> SimulatedMosaic:
+        """The simulated mosaic of every readout added."""
+        truth = MosaicTruth.from_columns(self.cols, self.draws.shifts, self.common)
+        return SimulatedMosaic(
+            models=self.models,
+            truth=truth,
+            layout=layout,
+            true_wcs=self.true_wcs,
+            config=config,
+            scene=self.scene,
+        )
 
 
 def simulate_mosaic(
@@ -855,8 +1105,10 @@ def simulate_mosaic(
         Models (in memory, with ``meta.filename`` set), truth and layout.
 
     """
-    from jwst.assign_wcs.pointing import compute_roll_ref
-
+    params = dict(locals())  # the arguments, by name
+    survey, offsets, errors, scene, defects, output = (
+        _bundle(cls, params) for cls in (_Survey, _Offsets, _PointingErrors, _SceneSpec, _Defects, _Output)
+    )
     if geometry == "siaf":
         if shape is not None:
             raise ValueError(
@@ -864,51 +1116,8 @@ def simulate_mosaic(
             )
         from .simulate_siaf import _simulate_siaf_mosaic
 
-        return _simulate_siaf_mosaic(
-            instrument,
-            subarray=subarray,
-            binning=binning,
-            tiles=tiles,
-            tile_overlap=tile_overlap,
-            visits_per_tile=visits_per_tile,
-            dithers=dithers,
-            dither_pattern=dither_pattern,
-            pattern_size=pattern_size,
-            detectors=detectors,
-            roll=roll,
-            center=center,
-            sky_level=sky_level,
-            background=background,
-            visit_offset_sigma=visit_offset_sigma,
-            exposure_offset_sigma=exposure_offset_sigma,
-            gradient_sigma=gradient_sigma,
-            exposure_gradient_sigma=exposure_gradient_sigma,
-            sky_gradient=sky_gradient,
-            lyot_offset_sigma=lyot_offset_sigma,
-            detector_offset_sigma=detector_offset_sigma,
-            module_offset_sigma=module_offset_sigma,
-            noise=noise,
-            emission=emission,
-            n_blobs=n_blobs,
-            n_sources=n_sources,
-            psf_fwhm=psf_fwhm,
-            defects={
-                "bad_pixel_fraction": bad_pixel_fraction,
-                "nan_fraction": nan_fraction,
-                "cosmic_ray_fraction": cosmic_ray_fraction,
-                "masked_region_probability": masked_region_probability,
-                "masked_region_radius": masked_region_radius,
-            },
-            misalign_arcsec=misalign_arcsec,
-            misalign_roll=misalign_roll,
-            misalignment=misalignment,
-            module_misalignment=module_misalignment,
-            filter=filter,
-            scene_seed=scene_seed,
-            out_dir=out_dir,
-            minimal_arrays=minimal_arrays,
-            seed=seed,
-        )
+        options = _bundle(_SiafOptions, params)
+        return _simulate_siaf_mosaic(survey, offsets, errors, scene, defects, output, options)
     if geometry != "simple":
         raise ValueError(f"geometry must be 'simple' or 'siaf', not {geometry!r}")
     unused = {
@@ -919,6 +1128,17 @@ def simulate_mosaic(
     if any(unused.values()):
         names = ", ".join(k for k, v in unused.items() if v)
         raise ValueError(f"{names}: only with geometry='siaf'")
+    layout = _simple_layout(instrument, shape, filter, detectors)
+    return _simulate_simple(layout, survey, offsets, errors, scene, defects, output, dither_size, distortion)
+
+
+# --------------------------------------------------------------------------
+# The simple geometry
+# --------------------------------------------------------------------------
+def _simple_layout(
+    instrument: str, shape: tuple[int, int] | None, filter: str | None, detectors: Sequence[str] | None
+) -> InstrumentLayout:
+    """The instrument's layout with another detector shape, filter or subset of detectors."""
     if instrument not in INSTRUMENTS:
         raise ValueError(f"Unknown instrument {instrument!r}; choose from {sorted(INSTRUMENTS)}")
     layout = INSTRUMENTS[instrument]
@@ -942,11 +1162,12 @@ def simulate_mosaic(
                 for d in layout.detectors
             ),
         )
-    rng = np.random.default_rng(seed)
-    ny, nx = layout.shape
-    psf_fwhm = 2.0 * layout.pixel_scale if psf_fwhm is None else psf_fwhm
+    return layout
 
-    # Aperture extent in detector pixels (multi-detector layouts span more).
+
+def _tiled_span(layout: InstrumentLayout) -> tuple[float, float]:
+    """Extent (detector pixels) of what one tile covers: every detector, or the MIRI imager field."""
+    ny, nx = layout.shape
     ap_v2, ap_v3 = layout.aperture_v2v3
     inv = np.linalg.inv(_ideal_matrix(layout))
     det_off = np.array(
@@ -956,196 +1177,160 @@ def simulate_mosaic(
     span_y = ny + np.ptp(det_off[:, 1])
     if layout.instrument == "MIRI":
         # Only the imager field right of the coronagraphs is tiled.
-        cols = lyot_region(layout.shape)[1]
-        span_x = nx - cols.stop
+        span_x = nx - lyot_region(layout.shape)[1].stop
+    return span_x, span_y
 
-    # Dither pattern (detector pixels).
+
+def _dither_patterns(
+    layout: InstrumentLayout, tiles: tuple[int, int], dithers: int, dither_size: float, dither_pattern
+) -> np.ndarray:
+    """Dither offsets of every tile, ``(n_tiles, dithers, 2)`` detector pixels."""
+    ny, nx = layout.shape
     base_pattern = [(0, 0), (1, 1), (1, 0), (0, 1), (0.5, 0.5), (1.5, 0.5), (0.5, 1.5), (1.5, 1.5)]
     if dithers > len(base_pattern):
         base_pattern = [(i % 4 * 0.5, i // 4 * 0.5) for i in range(dithers)]
     pattern = np.array(base_pattern[:dithers], dtype=float)
     pattern -= pattern.mean(axis=0)
     pattern *= dither_size * np.array([nx, ny])
-
-    base_pointing = (center[0], center[1], roll)
-    step_x = (1.0 - tile_overlap) * span_x
-    step_y = (1.0 - tile_overlap) * span_y
     ntx, nty = tiles
-    # One pattern per tile (detector pixels).
     if dither_pattern is None:
-        patterns = np.broadcast_to(pattern, (ntx * nty, dithers, 2))
-    else:
-        if isinstance(dither_pattern, str):
-            raise ValueError(
-                f"dither_pattern={dither_pattern!r}: named JWST patterns need geometry='siaf'; "
-                "the simple geometry takes explicit offsets (fractions of the detector)"
-            )
-        patterns = np.asarray(dither_pattern, dtype=float)
-        if patterns.ndim == 2:
-            patterns = np.broadcast_to(patterns, (ntx * nty, *patterns.shape))
-        if patterns.shape != (ntx * nty, dithers, 2):
-            raise ValueError(
-                f"dither_pattern must have shape ({dithers}, 2) or ({ntx * nty}, {dithers}, 2) "
-                f"for {dithers} dithers in {ntx * nty} tiles; got {np.shape(dither_pattern)}"
-            )
-        patterns = patterns * np.array([nx, ny])
+        return np.broadcast_to(pattern, (ntx * nty, dithers, 2))
+    if isinstance(dither_pattern, str):
+        raise ValueError(
+            f"dither_pattern={dither_pattern!r}: named JWST patterns need geometry='siaf'; "
+            "the simple geometry takes explicit offsets (fractions of the detector)"
+        )
+    patterns = np.asarray(dither_pattern, dtype=float)
+    if patterns.ndim == 2:
+        patterns = np.broadcast_to(patterns, (ntx * nty, *patterns.shape))
+    if patterns.shape != (ntx * nty, dithers, 2):
+        raise ValueError(
+            f"dither_pattern must have shape ({dithers}, 2) or ({ntx * nty}, {dithers}, 2) "
+            f"for {dithers} dithers in {ntx * nty} tiles; got {np.shape(dither_pattern)}"
+        )
+    return patterns * np.array([nx, ny])
 
-    # Enumerate exposures.
+
+def _exposure_records(
+    tiles: tuple[int, int], visits_per_tile: int, patterns: np.ndarray, step: tuple[float, float]
+) -> list[tuple[int, int, int, float, float]]:
+    """``(visit, tile, dither, dx, dy)`` of every exposure, tile by tile, repeat by repeat, dither by dither.
+
+    ``dx, dy``: offset of the pointing from the mosaic centre (detector pixels).
+    """
+    ntx, nty = tiles
     records = []
     visit = 0
     for ty in range(nty):
         for tx in range(ntx):
             tile_index = ty * ntx + tx
-            tile_dx = (tx - (ntx - 1) / 2.0) * step_x
-            tile_dy = (ty - (nty - 1) / 2.0) * step_y
+            tile_dx = (tx - (ntx - 1) / 2.0) * step[0]
+            tile_dy = (ty - (nty - 1) / 2.0) * step[1]
             for _rep in range(visits_per_tile):
                 visit += 1
-                for d in range(dithers):
+                for d in range(patterns.shape[1]):
                     ox, oy = patterns[tile_index, d]
                     records.append((visit, tile_index, d, tile_dx + ox, tile_dy + oy))
+    return records
 
-    n_visits = visit
-    visit_offsets = rng.normal(0.0, visit_offset_sigma, n_visits)
-    visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2)) / np.array([nx, ny])
-    # Drawn only when asked for, so other simulations keep their random stream.
-    detector_offsets, module_offsets, shifts = _visit_perturbations(
-        rng,
-        n_visits,
-        [det.name for det in layout.detectors],
-        detector_offset_sigma,
-        module_offset_sigma,
-        misalign_arcsec,
-        misalign_roll,
-        misalignment,
-    )
+
+def _simple_readouts(
+    layout: InstrumentLayout,
+    base_pointing: tuple[float, float, float],
+    record: tuple[int, int, int, float, float],
+    start: float,
+    shift: tuple[float, float, float],
+    errors: _PointingErrors,
+    distortion: bool,
+    chips: Sequence[_Chip],
+) -> list[_Readout]:
+    """Every chip of one exposure, with its nominal WCS and the true one (``shift`` and module errors)."""
+    v, tile_index, d, dx, dy = record
+    ap_v2v3 = layout.aperture_v2v3
+    pointing = _offset_pointing(layout, base_pointing, dx, dy)
+    true_pointing = _misaligned(pointing, layout, shift[:2], shift[2])
+    readouts = []
+    for chip in chips:
+        det = chip.det
+        det2v23 = _det2v23_model(layout, det, layout.shape, distortion and layout.instrument == "NIRCAM")
+        extra = (errors.module_misalignment or {}).get(det.module)
+        det_pointing = (
+            true_pointing
+            if extra is None
+            else _misaligned(pointing, layout, (shift[0] + extra[0], shift[1] + extra[1]), shift[2])
+        )
+        wcs = _make_gwcs(det2v23, pointing, ap_v2v3, layout.shape)
+        twcs = _make_gwcs(det2v23, det_pointing, ap_v2v3, layout.shape)
+        readouts.append(_Readout(chip, wcs, twcs, pointing, ap_v2v3, v, tile_index, d, start))
+    return readouts
+
+
+def _simulate_simple(
+    layout: InstrumentLayout,
+    survey: _Survey,
+    offsets: _Offsets,
+    errors: _PointingErrors,
+    scene_spec: _SceneSpec,
+    defects: _Defects,
+    output: _Output,
+    dither_size: float,
+    distortion: bool,
+) -> SimulatedMosaic:
+    """``simulate_mosaic`` on hand-written layouts, pointings moved in detector pixels."""
+    rng = np.random.default_rng(survey.seed)
+    ny, nx = layout.shape
+    span = _tiled_span(layout)
+    patterns = _dither_patterns(layout, survey.tiles, survey.dithers, dither_size, survey.dither_pattern)
+    step = ((1.0 - survey.tile_overlap) * span[0], (1.0 - survey.tile_overlap) * span[1])
+    records = _exposure_records(survey.tiles, survey.visits_per_tile, patterns, step)
+    draws = _draw_visits(rng, survey.n_visits, [det.name for det in layout.detectors], offsets, errors)
+    visit_gradients = draws.gradients / np.array([nx, ny])
 
     # Scene big enough for every pointing.
+    ntx, nty = survey.tiles
     half_extent = 0.5 * math.hypot(
-        ntx * step_x + span_x + 2 * np.abs(patterns[..., 0]).max(),
-        nty * step_y + span_y + 2 * np.abs(patterns[..., 1]).max(),
+        ntx * step[0] + span[0] + 2 * np.abs(patterns[..., 0]).max(),
+        nty * step[1] + span[1] + 2 * np.abs(patterns[..., 1]).max(),
     )
-    max_shift = max([misalign_arcsec * 4.0] + [math.hypot(*v[:2]) for v in shifts.values()])
+    max_shift = max([errors.misalign_arcsec * 4.0] + [math.hypot(*v[:2]) for v in draws.shifts.values()])
     extent = 2.0 * half_extent * layout.pixel_scale + 2.0 * max_shift + 10.0
-    scene_scale = layout.pixel_scale / 2.0 if extent / layout.pixel_scale < 6000 else layout.pixel_scale
-    n_blobs_eff = n_blobs if n_blobs is not None else 40
-    scene_rng = rng if scene_seed is None else np.random.default_rng(scene_seed)
-    scene = _Scene(
-        center, extent, scene_scale, scene_rng, emission, n_sources, psf_fwhm, n_blobs_eff, sky_gradient
-    )
+    scene = _make_scene(rng, survey.center, extent, layout.pixel_scale, scene_spec)
 
-    models, true_wcs = [], []
-    cols = {
-        k: [] for k in ("level", "grad", "voff", "drift", "lyot", "noise", "visit", "tile", "dither", "det")
-    }
+    exposures = _Exposures(
+        rng, scene, draws, offsets.sky_level, offsets, defects, scene_spec.emission, output
+    )
+    miri = layout.instrument == "MIRI"
+    regions = (lyot_region(layout.shape), None, _coronagraph_strip(layout.shape)) if miri else None
+    chips = [_Chip(layout, det, regions) for det in layout.detectors]
+    base_pointing = (survey.center[0], survey.center[1], survey.roll)
     drift_state: dict[int, float] = {}
-    t0 = 60310.0  # MJD, 2024-01-01
-    texp = 300.0
-    for n_exp, (v, tile_index, d, dx, dy) in enumerate(records):
-        pointing = _offset_pointing(layout, base_pointing, dx, dy)
-        shift = shifts[v]
-        true_pointing = _misaligned(pointing, layout, shift[:2], shift[2])
+    for n_exp, record in enumerate(records):
+        v, _, d = record[:3]
+        start = _T0 + n_exp * _TEXP / 86400.0
+        readouts = _simple_readouts(
+            layout, base_pointing, record, start, draws.shifts[v], errors, distortion, chips
+        )
         # Per-exposure drift: a random walk inside each visit (thermal drifts).
-        drift = drift_state.get(v, 0.0) + (rng.normal(0.0, exposure_offset_sigma) if d else 0.0)
+        drift = drift_state.get(v, 0.0) + (rng.normal(0.0, offsets.exposure_offset_sigma) if d else 0.0)
         drift_state[v] = drift
         exposure_grad = (
-            rng.normal(0.0, exposure_gradient_sigma, 2) / np.array([nx, ny])
-            if exposure_gradient_sigma
+            rng.normal(0.0, offsets.exposure_gradient_sigma, 2) / np.array([nx, ny])
+            if offsets.exposure_gradient_sigma
             else 0.0
         )
-        for det in layout.detectors:
-            det2v23 = _det2v23_model(layout, det, layout.shape, distortion and layout.instrument == "NIRCAM")
-            wcs = _make_gwcs(det2v23, pointing, (ap_v2, ap_v3), layout.shape)
-            extra = (module_misalignment or {}).get(det.module)
-            det_pointing = (
-                true_pointing
-                if extra is None
-                else _misaligned(pointing, layout, (shift[0] + extra[0], shift[1] + extra[1]), shift[2])
-            )
-            twcs = _make_gwcs(det2v23, det_pointing, (ap_v2, ap_v3), layout.shape)
-            sigma = noise * rng.uniform(0.8, 1.2)
-            level = (
-                sky_level
-                + visit_offsets[v - 1]
-                + drift
-                + detector_offsets.get(det.name, 0.0)
-                + module_offsets.get((v, det.module), 0.0)
-            )
-            grad = visit_gradients[v - 1] + exposure_grad
-            lyot_off = (
-                rng.normal(0.0, lyot_offset_sigma)
-                if (lyot_offset_sigma and layout.instrument == "MIRI")
-                else 0.0
-            )
+        for r in readouts:
+            exposures.add(r, draws.offsets[v - 1], drift, visit_gradients[v - 1] + exposure_grad)
 
-            data = scene.sample(twcs, layout.shape)
-            yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-            data += (level + grad[0] * (xx - (nx - 1) / 2.0) + grad[1] * (yy - (ny - 1) / 2.0)).astype(
-                np.float32
-            )
-            dq = np.zeros(layout.shape, dtype=np.uint32)
-            if layout.instrument == "MIRI":
-                data[lyot_region(layout.shape)] += lyot_off
-                dq[_coronagraph_strip(layout.shape)] |= NON_SCIENCE | DO_NOT_USE
-            data += rng.normal(0.0, sigma, layout.shape).astype(np.float32)
-            _add_defects(
-                data,
-                dq,
-                rng,
-                sigma,
-                emission,
-                xx,
-                yy,
-                bad_pixel_fraction=bad_pixel_fraction,
-                nan_fraction=nan_fraction,
-                cosmic_ray_fraction=cosmic_ray_fraction,
-                masked_region_probability=masked_region_probability,
-                masked_region_radius=masked_region_radius,
-            )
-
-            exp_number = d + 1
-            start = t0 + (len(models) // len(layout.detectors)) * texp / 86400.0
-            model = _make_model(
-                layout,
-                det,
-                data,
-                dq,
-                None if minimal_arrays else sigma,
-                wcs,
-                pointing,
-                (ap_v2, ap_v3),
-                v,
-                exp_number,
-                start,
-                texp,
-                compute_roll_ref,
-            )
-            models.append(_stored(model, out_dir))
-            true_wcs.append(twcs)
-            cols["level"].append(level)
-            cols["grad"].append(grad)
-            cols["voff"].append(visit_offsets[v - 1])
-            cols["drift"].append(drift)
-            cols["lyot"].append(lyot_off)
-            cols["noise"].append(sigma)
-            cols["visit"].append(v)
-            cols["tile"].append(tile_index)
-            cols["dither"].append(d)
-            cols["det"].append(det.name)
-        del n_exp
-
-    truth = MosaicTruth.from_columns(cols, shifts, sky_level)
     config = {
-        "instrument": instrument,
+        "instrument": survey.instrument,
         "shape": layout.shape,
-        "tiles": tiles,
-        "dithers": dithers,
-        "visits_per_tile": visits_per_tile,
-        "seed": seed,
-        "noise": noise,
+        "tiles": survey.tiles,
+        "dithers": survey.dithers,
+        "visits_per_tile": survey.visits_per_tile,
+        "seed": survey.seed,
+        "noise": offsets.noise,
     }
-    return SimulatedMosaic(
-        models=models, truth=truth, layout=layout, true_wcs=true_wcs, config=config, scene=scene
-    )
+    return exposures.mosaic(layout, config)
 
 
 def _add_defects(
@@ -1156,29 +1341,24 @@ def _add_defects(
     emission: float,
     xx: np.ndarray,
     yy: np.ndarray,
-    *,
-    bad_pixel_fraction: float,
-    nan_fraction: float,
-    cosmic_ray_fraction: float,
-    masked_region_probability: float,
-    masked_region_radius: float,
+    defects: _Defects,
 ) -> None:
     """Bad pixels, NaNs, unflagged cosmic rays and masked discs, in place (in this order)."""
     ny, nx = data.shape
     npx = data.size
-    if bad_pixel_fraction:
-        idx = rng.choice(npx, int(bad_pixel_fraction * npx), replace=False)
+    if defects.bad_pixel_fraction:
+        idx = rng.choice(npx, int(defects.bad_pixel_fraction * npx), replace=False)
         data.flat[idx] = rng.uniform(-1e3, 1e4, idx.size)
         dq.flat[idx] |= DO_NOT_USE
-    if nan_fraction:
-        idx = rng.choice(npx, int(nan_fraction * npx), replace=False)
+    if defects.nan_fraction:
+        idx = rng.choice(npx, int(defects.nan_fraction * npx), replace=False)
         data.flat[idx] = np.nan
         dq.flat[idx] |= DO_NOT_USE
-    if cosmic_ray_fraction:
-        idx = rng.choice(npx, int(cosmic_ray_fraction * npx), replace=False)
+    if defects.cosmic_ray_fraction:
+        idx = rng.choice(npx, int(defects.cosmic_ray_fraction * npx), replace=False)
         data.flat[idx] += rng.uniform(20, 200, idx.size) * sigma
-    if masked_region_probability and rng.uniform() < masked_region_probability:
-        rad = masked_region_radius * nx
+    if defects.masked_region_probability and rng.uniform() < defects.masked_region_probability:
+        rad = defects.masked_region_radius * nx
         cx, cy = rng.uniform(0.2 * nx, 0.8 * nx), rng.uniform(0.2 * ny, 0.8 * ny)
         disc = (xx - cx) ** 2 + (yy - cy) ** 2 < rad**2
         # Masked areas hold bright junk: what a saturated source leaves.
@@ -1186,25 +1366,15 @@ def _add_defects(
         dq[disc] |= DO_NOT_USE
 
 
-def _make_model(
-    layout,
-    det,
-    data,
-    dq,
-    sigma,
-    wcs,
-    pointing,
-    ap_v2v3,
-    visit,
-    exp_number,
-    start,
-    texp,
-    compute_roll_ref,
-    fits_wcs: bool = True,
-):
+def _make_model(r: _Readout, data: np.ndarray, dq: np.ndarray, sigma: float | None):
+    """An ImageModel of one readout, with the metadata ``calwebb_image3`` needs offline."""
+    from jwst.assign_wcs.pointing import compute_roll_ref
     from jwst.assign_wcs.util import update_s_region_imaging
     from stdatamodels.jwst.datamodels import ImageModel
 
+    layout, det, wcs, pointing, visit, start = r.layout, r.det, r.wcs, r.pointing, r.visit, r.start
+    exp_number, texp = r.dither + 1, _TEXP
+    ap_v2v3, fits_wcs = r.ap_v2v3, r.chip.fits_wcs
     ny, nx = layout.shape
     model = ImageModel(data=data, dq=dq, validate_on_assignment=False)
     if sigma is not None:
@@ -1380,25 +1550,20 @@ def recorded_levels(library) -> np.ndarray:
 
     What a sky-matching step recorded, to compare with the truth.
     """
-    out = []
-    with library:
-        for i in range(len(library)):
-            model = library.borrow(i)
-            level = model.meta.background.level
-            out.append(np.nan if level is None else float(level))
-            library.shelve(model, i, modify=False)
-    return np.array(out)
+    from .inputs import each_model
+
+    levels = [model.meta.background.level for _, model in each_model(library)]
+    return np.array([np.nan if level is None else float(level) for level in levels])
 
 
 def level_match_totals(library) -> np.ndarray:
     """Total level LevelMatchStep removed from each exposure's main field (all stages but Lyot)."""
+    from .inputs import each_model
+
     out = []
-    with library:
-        for i in range(len(library)):
-            model = library.borrow(i)
-            stages = model.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            out.append(sum(c["level"] for stage, c in stages.items() if stage != "lyot"))
-            library.shelve(model, i, modify=False)
+    for _, model in each_model(library):
+        stages = model.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+        out.append(sum(c["level"] for stage, c in stages.items() if stage != "lyot"))
     return np.array(out)
 
 
@@ -1555,16 +1720,9 @@ def background_noise_floor(
     for k, m in enumerate(models):
         ny, nx = m.data.shape
         good = np.isfinite(m.data) & ((m.dq & DO_NOT_USE) == 0)
-        if exclude_lyot and layout.instrument == "MIRI":
-            sub = m.meta.subarray
-            region = miri_lyot_region(
-                m.data.shape,
-                xstart=int(sub.xstart or 1),
-                ystart=int(sub.ystart or 1),
-                full_frame=str(sub.name or "FULL").upper() == "FULL",
-            )
-            if region is not None:
-                good[region] = False
+        region = lyot_region_of(m, m.data.shape) if exclude_lyot else None
+        if region is not None:
+            good[region] = False
         by, bx = ny // bin_size, nx // bin_size
         counts = good[: by * bin_size, : bx * bin_size].reshape(by, bin_size, bx, bin_size).sum(axis=(1, 3))
         yy, xx = np.mgrid[0:by, 0:bx]

@@ -42,12 +42,13 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import replace as dc_replace
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from . import simulate as sim
 from ._offline import import_pysiaf
 
 __all__ = [
@@ -625,10 +626,15 @@ def _ideal_corners(aperture_name: str, reference: str) -> np.ndarray:
     return np.column_stack([x, y])
 
 
-def _field_centre(apertures: Sequence[SiafAperture], reference: str) -> np.ndarray:
-    """Centre of a readout's field (MIRI FULL: the imager field) in the ideal frame of ``reference``."""
+def _field_corners(apertures: Sequence[SiafAperture], reference: str) -> np.ndarray:
+    """Corners of a readout's field (MIRI FULL: the imager field) in the ideal frame of ``reference``."""
     names = ["MIRIM_ILLUM" if a.name == "MIRIM_FULL" else a.name for a in apertures]
-    corners = np.vstack([_ideal_corners(n, reference) for n in names])
+    return np.vstack([_ideal_corners(n, reference) for n in names])
+
+
+def _field_centre(apertures: Sequence[SiafAperture], reference: str) -> np.ndarray:
+    """Centre of a readout's field in the ideal frame of ``reference`` (see :func:`_field_corners`)."""
+    corners = _field_corners(apertures, reference)
     return 0.5 * (corners.max(axis=0) + corners.min(axis=0))
 
 
@@ -759,174 +765,241 @@ def _as_list(value, n: int, what: str) -> list:
 
 
 def _simulate_siaf_mosaic(
-    instrument: str,
-    *,
-    subarray: str | Sequence[str] = "FULL",
-    binning: int = 1,
-    tiles: tuple[int, int] = (2, 2),
-    tile_overlap: float | tuple[float, float] = 0.2,
-    visits_per_tile: int = 1,
-    dithers: int = 4,
-    dither_pattern: str | Sequence[Sequence[float]] | None = None,
-    pattern_size: str = "MEDIUM",
-    detectors: Sequence[str] | None = None,
-    roll: float | Sequence[float] = 20.0,
-    center: tuple[float, float] = (80.0, -69.5),
-    sky_level: float = 15.0,
-    background: str | JwstBackground = "simple",
-    visit_offset_sigma: float = 0.5,
-    exposure_offset_sigma: float = 0.05,
-    gradient_sigma: float = 0.0,
-    exposure_gradient_sigma: float = 0.0,
-    sky_gradient: float = 0.0,
-    lyot_offset_sigma: float = 0.0,
-    detector_offset_sigma: float = 0.0,
-    module_offset_sigma: float = 0.0,
-    noise: float = 0.1,
-    emission: float = 10.0,
-    n_blobs: int = 40,
-    n_sources: int = 60,
-    psf_fwhm: float | None = None,
-    defects: dict | None = None,
-    misalign_arcsec: float = 0.0,
-    misalign_roll: float = 0.0,
-    misalignment: dict[int, tuple[float, float, float]] | None = None,
-    module_misalignment: dict[str, tuple[float, float]] | None = None,
-    filter: str | None = None,
-    scene_seed: int | None = None,
-    out_dir: str | Path | None = None,
-    minimal_arrays: bool = False,
-    seed: int = 0,
-):
+    survey: sim._Survey,
+    offsets: sim._Offsets,
+    errors: sim._PointingErrors,
+    scene_spec: sim._SceneSpec,
+    defects: sim._Defects,
+    output: sim._Output,
+    options: sim._SiafOptions,
+) -> sim.SimulatedMosaic:
     """Simulate a mosaic on the real (SIAF) geometry.
 
     The engine of ``simulate_mosaic(..., geometry='siaf')``, whose docstring
-    describes every parameter; ``defects`` gathers its bad-pixel, NaN,
-    cosmic-ray and masked-region settings.
+    describes every parameter; the bundles are the ones it makes of them.
     """
-    from dataclasses import replace as dc_replace
-
     rotations = import_pysiaf().utils.rotations
+    subarray, binning, background = options.subarray, options.binning, options.background
 
-    from . import simulate as sim
-
+    instrument = survey.instrument
     if instrument not in sim.INSTRUMENTS:
         raise ValueError(f"Unknown instrument {instrument!r}; choose from {sorted(sim.INSTRUMENTS)}")
     base_layout = sim.INSTRUMENTS[instrument]
-    filter_name = filter or base_layout.filter
-    rng = np.random.default_rng(seed)
-    ntx, nty = tiles
-    n_visits = ntx * nty * visits_per_tile
+    filter_name = survey.filter or base_layout.filter
+    rng = np.random.default_rng(survey.seed)
+    n_visits = survey.n_visits
     subarrays = [s.upper() for s in _as_list(subarray, n_visits, "subarray")]
-    rolls = [float(r) for r in _as_list(roll, n_visits, "roll")]
-    ap_sets = {s: exposure_apertures(instrument, s, detectors, binning) for s in dict.fromkeys(subarrays)}
+    rolls = [float(r) for r in _as_list(survey.roll, n_visits, "roll")]
+    ap_sets = {
+        s: exposure_apertures(instrument, s, survey.detectors, binning) for s in dict.fromkeys(subarrays)
+    }
     pointing_aps = {s: _pointing_aperture(aps) for s, aps in ap_sets.items()}
-    pattern = dither_pattern or ("CYCLING" if instrument == "miri" else "INTRAMODULEBOX")
-    offsets = dither_offsets(pattern, dithers, pattern_size)
+    pattern = survey.dither_pattern or ("CYCLING" if instrument == "miri" else "INTRAMODULEBOX")
+    dither_idl = dither_offsets(pattern, survey.dithers, options.pattern_size)
     pattern_name = pattern.upper() if isinstance(pattern, str) else "CUSTOM"
+    first = ap_sets[subarrays[0]]
+    tiling = _siaf_tiling(survey, first, pointing_aps[subarrays[0]], rolls[0])
 
-    # Mosaic: tiles laid out in the ideal frame of the first readout's pointing
-    # aperture, sized by its field (the MIRI imager field for FULL).
-    first = subarrays[0]
-    mosaic_ref = pointing_aps[first]
-    field_names = ["MIRIM_ILLUM" if a.name == "MIRIM_FULL" else a.name for a in ap_sets[first]]
-    corners = np.vstack([_ideal_corners(n, mosaic_ref) for n in field_names])
-    extent = tuple(float(v) for v in np.ptp(corners, axis=0))
-    centre_idl = 0.5 * (corners.max(axis=0) + corners.min(axis=0))
-    # Tile centres on the sky: where the tile offsets point with the field
-    # centre on ``center``; each tile then puts its centre at the field
-    # centre plus the dither offset.
-    tile_idl = mosaic_tile_offsets(tiles, tile_overlap, extent) + centre_idl
-    att0 = attitude_for(mosaic_ref, center[0], center[1], rolls[0], *centre_idl)
-    tile_v2, tile_v3 = _raw(mosaic_ref).idl_to_tel(tile_idl[:, 0], tile_idl[:, 1])
-    tile_ra, tile_dec = _sky(att0, tile_v2, tile_v3)
-
-    # Per-visit random quantities, drawn in a fixed order.
-    visit_offsets = rng.normal(0.0, visit_offset_sigma, n_visits)
-    ref_shape = ap_sets[first][0].shape
-    # Gradients in data units across a readout (divided by its size where used).
-    visit_gradients = rng.normal(0.0, gradient_sigma, (n_visits, 2))
     all_dets = sorted({a.detector for aps in ap_sets.values() for a in aps})
-    detector_offsets, module_offsets, shifts = sim._visit_perturbations(
-        rng,
-        n_visits,
-        all_dets,
-        detector_offset_sigma,
-        module_offset_sigma,
-        misalign_arcsec,
-        misalign_roll,
-        misalignment,
+    draws = sim._draw_visits(rng, n_visits, all_dets, offsets, errors)
+    exposures = _siaf_exposures(
+        survey,
+        tiling,
+        [(ap_sets[s], pointing_aps[s], s) for s in subarrays],
+        rolls,
+        dither_idl,
+        draws,
+        errors,
+    )
+    # Background levels before the scene, so that the random stream does not depend on its size.
+    common, visit_part, drift = _siaf_backgrounds(
+        rng, exposures, background, filter_name, offsets, draws.offsets, n_visits
     )
 
-    # Exposures: tile -> repeat (visit) -> dither, all detectors at once.
-    t0, texp, overhead, slew = 60310.0, 300.0, 60.0, 1800.0
-    clock = t0
+    pixel_scale = float(np.mean([a.pixel_scale for aps in ap_sets.values() for a in aps])) * binning
+    scene = sim._make_scene(
+        rng, survey.center, _scene_extent(exposures, survey.center), pixel_scale, scene_spec
+    )
+    layout = dc_replace(
+        base_layout,
+        shape=first[0].shape,
+        pixel_scale=pixel_scale,
+        filter=filter_name,
+        detectors=tuple(_detector(a) for a in first),
+        v3yangle=first[0].v3yangle,
+        vparity=first[0].vparity,
+    )
+    chips = {a.name: _siaf_chip(layout, a) for aps in ap_sets.values() for a in aps}
+
+    rows = sim._Exposures(rng, scene, draws, common, offsets, defects, scene_spec.emission, output)
+    for k, e in enumerate(exposures):
+        exposure_grad = (
+            rng.normal(0.0, offsets.exposure_gradient_sigma, 2)
+            if offsets.exposure_gradient_sigma
+            else np.zeros(2)
+        )
+        for a in e.apertures:
+            ny, nx = a.shape
+            # Gradients in data units across a readout, per pixel of it.
+            grad = (draws.gradients[e.visit - 1] + exposure_grad) / np.array([nx, ny])
+            finish = functools.partial(
+                _siaf_metadata,
+                a=a,
+                e=e,
+                pattern_name=pattern_name,
+                dithers=survey.dithers,
+                rotations=rotations,
+            )
+            readout = _siaf_readout(chips[a.name], a, e)
+            rows.add(readout, visit_part[e.visit - 1], drift[k], grad, finish=finish)
+
+    config = {
+        "instrument": instrument,
+        "geometry": "siaf",
+        "shape": first[0].shape,
+        "tiles": survey.tiles,
+        "dithers": survey.dithers,
+        "dither_pattern": pattern_name,
+        "dither_offsets": dither_idl,
+        "mosaic_aperture": tiling.mosaic_ref,
+        "field_extent": tiling.extent,
+        "field_centre": tuple(float(v) for v in tiling.centre_idl),
+        "tile_offsets": tiling.tile_idl,
+        "subarray": subarrays,
+        "binning": binning,
+        "apertures": rows.apertures,
+        "visits_per_tile": survey.visits_per_tile,
+        "seed": survey.seed,
+        "noise": offsets.noise,
+    }
+    return rows.mosaic(layout, config)
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """Mosaic tiles in the ideal frame of the first readout's pointing aperture, and on the sky."""
+
+    mosaic_ref: str  # that aperture
+    extent: tuple[float, float]  # field size along ideal x, y (arcsec)
+    centre_idl: np.ndarray  # field centre in the ideal frame
+    tile_idl: np.ndarray  # (n_tiles, 2) tile centres in the ideal frame
+    ra: np.ndarray  # tile centres on the sky (deg)
+    dec: np.ndarray
+
+
+def _siaf_tiling(
+    survey: sim._Survey, apertures: Sequence[SiafAperture], mosaic_ref: str, roll: float
+) -> _Tiling:
+    """Tiles sized by the field of ``apertures`` (the MIRI imager field for FULL).
+
+    The tile offsets point where they do with the field centre on
+    ``survey.center``; each tile then puts its centre at the field centre
+    plus the dither offset.
+    """
+    corners = _field_corners(apertures, mosaic_ref)
+    extent = tuple(float(v) for v in np.ptp(corners, axis=0))
+    centre_idl = 0.5 * (corners.max(axis=0) + corners.min(axis=0))
+    tile_idl = mosaic_tile_offsets(survey.tiles, survey.tile_overlap, extent) + centre_idl
+    att0 = attitude_for(mosaic_ref, survey.center[0], survey.center[1], roll, *centre_idl)
+    tile_v2, tile_v3 = _raw(mosaic_ref).idl_to_tel(tile_idl[:, 0], tile_idl[:, 1])
+    tile_ra, tile_dec = _sky(att0, tile_v2, tile_v3)
+    return _Tiling(mosaic_ref, extent, centre_idl, tile_idl, tile_ra, tile_dec)
+
+
+_OVERHEAD = 60.0  # seconds between exposures of a visit
+_SLEW = 1800.0  # seconds between visits
+
+
+def _siaf_exposures(
+    survey: sim._Survey,
+    tiling: _Tiling,
+    readouts: list[tuple[list[SiafAperture], str, str]],
+    rolls: list[float],
+    dither_idl: np.ndarray,
+    draws: sim._VisitDraws,
+    errors: sim._PointingErrors,
+) -> list[_Exposure]:
+    """Every exposure, tile by tile, repeat (visit) by repeat, dither by dither, all detectors at once.
+
+    ``readouts`` gives each visit's apertures, pointing aperture and
+    subarray.  The nominal attitude puts the tile centre at the field centre
+    plus the dither offset; the true ones add the visit's pointing error (and
+    a module's).
+    """
+    clock = sim._T0
     exposures: list[_Exposure] = []
     visit = 0
-    for tile in range(ntx * nty):
-        for _rep in range(visits_per_tile):
+    for tile in range(survey.tiles[0] * survey.tiles[1]):
+        ra, dec = tiling.ra[tile], tiling.dec[tile]
+        for _rep in range(survey.visits_per_tile):
             visit += 1
-            sub = subarrays[visit - 1]
-            pref = pointing_aps[sub]
+            apertures, pref, sub = readouts[visit - 1]
             pa = rolls[visit - 1]
-            ex, ey, droll = shifts[visit]
+            ex, ey, droll = draws.shifts[visit]
             # The field centre in this readout's pointing-aperture frame.
-            cx, cy = centre_idl if pref == mosaic_ref else _field_centre(ap_sets[sub], pref)
-            for d in range(dithers):
-                dx, dy = (float(v) for v in offsets[d])
-                att = attitude_for(pref, tile_ra[tile], tile_dec[tile], pa, cx + dx, cy + dy)
-                true = {
-                    None: attitude_for(
-                        pref, tile_ra[tile], tile_dec[tile], pa + droll, cx + dx + ex, cy + dy + ey
-                    )
-                }
-                for module, (mx, my) in (module_misalignment or {}).items():
+            cx, cy = tiling.centre_idl if pref == tiling.mosaic_ref else _field_centre(apertures, pref)
+            for d in range(survey.dithers):
+                dx, dy = (float(v) for v in dither_idl[d])
+                att = attitude_for(pref, ra, dec, pa, cx + dx, cy + dy)
+                true = {None: attitude_for(pref, ra, dec, pa + droll, cx + dx + ex, cy + dy + ey)}
+                for module, (mx, my) in (errors.module_misalignment or {}).items():
                     true[module] = attitude_for(
-                        pref, tile_ra[tile], tile_dec[tile], pa + droll, cx + dx + ex + mx, cy + dy + ey + my
+                        pref, ra, dec, pa + droll, cx + dx + ex + mx, cy + dy + ey + my
                     )
                 exposures.append(
-                    _Exposure(visit, tile, d, sub, ap_sets[sub], pref, att, true, (dx, dy), start=clock)
+                    _Exposure(visit, tile, d, sub, apertures, pref, att, true, (dx, dy), start=clock)
                 )
-                clock += (texp + overhead) / 86400.0
-            clock += slew / 86400.0
+                clock += (sim._TEXP + _OVERHEAD) / 86400.0
+            clock += _SLEW / 86400.0
+    return exposures
 
-    # Background levels (before the scene, so the random stream does not depend on its size).
-    n_exp = len(exposures)
-    drift = np.zeros(n_exp)
+
+def _siaf_backgrounds(
+    rng: np.random.Generator,
+    exposures: list[_Exposure],
+    background: str | JwstBackground,
+    filter_name: str,
+    offsets: sim._Offsets,
+    visit_offsets: np.ndarray,
+    n_visits: int,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Common sky, per-visit part and per-exposure drift of the background.
+
+    ``'simple'``: ``sky_level``, the drawn visit offsets and a random walk
+    inside each visit.  :class:`JwstBackground`: the filter's zodiacal plus
+    thermal levels, their visit-to-visit changes, a thermal drift in time
+    and a small random walk.
+    """
+    drift = np.zeros(len(exposures))
     if isinstance(background, str) and background.lower() == "simple":
-        common = sky_level
         state: dict[int, float] = {}
         for k, e in enumerate(exposures):
             state[e.visit] = state.get(e.visit, 0.0) + (
-                rng.normal(0.0, exposure_offset_sigma) if e.dither else 0.0
+                rng.normal(0.0, offsets.exposure_offset_sigma) if e.dither else 0.0
             )
             drift[k] = state[e.visit]
-        visit_part = visit_offsets
-    else:
-        model = (
-            JwstBackground() if isinstance(background, str) and background.lower() == "jwst" else background
-        )
-        if not isinstance(model, JwstBackground):
-            raise ValueError(f"background must be 'simple', 'jwst' or a JwstBackground, not {background!r}")
-        zodi, thermal = model.levels(filter_name)
-        common = zodi + thermal
-        visit_part = zodi * rng.normal(0.0, model.zodi_visit, n_visits) + thermal * rng.normal(
-            0.0, model.thermal_visit, n_visits
-        )
-        rates = rng.normal(0.0, model.thermal_drift, n_visits)
-        starts: dict[int, float] = {}
-        walk: dict[int, float] = {}
-        for k, e in enumerate(exposures):
-            starts.setdefault(e.visit, e.start)
-            walk[e.visit] = walk.get(e.visit, 0.0) + (
-                rng.normal(0.0, model.jitter * common) if e.dither else 0.0
-            )
-            hours = (e.start + 0.5 * texp / 86400.0 - starts[e.visit]) * 24.0
-            drift[k] = thermal * rates[e.visit - 1] * hours + walk[e.visit]
+        return offsets.sky_level, visit_offsets, drift
+    model = JwstBackground() if isinstance(background, str) and background.lower() == "jwst" else background
+    if not isinstance(model, JwstBackground):
+        raise ValueError(f"background must be 'simple', 'jwst' or a JwstBackground, not {background!r}")
+    zodi, thermal = model.levels(filter_name)
+    common = zodi + thermal
+    visit_part = zodi * rng.normal(0.0, model.zodi_visit, n_visits) + thermal * rng.normal(
+        0.0, model.thermal_visit, n_visits
+    )
+    rates = rng.normal(0.0, model.thermal_drift, n_visits)
+    starts: dict[int, float] = {}
+    walk: dict[int, float] = {}
+    for k, e in enumerate(exposures):
+        starts.setdefault(e.visit, e.start)
+        walk[e.visit] = walk.get(e.visit, 0.0) + (rng.normal(0.0, model.jitter * common) if e.dither else 0.0)
+        hours = (e.start + 0.5 * sim._TEXP / 86400.0 - starts[e.visit]) * 24.0
+        drift[k] = thermal * rates[e.visit - 1] * hours + walk[e.visit]
+    return common, visit_part, drift
 
-    # The scene covers every true footprint.
-    pixel_scale = float(np.mean([a.pixel_scale for aps in ap_sets.values() for a in aps])) * binning
-    psf_fwhm = 2.0 * pixel_scale if psf_fwhm is None else psf_fwhm
+
+def _scene_extent(exposures: list[_Exposure], center: tuple[float, float]) -> float:
+    """Size (arcsec) of a scene around ``center`` that covers every true footprint."""
     cosd = math.cos(math.radians(center[1]))
     far = 0.0
     for e in exposures:
@@ -936,142 +1009,37 @@ def _simulate_siaf_mosaic(
                 ra, dec = _sky(att, v2, v3)
                 dra = ((ra - center[0] + 180.0) % 360.0 - 180.0) * cosd
                 far = max(far, float(np.max(np.hypot(dra, dec - center[1]))) * 3600.0)
-    extent_arcsec = 2.0 * far + 10.0
-    scene_scale = pixel_scale / 2.0 if extent_arcsec / pixel_scale < 6000 else pixel_scale
-    scene_rng = rng if scene_seed is None else np.random.default_rng(scene_seed)
-    scene = sim._Scene(
-        center, extent_arcsec, scene_scale, scene_rng, emission, n_sources, psf_fwhm, n_blobs, sky_gradient
+    return 2.0 * far + 10.0
+
+
+def _detector(a: SiafAperture) -> sim.Detector:
+    return sim.Detector(a.detector, a.v2_ref, a.v3_ref, a.module)
+
+
+def _siaf_chip(layout: sim.InstrumentLayout, a: SiafAperture) -> sim._Chip:
+    """An aperture as the simulator reads it out: its layout, detector and (MIRI) coronagraph regions."""
+    ap_layout = dc_replace(
+        layout,
+        shape=a.shape,
+        channel=a.channel or layout.channel,
+        v3yangle=a.v3yangle,
+        vparity=a.vparity,
+        pixel_scale=a.pixel_scale * a.binning,
     )
+    regions = None
+    if a.instrument == "MIRI":
+        # The Lyot, the part that sees no sky (neither illuminated nor 4QPM), the flagged part.
+        reg = miri_region_masks(a)
+        regions = (reg["lyot"], ~reg["illuminated"] & ~reg["coron4qpm"], ~reg["illuminated"])
+    return sim._Chip(ap_layout, _detector(a), regions, fits_wcs=False, aperture=a.name)
 
-    defects = {
-        "bad_pixel_fraction": 0.002,
-        "nan_fraction": 0.001,
-        "cosmic_ray_fraction": 0.0005,
-        "masked_region_probability": 0.0,
-        "masked_region_radius": 0.2,
-        **(defects or {}),
-    }
-    layout = dc_replace(
-        base_layout,
-        shape=ref_shape,
-        pixel_scale=pixel_scale,
-        filter=filter_name,
-        detectors=tuple(sim.Detector(a.detector, a.v2_ref, a.v3_ref, a.module) for a in ap_sets[first]),
-        v3yangle=ap_sets[first][0].v3yangle,
-        vparity=ap_sets[first][0].vparity,
-    )
-    regions = {
-        (s, a.name): miri_region_masks(a) for s, aps in ap_sets.items() for a in aps if a.instrument == "MIRI"
-    }
 
-    from jwst.assign_wcs.pointing import compute_roll_ref
-
-    models, true_wcs = [], []
-    cols = {
-        k: []
-        for k in ("level", "grad", "voff", "drift", "lyot", "noise", "visit", "tile", "dither", "det", "ap")
-    }
-    for k, e in enumerate(exposures):
-        v = e.visit
-        exposure_grad = (
-            rng.normal(0.0, exposure_gradient_sigma, 2) if exposure_gradient_sigma else np.zeros(2)
-        )
-        for a in e.apertures:
-            ny, nx = a.shape
-            wcs, info = exposure_wcs(a, e.attitude)
-            twcs, _ = exposure_wcs(a, e.true_attitudes.get(a.module, e.true_attitudes[None]))
-            sigma = noise * rng.uniform(0.8, 1.2)
-            level = (
-                common
-                + visit_part[v - 1]
-                + drift[k]
-                + detector_offsets.get(a.detector, 0.0)
-                + module_offsets.get((v, a.module), 0.0)
-            )
-            grad = (visit_gradients[v - 1] + exposure_grad) / np.array([nx, ny])
-            lyot_off = (
-                rng.normal(0.0, lyot_offset_sigma) if (lyot_offset_sigma and a.instrument == "MIRI") else 0.0
-            )
-
-            data = scene.sample(twcs, (ny, nx))
-            yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-            data += (level + grad[0] * (xx - (nx - 1) / 2.0) + grad[1] * (yy - (ny - 1) / 2.0)).astype(
-                np.float32
-            )
-            dq = np.zeros((ny, nx), dtype=np.uint32)
-            reg = regions.get((e.subarray, a.name))
-            if reg is not None:
-                data[reg["lyot"]] += np.float32(lyot_off)
-                dark = ~reg["illuminated"] & ~reg["coron4qpm"]
-                data[dark] = 0.0  # not illuminated: no sky
-                dq[~reg["illuminated"]] |= sim.NON_SCIENCE | sim.DO_NOT_USE
-            data += rng.normal(0.0, sigma, (ny, nx)).astype(np.float32)
-            sim._add_defects(data, dq, rng, sigma, emission, xx, yy, **defects)
-
-            exp_number = e.dither + 1
-            det = sim.Detector(a.detector, a.v2_ref, a.v3_ref, a.module)
-            ap_layout = dc_replace(
-                layout,
-                shape=(ny, nx),
-                channel=a.channel or layout.channel,
-                v3yangle=a.v3yangle,
-                vparity=a.vparity,
-                pixel_scale=a.pixel_scale * binning,
-            )
-            model = sim._make_model(
-                ap_layout,
-                det,
-                data,
-                dq,
-                None if minimal_arrays else sigma,
-                wcs,
-                (info["ra_ref"], info["dec_ref"], info["roll_ref"]),
-                (a.v2_ref, a.v3_ref),
-                v,
-                exp_number,
-                e.start,
-                texp,
-                compute_roll_ref,
-                fits_wcs=False,
-            )
-            _siaf_metadata(model, a, e, pattern_name, dithers, rotations)
-            models.append(sim._stored(model, out_dir))
-            true_wcs.append(twcs)
-            cols["level"].append(level)
-            cols["grad"].append(grad)
-            cols["voff"].append(visit_part[v - 1])
-            cols["drift"].append(drift[k])
-            cols["lyot"].append(lyot_off)
-            cols["noise"].append(sigma)
-            cols["visit"].append(v)
-            cols["tile"].append(e.tile)
-            cols["dither"].append(e.dither)
-            cols["det"].append(a.detector)
-            cols["ap"].append(a.name)
-
-    truth = sim.MosaicTruth.from_columns(cols, shifts, common)
-    config = {
-        "instrument": instrument,
-        "geometry": "siaf",
-        "shape": ref_shape,
-        "tiles": tiles,
-        "dithers": dithers,
-        "dither_pattern": pattern_name,
-        "dither_offsets": offsets,
-        "mosaic_aperture": mosaic_ref,
-        "field_extent": extent,
-        "field_centre": tuple(float(v) for v in centre_idl),
-        "tile_offsets": tile_idl,
-        "subarray": subarrays,
-        "binning": binning,
-        "apertures": cols["ap"],
-        "visits_per_tile": visits_per_tile,
-        "seed": seed,
-        "noise": noise,
-    }
-    return sim.SimulatedMosaic(
-        models=models, truth=truth, layout=layout, true_wcs=true_wcs, config=config, scene=scene
-    )
+def _siaf_readout(chip: sim._Chip, a: SiafAperture, e: _Exposure) -> sim._Readout:
+    """One aperture of one exposure, with its nominal WCS and the true one."""
+    wcs, info = exposure_wcs(a, e.attitude)
+    twcs, _ = exposure_wcs(a, e.true_attitudes.get(a.module, e.true_attitudes[None]))
+    pointing = (info["ra_ref"], info["dec_ref"], info["roll_ref"])
+    return sim._Readout(chip, wcs, twcs, pointing, (a.v2_ref, a.v3_ref), e.visit, e.tile, e.dither, e.start)
 
 
 def _siaf_metadata(model, a: SiafAperture, e: _Exposure, pattern_name: str, dithers: int, rotations) -> None:

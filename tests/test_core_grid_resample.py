@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from jwst_skymatch_plus.core.grid import BBox, SkyGrid, footprint_of, native_pixel_scale, overlap_bbox
-from jwst_skymatch_plus.core.resample import drizzle_noise_ratio, grid_pixmap, resample_to_grid
+from jwst_skymatch_plus.core.resample import (
+    Resampled,
+    drizzle_noise_ratio,
+    grid_pixmap,
+    resample_to_grid,
+    weighted_coadd,
+)
 
 
 def test_bbox_overlap_and_union():
@@ -95,3 +101,21 @@ def test_noise_ratio_formula():
     assert drizzle_noise_ratio(1.0, 1.0) == pytest.approx(1.5)
     assert drizzle_noise_ratio(0.5, 1.0) == pytest.approx(1.0 / (1 - 0.5 / 3))
     assert drizzle_noise_ratio(1.0, 2.0) < 1.5
+
+
+def test_weighted_coadd_known_means():
+    # Two constant images overlapping in columns 3-4; weights 1 and 3 there.
+    a = Resampled(BBox(0, 5, 0, 2), np.full((2, 5), 2.0, np.float32), np.ones((2, 5), np.float32))
+    b = Resampled(BBox(3, 8, 0, 2), np.full((2, 5), 6.0, np.float32), np.full((2, 5), 3.0, np.float32))
+    b.weight[:, -1] = 0.0  # column 7 received nothing
+    out = weighted_coadd([a, b])
+    assert out.bbox == BBox(0, 8, 0, 2) and out.image.dtype == np.float32
+    np.testing.assert_array_equal(out.image[0], [2, 2, 2, 5, 5, 6, 6, 0])
+    np.testing.assert_array_equal(out.weight[0], [1, 1, 1, 4, 4, 3, 3, 0])
+    # Levels removed first; a larger box, filled where nothing fell; any iterable.
+    out = weighted_coadd(iter([a, b]), BBox(-1, 8, 0, 3), levels=[1.0, 2.0], fill=np.nan, dtype=np.float64)
+    assert out.image.dtype == np.float64 and out.image.shape == (3, 9)
+    np.testing.assert_array_equal(out.image[0], [np.nan, 1, 1, 1, 3.25, 3.25, 4, 4, np.nan])
+    assert np.isnan(out.image[2]).all() and not out.valid[2].any()
+    # Sums in float32 when asked (as a full-mosaic baseline would hold them).
+    assert weighted_coadd([a, b], accumulate=np.float32).image[0, 3] == np.float32(5.0)

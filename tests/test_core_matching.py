@@ -2,38 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import metas_of as metas
+from conftest import sources_of as sources
 
 from jwst_skymatch_plus.core.grouping import group_exposures, sky_units
-from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
-from jwst_skymatch_plus.core.regions import miri_lyot_region
+from jwst_skymatch_plus.core.matching import MatchConfig, match_exposures
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
-
-
-def sources(sim, exclude_lyot=True):
-    out = []
-    for m in sim.models:
-
-        def load(m=m):
-            good = np.isfinite(m.data) & ((m.dq & 1) == 0)
-            if exclude_lyot:
-                good[miri_lyot_region(m.data.shape)] = False
-            return m.data, good
-
-        out.append(ExposureSource(m.meta.filename, m.meta.wcs, m.data.shape, load))
-    return out
-
-
-def metas(sim):
-    return [
-        {
-            "meta.observation.program_number": m.meta.observation.program_number,
-            "meta.observation.observation_number": m.meta.observation.observation_number,
-            "meta.observation.visit_number": m.meta.observation.visit_number,
-            "meta.instrument.module": m.meta.instrument.module,
-            "meta.instrument.detector": m.meta.instrument.detector,
-        }
-        for m in sim.models
-    ]
 
 
 def test_per_exposure_offsets_reach_the_noise_floor(miri_mosaic):
@@ -156,3 +130,27 @@ def test_uncertainties_are_honest_and_independent_of_a_pedestal():
     z = np.concatenate(z)
     # 48 values: the rms of a unit normal is within ~0.2 of 1 (2 sigma).
     assert 0.75 < np.sqrt(np.mean(z**2)) < 1.3, np.sqrt(np.mean(z**2))
+
+
+def test_progress_lines_every_tenth_on_long_stages(monkeypatch, caplog):
+    """A long stage logs at each 10% with elapsed time and time left; a short one only its end."""
+    from jwst_skymatch_plus.core import matching
+
+    clock = iter(float(t) for t in range(0, 1000, 3))  # 3 s per call: a long stage
+    monkeypatch.setattr(matching.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level("INFO", logger="jwst_skymatch_plus.core.matching"):
+        progress = matching._Progress("Measuring pairs", 50)
+        for done in range(1, 51):
+            progress.update(done)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10
+    assert lines[0].startswith("Measuring pairs: 5/50 (10%) done in") and "s left" in lines[0]
+    assert lines[-1].startswith("Measuring pairs: 50/50 (100%)") and "left" not in lines[-1]
+
+    caplog.clear()
+    monkeypatch.setattr(matching.time, "perf_counter", lambda: 0.0)  # instantaneous
+    with caplog.at_level("INFO", logger="jwst_skymatch_plus.core.matching"):
+        progress = matching._Progress("Resampling exposures", 50)
+        for done in range(1, 51):
+            progress.update(done)
+    assert [r.getMessage() for r in caplog.records] == ["Resampling exposures: 50/50 (100%) done in 0.0 s."]

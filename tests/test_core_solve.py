@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jwst_skymatch_plus.core.solve import apply_match_down, solve_levels
+from jwst_skymatch_plus.core.solve import apply_match_down, pair_components, solve_levels
 
 
 def _chain_and_ring(n):
@@ -127,3 +127,9 @@ def test_rejects_self_pairs_and_bad_weighting():
         solve_levels(2, [0], [0], [1.0], [1.0])
     with pytest.raises(ValueError, match="weighting"):
         solve_levels(2, [0], [1], [1.0], [1.0], weighting="magic")
+
+
+def test_pair_components_numbers_connected_sets_in_node_order():
+    labels = pair_components(7, np.array([5, 1, 3]), np.array([6, 0, 1]))
+    assert labels.tolist() == [0, 0, -1, 0, -1, 1, 1]
+    assert pair_components(3, np.array([], int), np.array([], int)).tolist() == [-1, -1, -1]

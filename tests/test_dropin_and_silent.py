@@ -4,11 +4,12 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 from stdatamodels.jwst.datamodels import ImageModel
 
 from jwst_skymatch_plus import PixelSkyMatchStep
+from jwst_skymatch_plus.inputs import borrowed
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
 
 
@@ -21,19 +22,14 @@ def mosaic():
 
 
 def records(library):
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(
-                (
-                    m.meta.cal_step.skymatch,
-                    m.meta.background.method,
-                    dict(m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch", {})),
-                )
-            )
-            library.shelve(m, i, modify=False)
-    return out
+    return read_models(
+        library,
+        lambda m: (
+            m.meta.cal_step.skymatch,
+            m.meta.background.method,
+            dict(m.meta.instance.get("skymatch_plus", {}).get("pixel_skymatch", {})),
+        ),
+    )
 
 
 def test_default_skystat_is_the_stock_default():
@@ -172,11 +168,9 @@ def test_skipped_inside_a_pipeline_is_recorded_under_the_stock_key():
     pipe.skymatch = PixelSkyMatchStep(name="skymatch", parent=pipe, skip=True)
     library = ModelLibrary([ImageModel((4, 4))])
     pipe.skymatch.run(library)
-    with library:
-        model = library.borrow(0)
+    with borrowed(library, 0) as model:
         assert model.meta.cal_step.skymatch == "SKIPPED"
         assert "pixel_skymatch" not in model.meta.cal_step.instance
-        library.shelve(model, 0, modify=False)
 
 
 def test_standalone_products_carry_the_stock_suffix():

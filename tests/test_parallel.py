@@ -2,35 +2,16 @@
 
 import numpy as np
 import pytest
+from conftest import metas_of
+from conftest import sources_of as _sources
 
+from jwst_skymatch_plus.core.execution import ExecutionSettings
 from jwst_skymatch_plus.core.grouping import group_exposures
-from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
-from jwst_skymatch_plus.core.regions import miri_lyot_region
-
-
-def _sources(sim):
-    out = []
-    for m in sim.models:
-
-        def load(m=m):
-            good = np.isfinite(m.data) & ((m.dq & 1) == 0)
-            good[miri_lyot_region(m.data.shape)] = False
-            return m.data, good
-
-        out.append(ExposureSource(m.meta.filename, m.meta.wcs, m.data.shape, load))
-    return out
+from jwst_skymatch_plus.core.matching import MatchConfig, match_exposures
 
 
 def _groups(sim):
-    metas = [
-        {
-            "meta.observation.program_number": "1",
-            "meta.observation.observation_number": "1",
-            "meta.observation.visit_number": m.meta.observation.visit_number,
-        }
-        for m in sim.models
-    ]
-    return group_exposures(metas, "visit")
+    return group_exposures(metas_of(sim), "visit")
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +27,23 @@ def _same(a, b):
 
 
 def test_local_processes_give_identical_results(miri_mosaic, serial):
-    _same(serial, match_exposures(_sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(n_workers=2)))
+    _same(
+        serial,
+        match_exposures(
+            _sources(miri_mosaic),
+            _groups(miri_mosaic),
+            MatchConfig(),
+            execution=ExecutionSettings(n_workers=2),
+        ),
+    )
 
 
 def test_disk_store_gives_identical_results(miri_mosaic, serial, tmp_path):
     result = match_exposures(
-        _sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(store="disk", temp_dir=str(tmp_path))
+        _sources(miri_mosaic),
+        _groups(miri_mosaic),
+        MatchConfig(),
+        execution=ExecutionSettings(store="disk", temp_dir=str(tmp_path)),
     )
     _same(serial, result)
     assert list(tmp_path.iterdir()) == []  # the store cleans up after itself
@@ -63,7 +55,10 @@ def test_dask_cluster_gives_identical_results(miri_mosaic, serial):
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cl:
         result = match_exposures(
-            _sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(scheduler=cl.scheduler_address)
+            _sources(miri_mosaic),
+            _groups(miri_mosaic),
+            MatchConfig(),
+            execution=ExecutionSettings(scheduler=cl.scheduler_address),
         )
     _same(serial, result)
 
@@ -91,3 +86,84 @@ def test_step_results_do_not_depend_on_worker_count(small_mosaic):
     one = levels_of(PixelSkyMatchStep.call(copy_models(small_mosaic), n_workers=1))
     two = levels_of(PixelSkyMatchStep.call(copy_models(small_mosaic), n_workers=2, in_memory=False))
     np.testing.assert_array_equal(one, two)
+
+
+def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypatch):
+    """An on-disk run of an association: each worker opens its exposures by path.
+
+    The parent process never loads a member's pixels for matching (the
+    workers do, from the files), and the levels equal the serial in-memory
+    run's bit for bit.
+    """
+    from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
+    from jwst_skymatch_plus.steps import pixel_skymatch
+
+    sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=21)
+    asn = write_association(sim.filenames, tmp_path, "workers")
+    serial = recorded_levels(PixelSkyMatchStep.call(str(asn)))
+
+    portable, parent_loads = [], []
+    match = pixel_skymatch.match_exposures
+
+    def watched(sources, *args, **kwargs):
+        for s in sources:
+            portable.append(s.portable_load is not None)
+            s.load = lambda load=s.load, name=s.name: parent_loads.append(name) or load()
+        return match(sources, *args, **kwargs)
+
+    monkeypatch.setattr(pixel_skymatch, "match_exposures", watched)
+    parallel = recorded_levels(PixelSkyMatchStep.call(str(asn), n_workers=2, in_memory=False))
+    np.testing.assert_array_equal(serial, parallel)
+    assert portable == [True] * len(sim.filenames)
+    assert parent_loads == []
+
+
+def test_memory_budget_spills_resampled_images_to_disk(miri_mosaic, serial, tmp_path, caplog):
+    """Above the budget the images wait on disk, said once in the log, with identical levels."""
+    execution = ExecutionSettings(memory_budget=1e-4, temp_dir=str(tmp_path))
+    with caplog.at_level("INFO", logger="jwst_skymatch_plus.core.matching"):
+        result = match_exposures(
+            _sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(), execution=execution
+        )
+    _same(serial, result)
+    spilled = [r for r in caplog.records if "more than the memory budget" in r.getMessage()]
+    assert len(spilled) == 1
+    assert list(tmp_path.iterdir()) == []  # the disk store was used, then removed
+
+
+def test_default_memory_budget_is_within_its_documented_range():
+    from jwst_skymatch_plus.core.execution import default_memory_budget
+
+    assert 1.0 <= default_memory_budget() <= 4.0
+    assert ExecutionSettings().budget_bytes == default_memory_budget() * 2**30
+    assert ExecutionSettings(memory_budget=0.5).budget_bytes == 2**29
+
+
+def test_on_disk_run_saves_each_exposure_once(tmp_path, monkeypatch):
+    """On disk, the levels are written during stpipe's closing pass: one save per exposure, same levels."""
+    from stpipe.library import AbstractModelLibrary
+
+    from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
+
+    sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=22)
+    asn = write_association(sim.filenames, tmp_path, "once")
+    in_memory = PixelSkyMatchStep.call(str(asn))
+    saves = []
+    shelve = AbstractModelLibrary.shelve
+
+    def counted(self, model, index=None, modify=True):
+        saves.append(bool(modify and self._on_disk))
+        return shelve(self, model, index, modify)
+
+    monkeypatch.setattr(AbstractModelLibrary, "shelve", counted)
+    on_disk = PixelSkyMatchStep.call(str(asn), in_memory=False)
+    monkeypatch.undo()
+    assert sum(saves) == len(sim.filenames)
+    np.testing.assert_array_equal(recorded_levels(in_memory), recorded_levels(on_disk))
+    with on_disk:
+        for index, model in enumerate(on_disk):
+            assert model.meta.cal_step.skymatch == "COMPLETE"
+            assert model.meta.instance["skymatch_plus"]["pixel_skymatch"]["method"] == "pixel-match"
+            on_disk.shelve(model, index, modify=False)

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_models
 from stdatamodels.jwst import datamodels
 
-from jwst_skymatch_plus.background import BackgroundRule, background_times, classify_exposures
+from jwst_skymatch_plus import LevelMatchStep, PixelSkyMatchStep
+from jwst_skymatch_plus.background import BackgroundRule, background_times
 from jwst_skymatch_plus.core.grouping import instrument_family, parse_families, regrouped_id
+from jwst_skymatch_plus.inputs import read_exposures
 from jwst_skymatch_plus.pipeline import Image3PlusPipeline
 from jwst_skymatch_plus.simulate import simulate_mosaic, write_association
 
@@ -130,13 +133,7 @@ def test_tweakreg_sees_the_grouping_asked_for_then_jwst_grouping(mosaic_dir, tmp
     # needs source catalogs this offline test does not build).
     def record(self, library):
         seen["groups"] = sorted(library.group_names)
-        ids = []
-        with library:
-            for i in range(len(library)):
-                model = library.borrow(i)
-                ids.append(model.meta.group_id)
-                library.shelve(model, i, modify=False)
-        seen["model_ids"] = ids
+        seen["model_ids"] = read_models(library, lambda model: model.meta.group_id)
         return library
 
     monkeypatch.setattr(TweakRegStep, "process", record)
@@ -192,18 +189,18 @@ def test_conflicting_grouping_switches_are_refused(mosaic_dir, tmp_path):
 
 def test_background_rules(mosaic_dir):
     sim, asn, _ = mosaic_dir
-    by_asn = classify_exposures(asn)
+    by_asn = read_exposures(asn)
     assert [e.background for e in by_asn] == [False] * (len(sim.models) - 1) + [True]
-    times = background_times(asn)
+    times = background_times(by_asn)
     assert times == [pytest.approx(sim.models[-1].meta.exposure.mid_time)]
     # A name rule adds exposures the association calls science.
     first = Path(sim.filenames[0]).name
-    by_name = classify_exposures(asn, BackgroundRule("name", name=first[:20]))
+    by_name = read_exposures(asn, BackgroundRule("name", name=first[:20]))
     assert by_name[0].background and by_name[-1].background
     # The observatory's own keyword.
     model = sim.models[1].copy()
     model.meta.observation.bkgdtarg = True
-    flagged = classify_exposures([sim.models[0], model], BackgroundRule("keyword"))
+    flagged = read_exposures([sim.models[0], model], BackgroundRule("keyword"))
     assert [e.background for e in flagged] == [False, True]
     with pytest.raises(ValueError, match="Unknown background rule"):
         BackgroundRule("nonsense")
@@ -238,6 +235,40 @@ def test_background_times_become_the_sky_reference(mosaic_dir, tmp_path):
     crf = sorted(tmp_path.glob("*_crf.fits"), key=lambda p: datamodels.open(p).meta.exposure.mid_time)
     with datamodels.open(crf[-1]) as last:
         assert last.meta.background.level == pytest.approx(0.0, abs=1e-9)
+
+
+def _spy(original, seen: dict):
+    """A step's ``process`` that records the exposures it returned and its background times."""
+
+    def process(self, input_models):
+        result = original(self, input_models)
+        with result:
+            names = [result.read_metadata(i)["meta.filename"] for i in range(len(result))]
+        seen[type(self).__name__] = (names, self.background_times)
+        return result
+
+    return process
+
+
+def test_steps_alone_treat_a_background_member_as_the_pipeline_does(mosaic_dir, tmp_path, monkeypatch):
+    """One way in: a step given the association works on what it gets inside calwebb_image3_plus."""
+    sim, asn, _ = mosaic_dir
+    in_pipeline, alone = {}, {}
+    for step in (LevelMatchStep, PixelSkyMatchStep):
+        monkeypatch.setattr(step, "process", _spy(step.process, in_pipeline))
+    steps = {**OFFLINE, "level_match": {"skip": False}}
+    Image3PlusPipeline.call(str(asn), output_dir=str(tmp_path), steps=steps)
+    monkeypatch.undo()
+    for step in (LevelMatchStep, PixelSkyMatchStep):
+        monkeypatch.setattr(step, "process", _spy(step.process, alone))
+        step.call(str(asn))
+    assert alone == in_pipeline
+    seen = alone
+    background = Path(sim.filenames[-1]).name
+    for names, times in seen.values():
+        assert sorted(names) == sorted(Path(f).name for f in sim.filenames[:-1])
+        assert float(times) == pytest.approx(sim.models[-1].meta.exposure.mid_time)
+    assert background not in str(seen)
 
 
 # ------------------------------------------------------- per-exposure products

@@ -4,10 +4,11 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 
 from jwst_skymatch_plus import PixelSkyMatchStep
+from jwst_skymatch_plus.inputs import borrowed
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
 
 
@@ -17,13 +18,7 @@ def mosaic():
 
 
 def statuses(library):
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(m.meta.cal_step.skymatch)
-            library.shelve(m, i, modify=False)
-    return out
+    return read_models(library, lambda m: m.meta.cal_step.skymatch)
 
 
 def test_empty_input_is_skipped(caplog):
@@ -173,10 +168,8 @@ def test_level_match_bad_inputs(mosaic, caplog):
     with caplog.at_level(logging.WARNING):
         result = LevelMatchStep.call(single)
     assert "Level matching skipped" in caplog.text
-    with result:
-        m = result.borrow(0)
+    with borrowed(result, 0) as m:
         np.testing.assert_array_equal(m.data, before)
-        result.shelve(m, 0, modify=False)
     # Missing WCS: an error naming the exposure.
     models = copy_models(mosaic)
     models[2].meta.wcs = None

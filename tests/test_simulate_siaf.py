@@ -441,7 +441,8 @@ def test_header_fast_path_reads_cd_matrices():
     # footprints and pixel scales must still come from the headers alone.
     from jwst.datamodels import ModelLibrary
 
-    from jwst_skymatch_plus.steps._library import read_all_metadata, sources_from_metadata
+    from jwst_skymatch_plus.inputs import read_all_metadata
+    from jwst_skymatch_plus.steps._library import sources_from_metadata
 
     sim = simulate_mosaic("miri", geometry="siaf", binning=8, tiles=(1, 1), dithers=2, seed=4)
     library = ModelLibrary([m.copy() for m in sim.models])

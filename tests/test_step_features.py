@@ -1,4 +1,7 @@
-"""PixelSkyMatchStep beyond SkyMatchStep: alignment check, reference, ties, reports, layouts."""
+"""PixelSkyMatchStep beyond SkyMatchStep: alignment check, reference, ties, reports, layouts.
+
+The core functions behind these features are tested on their own in tests/test_core_*.py.
+"""
 
 import logging
 
@@ -10,17 +13,8 @@ from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
 from jwst_skymatch_plus import PixelSkyMatchStep
-from jwst_skymatch_plus.core.reference import choose_reference
+from jwst_skymatch_plus.inputs import borrowed
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
-
-
-@pytest.fixture(scope="module")
-def misaligned():
-    # 0.25" is more than 2 MIRI pixels: visits disagree on where the sky is.
-    # Plenty of point sources so that every overlap has structure to measure.
-    return simulate_mosaic(
-        "miri", shape=(160, 160), tiles=(2, 2), dithers=2, misalign_arcsec=0.25, n_sources=600, seed=13
-    )
 
 
 def test_alignment_check_refuses_misaligned_visits(misaligned):
@@ -40,81 +34,6 @@ def test_alignment_check_quiet_when_aligned(miri_mosaic, caplog):
         PixelSkyMatchStep.call(copy_models(miri_mosaic), alignment_check="error")
     assert "misaligned" not in caplog.text
     assert "largest shift" in caplog.text
-
-
-def _visit_alignment(sim):
-    from jwst_skymatch_plus.core.grouping import group_exposures
-    from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig, match_exposures
-
-    sources = [
-        ExposureSource(
-            m.meta.filename,
-            m.meta.wcs,
-            m.data.shape,
-            lambda m=m: (m.data, np.isfinite(m.data) & ((m.dq & 1) == 0)),
-        )
-        for m in sim.models
-    ]
-    metas = [{"meta.observation.visit_number": m.meta.observation.visit_number} for m in sim.models]
-    return match_exposures(sources, group_exposures(metas, "meta.observation.visit_number"), MatchConfig())
-
-
-def test_shift_of_a_whole_overlap_is_measured_to_a_few_hundredths():
-    # Two visits of one tile, the second off by (0.2", -0.1") along the
-    # detector axes: 2.03 MIRI pixels.
-    sim = simulate_mosaic(
-        "miri",
-        shape=(160, 160),
-        tiles=(1, 1),
-        visits_per_tile=2,
-        dithers=2,
-        n_sources=600,
-        misalignment={2: (0.2, -0.1, 0.0)},
-        seed=3,
-    )
-    result = _visit_alignment(sim)
-    (check,) = result.alignment
-    expected = np.hypot(0.2, -0.1) / (result.grid.pixel_scale * 3600)
-    assert check.shift.correlation > 0.9
-    assert abs(check.shift.length - expected) < 0.05
-
-
-def test_shifts_in_tile_overlaps_follow_the_truth(misaligned):
-    result = _visit_alignment(misaligned)
-    scale = result.grid.pixel_scale * 3600
-    measured = [c for c in result.alignment if c.shift is not None and c.shift.correlation >= 0.5]
-    assert len(measured) >= 4
-    for check in measured:
-        da = np.array(misaligned.truth.misalignment[check.i + 1][:2])
-        db = np.array(misaligned.truth.misalignment[check.j + 1][:2])
-        # Misalignments are along detector axes; the length of the relative
-        # shift is the same on the grid.  Sliver overlaps of a few thousand
-        # pixels measure it to a few tenths of a pixel.
-        expected = np.hypot(*(db - da)) / scale
-        assert abs(check.shift.length - expected) < 0.3, (check, expected)
-
-
-def test_choose_reference_rules():
-    names = [["a1", "a2"], ["b1"], ["c1", "c2"]]
-    assert (
-        choose_reference(
-            "most_connected", group_names=names, used_pairs=[(0, 1), (1, 2)], pair_pixels=[10, 10]
-        )
-        == 1
-    )
-    assert choose_reference("flattest", group_names=names, flatness=[0.3, 0.5, 0.1]) == 2
-    assert (
-        choose_reference(
-            "closest_to_background", group_names=names, group_times=[1.0, 2.0, 3.0], background_times=[2.9]
-        )
-        == 2
-    )
-    assert choose_reference("b1", group_names=names) == 1
-    assert choose_reference("3", group_names=names) == 2
-    with pytest.raises(ValueError, match="neither a rule"):
-        choose_reference("nonsense", group_names=names)
-    with pytest.raises(ValueError, match="background"):
-        choose_reference("closest_to_background", group_names=names, group_times=[1, 2, 3])
 
 
 def test_reference_group_held_at_zero(miri_mosaic):
@@ -213,10 +132,8 @@ def test_stock_parameter_file_runs_unchanged(small_mosaic, tmp_path):
     result = PixelSkyMatchStep.call(copy_models(small_mosaic), config_file=str(pars))
     levels = levels_of(result)
     assert np.nanmax(levels) == 0.0  # match_down=False came from the file
-    with result:
-        m = result.borrow(0)
+    with borrowed(result, 0) as m:
         assert m.meta.background.subtracted is True
-        result.shelve(m, 0, modify=False)
 
 
 def test_excluded_regions(small_mosaic):

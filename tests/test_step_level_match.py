@@ -10,13 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 
 from jwst_skymatch_plus import PixelSkyMatchStep
-from jwst_skymatch_plus.core.matching import ExposureSource, MatchConfig
-from jwst_skymatch_plus.core.planes import DetectorPlane
-from jwst_skymatch_plus.core.regions import miri_lyot_region
-from jwst_skymatch_plus.core.stages import Correction, StageOutcome, check_solution, run_stages
+from jwst_skymatch_plus.inputs import each_model
 from jwst_skymatch_plus.simulate import (
     background_noise_floor,
     background_rms_error,
@@ -32,13 +29,9 @@ ENV = {**os.environ, "STPIPE_DISABLE_CRDS_STEPPARS": "true"}
 
 def records(library) -> list[dict]:
     """Per-exposure level-matching record (stage -> correction dict)."""
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(dict(m.meta.instance["skymatch_plus"]["level_match"]["corrections"]))
-            library.shelve(m, i, modify=False)
-    return out
+    return read_models(
+        library, lambda m: dict(m.meta.instance["skymatch_plus"]["level_match"]["corrections"])
+    )
 
 
 def total(recs, key="level", skip=("lyot",)) -> np.ndarray:
@@ -167,11 +160,6 @@ def test_reference_rules_hold_the_chosen_tile_at_zero(lyot_mosaic, rule):
     assert offset_rms_error(tiles, tile_truth) < 3 * offset_noise_floor(sim)
 
 
-def test_stage_driver_rejects_unknown_stage(lyot_mosaic):
-    with pytest.raises(ValueError, match="unknown stage"):
-        run_stages([], [], ["dithers", "background"], {}, None)
-
-
 def test_strun_table_and_inputs_untouched(lyot_mosaic, tmp_path):
     sim = lyot_mosaic
     asn = sim.write(tmp_path / "in")
@@ -201,20 +189,9 @@ def test_strun_table_and_inputs_untouched(lyot_mosaic, tmp_path):
     assert len(outputs) == len(sim.models)
 
 
-def test_flattest_reference_is_the_tile_with_least_gradient():
-    # A flat scene (no emission, few sources) and strong per-visit gradients:
-    # the flattest tile is the one whose injected gradient is smallest.
-    sim = simulate_mosaic(
-        "miri",
-        shape=(128, 128),
-        tiles=(3, 1),
-        dithers=2,
-        gradient_sigma=3.0,
-        exposure_offset_sigma=0.0,
-        emission=0.0,
-        n_sources=5,
-        seed=4,
-    )
+def test_flattest_reference_is_the_tile_with_least_gradient(tilted_tiles):
+    # The flattest tile is the one whose injected gradient is smallest.
+    sim = tilted_tiles
     steepness = {
         v: np.hypot(*sim.truth.gradient[sim.truth.visit == v][0]) for v in np.unique(sim.truth.visit)
     }
@@ -272,32 +249,29 @@ def test_outputs_keep_dq_and_differ_by_the_recorded_correction(lyot_mosaic, tmp_
     sim = lyot_mosaic
     inputs = copy_models(sim)
     library = LevelMatchStep.call(copy_models(sim), recombine_lyot=True, fit_type_dithers="level+slope")
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
-            # DQ untouched, NON_SCIENCE included (PJPipe's uint8 cast dropped it).
-            np.testing.assert_array_equal(m.dq, inputs[i].dq)
-            assert (m.dq & (1 << 9)).any()
-            removed = inputs[i].data - m.data
-            main = np.isfinite(removed)
-            rows, cols = record["lyot"]["rows"], record["lyot"]["columns"]
-            main[rows[0] : rows[1], cols[0] : cols[1]] = False
-            # Outside the Lyot region the data moved by dither plane + tile level.
-            d = record["dithers"]
-            y, x = np.nonzero(main)
-            expected = (
-                d["level"]
-                + d["slope_x"] * (x - d["x_center"])
-                + d["slope_y"] * (y - d["y_center"])
-                + record["tiles"]["level"]
-            )
-            # float32 rounding of the data (bright sources reach thousands).
-            rounding = 1e-5 + 4 * np.spacing(np.abs(inputs[i].data[main]))
-            assert np.all(np.abs(removed[main] - expected) <= rounding)
-            if i == 0:
-                m.save(tmp_path / "out_cal.fits")
-            library.shelve(m, i, modify=False)
+    for i, m in each_model(library):
+        record = m.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+        # DQ untouched, NON_SCIENCE included (PJPipe's uint8 cast dropped it).
+        np.testing.assert_array_equal(m.dq, inputs[i].dq)
+        assert (m.dq & (1 << 9)).any()
+        removed = inputs[i].data - m.data
+        main = np.isfinite(removed)
+        rows, cols = record["lyot"]["rows"], record["lyot"]["columns"]
+        main[rows[0] : rows[1], cols[0] : cols[1]] = False
+        # Outside the Lyot region the data moved by dither plane + tile level.
+        d = record["dithers"]
+        y, x = np.nonzero(main)
+        expected = (
+            d["level"]
+            + d["slope_x"] * (x - d["x_center"])
+            + d["slope_y"] * (y - d["y_center"])
+            + record["tiles"]["level"]
+        )
+        # float32 rounding of the data (bright sources reach thousands).
+        rounding = 1e-5 + 4 * np.spacing(np.abs(inputs[i].data[main]))
+        assert np.all(np.abs(removed[main] - expected) <= rounding)
+        if i == 0:
+            m.save(tmp_path / "out_cal.fits")
     with datamodels.open(tmp_path / "out_cal.fits") as reopened:
         assert reopened.meta.instance["skymatch_plus"]["level_match"]["stages"] == [
             "dithers",
@@ -433,57 +407,6 @@ def test_dither_tied_to_nothing_gets_its_tiles_level():
     assert all(sim.models[k].meta.filename in warnings for k in np.flatnonzero(lost))
     err = offset_rms_error(total(recs)[~lost], sim.truth.level[~lost])
     assert err < 3 * offset_noise_floor(sim)
-
-
-def _truth_sources(sim):
-    out = []
-    for m in sim.models:
-
-        def load(m=m):
-            good = np.isfinite(m.data) & ((m.dq & 1) == 0)
-            good[miri_lyot_region(m.data.shape)] = False
-            return m.data, good
-
-        out.append(ExposureSource(m.meta.filename, m.meta.wcs, m.data.shape, load))
-    return out
-
-
-def test_check_names_the_exposure_whose_correction_is_wrong(caplog):
-    sim = simulate_mosaic("miri", shape=(128, 128), tiles=(2, 2), dithers=2, seed=3)
-    sources = _truth_sources(sim)
-    ny, nx = sim.models[0].data.shape
-
-    def outcome(levels):
-        planes = [DetectorPlane(float(v), 0.0, 0.0, (nx - 1) / 2, (ny - 1) / 2) for v in levels]
-        return [StageOutcome("tiles", [Correction("tiles", p) for p in planes])]
-
-    config = MatchConfig(check_alignment=False)
-    # The true backgrounds: every overlap agrees within its noise.
-    clean = check_solution(sources, outcome(sim.truth.level), config, nsigma=5.0)
-    assert len(clean.pairs) >= 10
-    assert not clean.inconsistent()
-    # One correction off by 0.05 (~10-20 sigma of a pair here).
-    culprit = 5
-    wrong = sim.truth.level.copy()
-    wrong[culprit] += 0.05
-    with caplog.at_level(logging.WARNING):
-        check = check_solution(sources, outcome(wrong), config, nsigma=5.0)
-    flagged = check.by_exposure()
-    k, bad, checked = flagged[0]
-    assert k == culprit
-    assert len(bad) == checked  # every overlap of the culprit disagrees
-    # Its partners disagree with it alone.
-    assert all(len(b) == 1 and culprit in (b[0].i, b[0].j) for _, b, _ in flagged[1:])
-    # The warning names it first, with the sign of its error.
-    text = caplog.text
-    assert INCONSISTENT in text
-    first = text.index(sim.models[culprit].meta.filename)
-    assert all(
-        first < text.index(sim.models[j].meta.filename)
-        for j, _, _ in flagged[1:]
-        if sim.models[j].meta.filename in text
-    )
-    assert bad[0].residual * (1 if bad[0].i == culprit else -1) < 0  # over-corrected: too low
 
 
 def test_step_warns_about_an_exposure_with_an_inconsistent_background(lyot_mosaic):

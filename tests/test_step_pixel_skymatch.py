@@ -4,11 +4,12 @@ import hashlib
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, read_models
 from jwst.datamodels import ModelLibrary
 from jwst.skymatch import SkyMatchStep
 
 from jwst_skymatch_plus import PixelSkyMatchStep
+from jwst_skymatch_plus.inputs import borrowed, each_model
 from jwst_skymatch_plus.simulate import offset_noise_floor, offset_rms_error, simulate_mosaic
 
 
@@ -19,18 +20,15 @@ def test_returns_library_with_truthful_levels(miri_mosaic):
     floor = offset_noise_floor(miri_mosaic)
     assert offset_rms_error(levels, miri_mosaic.truth.level) < 3 * floor
     assert np.nanmin(levels) == 0.0  # match_down: the lowest sky is the reference
-    with result:
-        for i in range(len(result)):
-            m = result.borrow(i)
-            assert m.meta.cal_step.skymatch == "COMPLETE"
-            assert m.meta.background.subtracted is False
-            # The stock step's value (downstream code compares it); ours is in our record.
-            assert m.meta.background.method == "match"
-            rec = m.meta.instance["skymatch_plus"]["pixel_skymatch"]
-            assert rec["method"] == "pixel-match" and rec["status"] == "measured"
-            assert rec["fit_type"] == "level" and rec["group"] >= 1
-            assert rec["level_uncertainty"] > 0
-            result.shelve(m, i, modify=False)
+    for _, m in each_model(result):
+        assert m.meta.cal_step.skymatch == "COMPLETE"
+        assert m.meta.background.subtracted is False
+        # The stock step's value (downstream code compares it); ours is in our record.
+        assert m.meta.background.method == "match"
+        rec = m.meta.instance["skymatch_plus"]["pixel_skymatch"]
+        assert rec["method"] == "pixel-match" and rec["status"] == "measured"
+        assert rec["fit_type"] == "level" and rec["group"] >= 1
+        assert rec["level_uncertainty"] > 0
 
 
 def test_far_better_than_the_stock_step(miri_mosaic):
@@ -46,15 +44,12 @@ def test_subtract_and_match_up(miri_mosaic):
     result = PixelSkyMatchStep.call(models, subtract=True, match_down=False)
     levels = levels_of(result)
     assert np.nanmax(levels) == 0.0
-    with result:
-        for i in range(len(result)):
-            m = result.borrow(i)
-            assert m.meta.background.subtracted is True
-            ok = np.isfinite(before[i])
-            removed = before[i][ok] - m.data[ok]
-            # float32 data: allow its rounding on large (junk) values.
-            assert np.all(np.abs(removed - levels[i]) <= 1e-5 + 1e-6 * np.abs(before[i][ok]))
-            result.shelve(m, i, modify=False)
+    for i, m in each_model(result):
+        assert m.meta.background.subtracted is True
+        ok = np.isfinite(before[i])
+        removed = before[i][ok] - m.data[ok]
+        # float32 data: allow its rounding on large (junk) values.
+        assert np.all(np.abs(removed - levels[i]) <= 1e-5 + 1e-6 * np.abs(before[i][ok]))
 
 
 def test_level_plus_slope_subtracts_planes():
@@ -62,23 +57,20 @@ def test_level_plus_slope_subtracts_planes():
     models = copy_models(sim)
     before = [m.data.copy() for m in models]
     result = PixelSkyMatchStep.call(models, fit_type="level+slope")
-    with result:
-        for i in range(len(result)):
-            m = result.borrow(i)
-            rec = m.meta.instance["skymatch_plus"]["pixel_skymatch"]
-            assert m.meta.background.subtracted is True
-            yy, xx = np.mgrid[0:128, 0:128]
-            plane = (
-                rec["plane_level"]
-                + rec["plane_slope_x"] * (xx - rec["plane_x_center"])
-                + rec["plane_slope_y"] * (yy - rec["plane_y_center"])
-            )
-            ok = np.isfinite(before[i])
-            # The record says exactly what was removed (to float32 rounding).
-            removed = (before[i] - m.data)[ok]
-            assert np.all(np.abs(removed - plane[ok]) <= 1e-5 + 1e-6 * np.abs(before[i][ok]))
-            assert m.meta.background.level == pytest.approx(rec["plane_level"])
-            result.shelve(m, i, modify=False)
+    for i, m in each_model(result):
+        rec = m.meta.instance["skymatch_plus"]["pixel_skymatch"]
+        assert m.meta.background.subtracted is True
+        yy, xx = np.mgrid[0:128, 0:128]
+        plane = (
+            rec["plane_level"]
+            + rec["plane_slope_x"] * (xx - rec["plane_x_center"])
+            + rec["plane_slope_y"] * (yy - rec["plane_y_center"])
+        )
+        ok = np.isfinite(before[i])
+        # The record says exactly what was removed (to float32 rounding).
+        removed = (before[i] - m.data)[ok]
+        assert np.all(np.abs(removed - plane[ok]) <= 1e-5 + 1e-6 * np.abs(before[i][ok]))
+        assert m.meta.background.level == pytest.approx(rec["plane_level"])
 
 
 def test_association_on_disk_leaves_inputs_untouched(small_mosaic, tmp_path):
@@ -101,11 +93,9 @@ def test_library_input_is_used_as_is(small_mosaic):
 
 def test_single_exposure_is_skipped(small_mosaic, caplog):
     result = PixelSkyMatchStep.call(copy_models(small_mosaic)[:1])
-    with result:
-        m = result.borrow(0)
+    with borrowed(result, 0) as m:
         assert m.meta.cal_step.skymatch == "SKIPPED"
         assert m.meta.background.level is None
-        result.shelve(m, 0, modify=False)
     assert "nothing to match" in caplog.text
 
 
@@ -118,12 +108,7 @@ def test_mixed_filters_are_refused(small_mosaic):
 
 def test_rerun_with_inconsistent_subtract_is_refused(small_mosaic):
     result = PixelSkyMatchStep.call(copy_models(small_mosaic), subtract=True)
-    models = []
-    with result:
-        for i in range(len(result)):
-            m = result.borrow(i)
-            models.append(m.copy())
-            result.shelve(m, i, modify=False)
+    models = read_models(result, lambda m: m.copy())
     with pytest.raises(ValueError, match="inconsistent"):
         PixelSkyMatchStep.call(models, subtract=False)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
+from conftest import levels_of, read_models
 from jwst.datamodels import ImageModel, ModelLibrary
 
 from jwst_skymatch_plus import PixelSkyMatchStep
@@ -27,13 +28,7 @@ TOLERANCE_PIX = 0.05
 
 
 def _models(library):
-    out = []
-    with library:
-        for i in range(len(library)):
-            m = library.borrow(i)
-            out.append(m)
-            library.shelve(m, i, modify=False)
-    return out
+    return read_models(library, lambda m: m)
 
 
 def pointing_errors(models, sim):
@@ -183,18 +178,14 @@ def test_end_to_end_pixel_skymatch(rich):
     with pytest.raises(ValueError, match="misaligned"):
         PixelSkyMatchStep.call([m.copy() for m in sim.models], alignment_check="error")
     adjusted = ApplyWCSAdjustStep.call([m.copy() for m in sim.models], table=str(step.table_paths[0]))
-    levels = _levels(PixelSkyMatchStep.call(adjusted, alignment_check="error"))
+    levels = levels_of(PixelSkyMatchStep.call(adjusted, alignment_check="error"))
     aligned = simulate_mosaic(
         "miri", **{**LAYOUT, "misalignment": None}, n_sources=3000, emission=1.0, scene_seed=21, seed=3
     )
-    reference = _levels(PixelSkyMatchStep.call([m.copy() for m in aligned.models], alignment_check="error"))
+    reference = levels_of(PixelSkyMatchStep.call([m.copy() for m in aligned.models], alignment_check="error"))
     err = offset_rms_error(levels, sim.truth.level)
     err_aligned = offset_rms_error(reference, aligned.truth.level)
     assert err < 1.5 * err_aligned + 0.002
-
-
-def _levels(library):
-    return np.array([float(m.meta.background.level) for m in _models(library)])
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +243,7 @@ CATALOG_FUNCTION = """
 from pathlib import Path
 
 from astropy.table import Table
+from conftest import levels_of, read_models
 
 
 def truth_catalog(model, directory):
@@ -459,3 +451,11 @@ def test_bad_reference_images_are_refused(tmp_path):
                 reference_image=str(tmp_path / name),
                 table_path=str(tmp_path / "t.ecsv"),
             )
+
+
+def test_steps_configure_the_package_loggers():
+    """tweakwcs does the work of both steps: its messages must reach the user as the others' do."""
+    for step in (GetWCSAdjustStep, ApplyWCSAdjustStep):
+        loggers = step.get_stpipe_loggers()
+        assert tuple(loggers) == tuple(PixelSkyMatchStep.get_stpipe_loggers())
+        assert "tweakwcs" in loggers

@@ -11,11 +11,45 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from .._atomic import pid_alive
 
-__all__ = ["Executor", "default_workers", "make_executor"]
+__all__ = [
+    "ExecutionSettings",
+    "Executor",
+    "available_memory",
+    "default_memory_budget",
+    "default_workers",
+    "make_executor",
+]
+
+
+def available_memory() -> float | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_budget() -> float:
+    """GiB resampled images may use by default: a quarter of the available memory, 1 to 4 GiB.
+
+    The input models, the workers and the pair measurements need the rest.
+    """
+    available = available_memory()
+    if available is None:
+        return 2.0
+    return float(min(4.0, max(1.0, available / 4 / 2**30)))
 
 
 def default_workers() -> int:
@@ -27,12 +61,57 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
+@dataclass
+class ExecutionSettings:
+    """Where and how matching runs; no setting here changes a result.
+
+    Parameters
+    ----------
+    n_workers : int
+        Local worker processes (1: serial; 0 or less: :func:`default_workers`).
+    scheduler : str or distributed.Client, optional
+        Dask scheduler address (``"tcp://host:8786"``) or client; overrides
+        ``n_workers``.
+    store : {'memory', 'disk'}
+        Where resampled images wait between resampling and pair measurement.
+    temp_dir : str, optional
+        Parent directory of the disk store (default: the system's).
+    memory_budget : float, optional
+        GiB the resampled images may hold in memory; when a run's estimate
+        exceeds it, they wait on disk instead (``store='disk'``).  None:
+        :func:`default_memory_budget`.
+    """
+
+    n_workers: int = 1
+    scheduler: str | Any | None = None
+    store: str = "memory"
+    temp_dir: str | None = None
+    memory_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.store not in ("memory", "disk"):
+            raise ValueError(f"store must be 'memory' or 'disk', got {self.store!r}")
+
+    @property
+    def budget_bytes(self) -> float:
+        """The memory budget in bytes."""
+        gib = default_memory_budget() if self.memory_budget is None else self.memory_budget
+        return float(gib) * 2**30
+
+    def executor(self) -> Executor:
+        """The backend these settings ask for (a context manager)."""
+        return make_executor(self.n_workers, self.scheduler)
+
+
 class Executor:
     """Map a function over tasks, yielding results in submission order.
 
     At most ``max_pending`` tasks are in flight, which bounds the memory held
     by inputs waiting to be processed.
     """
+
+    #: Tasks run in other processes: arrays must not travel with them.
+    remote = False
 
     def __init__(self, max_pending: int = 1) -> None:
         self.max_pending = max(1, max_pending)
@@ -89,6 +168,8 @@ class ProcessExecutor(Executor):
     SIGKILL; on an exception in the parent (SIGTERM included, see
     :mod:`jwst_skymatch_plus._signals`) they are stopped at once.
     """
+
+    remote = True
 
     def __init__(self, n_workers: int) -> None:
         super().__init__(max_pending=2 * n_workers)
@@ -185,6 +266,8 @@ def _set_parent_death_signal(signum: int) -> None:
 
 class DaskExecutor(Executor):
     """An existing Dask cluster (``dask.distributed``)."""
+
+    remote = True
 
     def __init__(self, scheduler: str | Any) -> None:
         from distributed import Client

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .keys import EXPOSURE_KEYWORDS, exposure_key, keyword_text, visit_key
 
 __all__ = [
     "GROUPING_TOKENS",
@@ -41,18 +44,6 @@ __all__ = [
     "sky_units",
 ]
 
-_VISIT_KEYS = (
-    "meta.observation.program_number",
-    "meta.observation.observation_number",
-    "meta.observation.visit_number",
-)
-_GROUP_ID_KEYS = (
-    *_VISIT_KEYS,
-    "meta.observation.visit_group",
-    "meta.observation.sequence_id",
-    "meta.observation.activity_id",
-    "meta.observation.exposure_number",
-)
 _INSTRUMENT_KEYS = {
     "module": "meta.instrument.module",
     "detector": "meta.instrument.detector",
@@ -84,11 +75,6 @@ def parse_grouping(grouping: str) -> tuple[str, ...]:
     return tokens
 
 
-def _value(meta: Mapping, key: str):
-    value = meta.get(key)
-    return "" if value is None else str(value)
-
-
 def group_key(meta: Mapping, grouping: str | Sequence[str], index: int) -> tuple:
     """Key that is equal for exposures of the same group.
 
@@ -106,23 +92,15 @@ def group_key(meta: Mapping, grouping: str | Sequence[str], index: int) -> tuple
     key: list = []
     for t in tokens:
         if t == "visit":
-            key.extend(_value(meta, k) for k in _VISIT_KEYS)
+            key.extend(visit_key(meta))
         elif t == "exposure":
             key.append(("exposure", index))
         elif t == "group_id":
-            gid = meta.get("meta.group_id")
-            if gid:
-                key.append(str(gid))
-            elif all(meta.get(k) is not None for k in _GROUP_ID_KEYS):
-                key.append(tuple(_value(meta, k) for k in _GROUP_ID_KEYS))
-            else:
-                # As jwst's ModelLibrary does: without the keywords that
-                # build a group_id, every exposure is its own group.
-                key.append(("exposure", index))
+            key.append(exposure_key(meta, index))
         elif t in _INSTRUMENT_KEYS:
-            key.append(_value(meta, _INSTRUMENT_KEYS[t]))
+            key.append(keyword_text(meta, _INSTRUMENT_KEYS[t]))
         else:
-            key.append(_value(meta, t))
+            key.append(keyword_text(meta, t))
     return tuple(key)
 
 
@@ -184,25 +162,31 @@ def exposure_label(meta: Mapping, index: int) -> str:
 INSTRUMENT_FAMILIES = ("miri", "nircam_long", "nircam_short")
 
 
-def instrument_family(meta: Mapping) -> str | None:
-    """``'miri'``, ``'nircam_long'``, ``'nircam_short'``, or None for other instruments."""
-    instrument = _value(meta, "meta.instrument.name").upper()
+def instrument_family(meta: Mapping | Any) -> str | None:
+    """``'miri'``, ``'nircam_long'``, ``'nircam_short'``, or None for other instruments.
+
+    ``meta`` is flat metadata or a data model (see :mod:`~jwst_skymatch_plus.core.keys`).
+    """
+    instrument = keyword_text(meta, "meta.instrument.name").upper()
     if instrument == "MIRI":
         return "miri"
     if instrument == "NIRCAM":
-        detector = _value(meta, "meta.instrument.detector").upper()
+        detector = keyword_text(meta, "meta.instrument.detector").upper()
         return "nircam_long" if detector.endswith("LONG") else "nircam_short"
     return None
 
 
-def nircam_module(meta: Mapping) -> str:
-    """``'A'`` or ``'B'`` for a NIRCam exposure (its module keyword, else its detector name), else ``''``."""
-    if _value(meta, "meta.instrument.name").upper() != "NIRCAM":
+def nircam_module(meta: Mapping | Any) -> str:
+    """``'A'`` or ``'B'`` for a NIRCam exposure (its module keyword, else its detector name), else ``''``.
+
+    ``meta`` is flat metadata or a data model (see :mod:`~jwst_skymatch_plus.core.keys`).
+    """
+    if keyword_text(meta, "meta.instrument.name").upper() != "NIRCAM":
         return ""
-    module = _value(meta, "meta.instrument.module").upper()
+    module = keyword_text(meta, "meta.instrument.module").upper()
     if module in ("A", "B"):
         return module
-    detector = _value(meta, "meta.instrument.detector").upper()
+    detector = keyword_text(meta, "meta.instrument.detector").upper()
     return detector[3] if detector.startswith("NRC") and detector[3:4] in ("A", "B") else ""
 
 
@@ -250,13 +234,13 @@ def regrouped_id(
         See above.
 
     """
-    keys = _GROUP_ID_KEYS[:5] if group_dithers else _GROUP_ID_KEYS
-    gid = "jw" + "_".join(_value(meta, k) for k in keys)
+    keys = EXPOSURE_KEYWORDS[:5] if group_dithers else EXPOSURE_KEYWORDS
+    gid = "jw" + "_".join(keyword_text(meta, k) for k in keys)
     family = instrument_family(meta)
     if split_modules and family in ("nircam_long", "nircam_short"):
         gid += "_" + nircam_module(meta)
     if split_short_chips and family == "nircam_short":
-        gid += "_" + _value(meta, "meta.instrument.detector")
+        gid += "_" + keyword_text(meta, "meta.instrument.detector")
     return gid
 
 

@@ -45,6 +45,7 @@ def source_mask(
     background_box : int
         Block size of the local background estimate.
     """
+    from astropy.stats import mad_std
     from photutils.segmentation import detect_sources
     from scipy import ndimage
 
@@ -67,8 +68,9 @@ def source_mask(
     finite = np.isfinite(resid)
     if finite.sum() < npixels:
         return np.zeros(image.shape, dtype=bool)
-    mad = np.median(np.abs(resid[finite] - np.median(resid[finite])))
-    noise = 1.4826 * mad if mad > 0 else np.std(resid[finite])
+    noise = mad_std(resid[finite])
+    if not noise > 0:
+        noise = np.std(resid[finite])
     if not noise > 0:
         return np.zeros(image.shape, dtype=bool)
     with warnings.catch_warnings():

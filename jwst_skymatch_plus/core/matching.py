@@ -29,12 +29,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .execution import make_executor
+from .execution import ExecutionSettings
 from .grid import BBox, SkyGrid, footprint_of, overlap_bbox
 from .pairs import (
     DifferenceStatistic,
@@ -46,15 +46,17 @@ from .pairs import (
     structure_weights,
 )
 from .registration import ImageShift, measure_shift
-from .resample import Resampled, drizzle_noise_ratio, resample_to_grid
+from .resample import Resampled, drizzle_noise_ratio, resample_to_grid, weighted_coadd
 from .solve import LevelSolution, solve_levels
-from .store import make_store
+from .store import StoredImages, make_store
 
 __all__ = [
     "EXPOSURE_STATUSES",
     "ExposureSource",
     "MatchConfig",
     "MatchResult",
+    "PairOutcome",
+    "PairTask",
     "Patch",
     "UnitProduct",
     "build_unit",
@@ -86,7 +88,10 @@ _ALIGNMENT_UPSAMPLE = 20
 
 @dataclass
 class MatchConfig:
-    """Settings of the matching algorithm.
+    """Settings of the matching algorithm (what is computed).
+
+    Where and how it runs (workers, Dask, disk store) is
+    :class:`~jwst_skymatch_plus.core.execution.ExecutionSettings`.
 
     Parameters
     ----------
@@ -98,9 +103,8 @@ class MatchConfig:
         Grid pixel size in units of the exposures' native pixel size.
     kernel, pixfrac : str, float
         Drizzle kernel and pixel fraction used to resample for matching.
-        ``'auto'`` is ``'turbo'`` on a grid of native pixels (offsets as
-        good as with ``'square'``, three times faster) and ``'square'`` on
-        coarser grids (where turbo loses some 5-10% in precision).
+        ``'auto'`` is ``'turbo'`` on a grid of native pixels and
+        ``'square'`` on coarser grids.
     pixmap_stepsize : int
         WCS evaluated every this many pixels (interpolated between).
     weighting : {'ivar', 'npix', 'equal'}
@@ -127,14 +131,6 @@ class MatchConfig:
         ``mask_sources``.
     check_alignment : bool
         Measure each group pair's relative shift by phase correlation.
-    n_workers : int
-        Local worker processes (1: serial; 0: all cores but one).
-    scheduler : str, optional
-        Dask scheduler address; overrides ``n_workers``.
-    store : {'memory', 'disk'}
-        Where group images wait between resampling and pair measurement.
-    temp_dir : str, optional
-        Parent directory of the disk store.
     thumbnail_size : int
         Longest side (pixels) of the mosaic thumbnails kept for diagnostics;
         0 keeps none.
@@ -142,9 +138,7 @@ class MatchConfig:
         Weight the pixels of level fits too by
         :func:`~jwst_skymatch_plus.core.pairs.structure_weights` (planes
         always are): resampling errors where the sky curves are coherent and
-        bias levels measured across bright structure (on simulated MIRI
-        mosaics with bright emission, errors fell from 2.4 to 1.9 times the
-        noise floor).
+        bias levels measured across bright structure.
     exclude_discordant : bool
         Leave out of the solution the units whose pairs contradict each
         other (no level fits them), when ``robust``; see
@@ -169,10 +163,6 @@ class MatchConfig:
     source_npixels: int = 5
     source_dilate: int = 7
     check_alignment: bool = True
-    n_workers: int = 1
-    scheduler: str | None = None
-    store: str = "memory"
-    temp_dir: str | None = None
     thumbnail_size: int = 0
     structure_weights: bool = True
     exclude_discordant: bool = True
@@ -181,8 +171,6 @@ class MatchConfig:
         n_coefficients(self.fit_type)  # validates
         if not self.grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
-        if self.store not in ("memory", "disk"):
-            raise ValueError(f"store must be 'memory' or 'disk', got {self.store!r}")
 
     @property
     def drizzle_kernel(self) -> str:
@@ -211,6 +199,9 @@ class ExposureSource:
     up front, the detector-to-sky transform.  It is called once per exposure,
     in the calling process, so exposures can stay on disk until needed.
 
+    ``portable_load``, when given, must return the same as ``load``; parallel
+    runs call it in the worker that resamples the exposure.
+
     The grid only needs each exposure's footprint and pixel scale; give them
     (e.g. from ``S_REGION`` and the FITS WCS keywords) to avoid opening every
     file twice, or give ``wcs`` and they are computed from it.
@@ -224,6 +215,10 @@ class ExposureSource:
     pixel_scale: float | None = None  # degrees per pixel
     position_angle: float | None = None  # degrees East of North of the detector +y axis
     footprint_margin: int = 10  # extra grid pixels around a given (corner-only) footprint
+    #: A ``load`` that also works in another process (picklable, e.g. it reads
+    #: the file by path): worker processes and Dask workers then read the
+    #: exposure themselves instead of receiving its arrays.
+    portable_load: Callable[[], tuple] | None = None
 
     def sky_footprint(self) -> np.ndarray:
         """Footprint polygon, given or computed from the WCS."""
@@ -258,6 +253,7 @@ class Patch:
     bbox: BBox
     area: int  # valid pixels
     pedestal: float
+    key: str = ""  # name of its image in the store
 
 
 @dataclass
@@ -360,9 +356,7 @@ def default_grid_scale(fit_type: str) -> float:
     Native pixels for constant offsets: medians of differences are most
     precise there.  Twice native for planes: least-squares planes pick up the
     pixel-phase interpolation errors of resampling sharp structure, which a
-    coarser grid averages away (over five simulated mosaics the plane error
-    relative to the noise floor averaged 1.4x at twice native against 1.9x at
-    native, at a quarter of the cost).
+    coarser grid averages away.
     """
     return 2.0 if fit_type == "level+slope" else 1.0
 
@@ -408,47 +402,75 @@ def _overlap_problems(pair, box_a, box_b, area_a, area_b, config) -> list[str]:
     return problems
 
 
-def measure_pair(
-    i: int,
-    j: int,
-    cut_a: tuple[np.ndarray, np.ndarray],
-    cut_b: tuple[np.ndarray, np.ndarray],
-    box: BBox,
-    boxes: tuple[BBox, BBox],
-    areas: tuple[int, int],
-    config: MatchConfig,
-    center: tuple[float, float],
-    check_alignment: bool,
-) -> tuple[PairMeasurement | None, bool, ImageShift | None]:
-    """Measure the background difference (and shift) of two images in ``box``.
+@dataclass(frozen=True)
+class PairTask:
+    """One pair of patches to measure (see :func:`measure_pair`).
 
-    Parameters
+    Attributes
     ----------
-    i, j : int
-        Labels of the two images.
-    cut_a, cut_b : (image, weight)
-        Cut-outs of both images inside ``box``.
+    a, b : int
+        Labels of the two images (patch indices).
     box : BBox
-        The overlap box on the grid.
+        Their common box on the grid, where they are differenced.
     boxes : (BBox, BBox)
         Full boxes of both images (for the linear-overlap test).
     areas : (int, int)
         Valid pixels of both images (for the overlap-fraction test).
-    config : MatchConfig
-        Settings.
-    center : (float, float)
-        Grid centre (plane origin).
     check_alignment : bool
         Also measure the relative shift.
+    """
 
-    Returns
-    -------
+    a: int
+    b: int
+    box: BBox
+    boxes: tuple[BBox, BBox]
+    areas: tuple[int, int]
+    check_alignment: bool = False
+
+
+@dataclass
+class PairOutcome:
+    """What :func:`measure_pair` found.
+
+    Attributes
+    ----------
     pair : PairMeasurement or None
         None when the images share no valid pixel.
     usable : bool
         False when the overlap fails the overlap thresholds (reasons in
         ``pair.flags``).
     shift : ImageShift or None
+        Relative shift, when the task asked for it.
+    """
+
+    pair: PairMeasurement | None
+    usable: bool
+    shift: ImageShift | None = None
+
+
+def measure_pair(
+    task: PairTask,
+    cut_a: tuple[np.ndarray, np.ndarray],
+    cut_b: tuple[np.ndarray, np.ndarray],
+    config: MatchConfig,
+    center: tuple[float, float],
+) -> PairOutcome:
+    """Measure the background difference (and shift) of two images in ``task.box``.
+
+    Parameters
+    ----------
+    task : PairTask
+        Which images, where.
+    cut_a, cut_b : (image, weight)
+        Cut-outs of both images inside ``task.box``.
+    config : MatchConfig
+        Settings.
+    center : (float, float)
+        Grid centre (plane origin).
+
+    Returns
+    -------
+    PairOutcome
     """
     img_a, wht_a = cut_a
     img_b, wht_b = cut_b
@@ -458,7 +480,7 @@ def measure_pair(
     # fell from 1.3-2.7 to 0.6-1.4 times the noise floor without them).
     diff, valid = difference_in_overlap(img_a, wht_a, img_b, wht_b, min_weight_fraction=EDGE_WEIGHT_FRACTION)
     shift = None
-    if check_alignment:
+    if task.check_alignment:
         # A 256-pixel crop measures shifts to ~0.01 pixel, far inside the
         # 0.3-pixel tolerance, at a fifth of the cost of 512.
         shift = measure_shift(img_a, wht_a > 0, img_b, wht_b > 0, upsample=_ALIGNMENT_UPSAMPLE, max_side=256)
@@ -476,10 +498,10 @@ def measure_pair(
     pair = measure_difference(
         diff,
         valid,
-        box.x0,
-        box.y0,
-        i=i,
-        j=j,
+        task.box.x0,
+        task.box.y0,
+        i=task.a,
+        j=task.b,
         fit_type=config.fit_type,
         statistic=config.statistic,
         noise_ratio=config.noise_ratio,
@@ -489,10 +511,10 @@ def measure_pair(
         weights=weights,
     )
     if pair is None:
-        return None, False, shift
-    problems = _overlap_problems(pair, boxes[0], boxes[1], areas[0], areas[1], config)
+        return PairOutcome(None, False, shift)
+    problems = _overlap_problems(pair, *task.boxes, *task.areas, config)
     pair.flags.extend(problems)
-    return pair, not problems, shift
+    return PairOutcome(pair, not problems, shift)
 
 
 def _solve(
@@ -731,41 +753,39 @@ def _coadd(images: Sequence[Resampled]) -> Resampled:
     """Weighted mean of resampled images on the union of their boxes."""
     if len(images) == 1:
         return images[0]
-    box = images[0].bbox
-    for im in images[1:]:
-        box = box.union(im.bbox)
-    acc = np.zeros(box.shape, dtype=np.float64)
-    wsum = np.zeros(box.shape, dtype=np.float64)
-    for im in images:
-        sl = im.bbox.slices_in(box)
-        acc[sl] += im.weight * im.image.astype(np.float64)
-        wsum[sl] += im.weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
-    return Resampled(box, image, wsum.astype(np.float32))
+    return weighted_coadd(images)
 
 
 class _Progress:
-    """Log a line at most every ``every`` seconds (and at the end)."""
+    """Log progress at every ``step`` fraction of the work once a stage runs long, and at its end.
 
-    def __init__(self, what: str, total: int, every: float = 10.0) -> None:
-        self.what, self.total, self.every = what, total, every
-        self.t0 = self.last = time.perf_counter()
+    Each line gives what is done, the elapsed time and an estimate of what
+    is left; stages shorter than ``quiet`` seconds log only their last line.
+    """
+
+    def __init__(self, what: str, total: int, step: float = 0.1, quiet: float = 5.0) -> None:
+        self.what, self.total, self.step, self.quiet = what, total, step, quiet
+        self.t0 = time.perf_counter()
+        self.next_mark = step
 
     def update(self, done: int) -> None:
         now = time.perf_counter()
-        if done == self.total or now - self.last >= self.every:
-            rate = (now - self.t0) / max(done, 1)
-            left = rate * (self.total - done)
-            log.info(
-                "%s: %d/%d done in %.1f s%s.",
-                self.what,
-                done,
-                self.total,
-                now - self.t0,
-                f" (about {left:.0f} s left)" if done < self.total else "",
-            )
-            self.last = now
+        fraction = done / max(self.total, 1)
+        if done < self.total and (fraction < self.next_mark or now - self.t0 < self.quiet):
+            return
+        while self.next_mark <= fraction:
+            self.next_mark += self.step
+        elapsed = now - self.t0
+        left = elapsed / max(done, 1) * (self.total - done)
+        log.info(
+            "%s: %d/%d (%.0f%%) done in %.1f s%s.",
+            self.what,
+            done,
+            self.total,
+            100.0 * fraction,
+            elapsed,
+            f", about {left:.0f} s left" if done < self.total else "",
+        )
 
 
 def _alignment_pairs(
@@ -914,38 +934,46 @@ def _fallback_levels(
     return levels, sigma, component, borrowed
 
 
-def match_exposures(
+@dataclass
+class _Layout:
+    """The units on the common grid: what every later stage works from."""
+
+    grid: SkyGrid
+    groups: list[list[int]]
+    boxes: list[BBox]  # per exposure
+    group_index: np.ndarray  # unit of each exposure
+    fallback: np.ndarray | None  # label per unit
+    thumbnail_factor: int
+
+
+@dataclass
+class _PatchSet:
+    """The resampled units: patches (images in a store) and per-exposure findings."""
+
+    patches: list[Patch]
+    reasons: list[str]  # per exposure, why it is not usable ('' if it is)
+    flatness: list[float]  # per unit
+    thumbnails: list  # per unit
+
+
+@dataclass
+class _PairSet:
+    """Measured pairs between patches of different units (labelled with units)."""
+
+    used: list[PairMeasurement] = field(default_factory=list)
+    geometry: list[tuple[int, int, BBox]] = field(default_factory=list)  # patches and common box
+    rejected: list[PairMeasurement] = field(default_factory=list)
+    alignment: list[PairCheck] = field(default_factory=list)
+
+
+def _layout(
     exposures: Sequence[ExposureSource],
     groups: Sequence[Sequence[int]],
-    config: MatchConfig | None = None,
-    grid: SkyGrid | None = None,
-    fallback: Sequence[int] | None = None,
-) -> MatchResult:
-    """Match the background of exposures from per-pixel differences.
-
-    Parameters
-    ----------
-    exposures : sequence of ExposureSource
-        The exposures.
-    groups : sequence of sequence of int
-        Partition of the exposure indices into units that share one level
-        (e.g. jwst's ``group_id`` groups; see
-        :mod:`~jwst_skymatch_plus.core.grouping`).
-    config : MatchConfig, optional
-        Algorithm settings.
-    grid : SkyGrid, optional
-        Common grid; by default one covering all exposures at
-        ``config.grid_scale`` times their native pixel size.
-    fallback : sequence of int, optional
-        A label per *unit* (e.g. its visit): a unit that no used pair ties
-        to anything takes the mean level of the measured units with the same
-        label (status ``'group'``).  None: such units stay unmatched.
-
-    Returns
-    -------
-    MatchResult
-    """
-    config = config or MatchConfig()
+    config: MatchConfig,
+    grid: SkyGrid | None,
+    fallback: Sequence[int] | None,
+) -> _Layout:
+    """Check the partition, choose the grid and place every exposure on it."""
     n = len(exposures)
     if n == 0:
         raise ValueError("No exposures to match.")
@@ -957,8 +985,6 @@ def match_exposures(
         fallback = np.asarray(fallback)
         if fallback.shape != (len(groups),):
             raise ValueError("fallback must give one label per group")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     if grid is None:
         grid = SkyGrid.for_sources(exposures, config.grid_scale)
     # Footprints computed from the WCS follow the (distorted) edges; given ones
@@ -979,138 +1005,291 @@ def match_exposures(
         n,
         len(groups),
     )
-    timings["grid"] = time.perf_counter() - t0
-
     group_index = np.empty(n, dtype=int)
     for g, members in enumerate(groups):
         group_index[members] = g
-    reasons = [""] * n
-    constant = np.zeros(n, dtype=bool)
+    return _Layout(grid, groups, boxes, group_index, fallback, factor)
+
+
+def _unit_payloads(
+    exposures: Sequence[ExposureSource], members: Sequence[int], portable: bool = False
+) -> list:
+    """``(data, good, wcs)`` of a unit's exposures, loaded now.
+
+    With ``portable``, exposures that can be loaded in another process are
+    represented by their ``portable_load`` instead (read by the worker).
+    """
+    payloads = []
+    for k in members:
+        if portable and exposures[k].portable_load is not None:
+            payloads.append(exposures[k].portable_load)
+            continue
+        loaded = exposures[k].load()
+        wcs = loaded[2] if len(loaded) > 2 else exposures[k].wcs
+        if wcs is None:
+            raise ValueError(f"{exposures[k].name}: no WCS")
+        payloads.append((loaded[0], loaded[1], wcs))
+    return payloads
+
+
+@dataclass
+class _StoredPatch:
+    """Where a worker left a patch image (in place of the image itself)."""
+
+    bbox: BBox
+    area: int
+
+
+def _patch_key(unit: int, n: int) -> str:
+    return f"u{unit:06d}p{n:03d}"
+
+
+def _build_stored_unit(
+    payloads: Sequence,
+    boxes: Sequence[BBox],
+    grid: SkyGrid,
+    config: MatchConfig,
+    factor: int,
+    files,
+    unit: int,
+) -> tuple[UnitProduct, list]:
+    """:func:`build_unit` in a worker: load what it was given to load, leave the patches in ``files``.
+
+    Returns the product, with each patch image replaced by its box and area,
+    and the WCS of each exposure the worker loaded (None for the others).
+    """
+    loaded, wcs_out = [], []
+    for item in payloads:
+        if callable(item):
+            data, good, wcs = item()[:3]
+            loaded.append((data, good, wcs))
+            wcs_out.append(wcs)
+        else:
+            loaded.append(item)
+            wcs_out.append(None)
+    product = build_unit(loaded, boxes, grid, config, factor)
+    stored = []
+    for n, (positions, image, pedestal) in enumerate(product.patches):
+        files.write(_patch_key(unit, n), image)
+        stored.append((positions, _StoredPatch(image.bbox, int(image.valid.sum())), pedestal))
+    product.patches = stored
+    return product, wcs_out
+
+
+def _resample_units(
+    exposures: Sequence[ExposureSource], layout: _Layout, config: MatchConfig, executor, store
+) -> _PatchSet:
+    """Build every unit's patches (:func:`build_unit`) into ``store``.
+
+    Worker processes (``executor.remote``) load the exposures they can load
+    themselves and write their patches into the store's folder: only names,
+    boxes and small results come back.
+    """
+    groups = layout.groups
+    reasons = [""] * len(exposures)
+    constant = np.zeros(len(exposures), dtype=bool)
     patches: list[Patch] = []
     flatness: list[float] = []
     thumbnails: list = []
+    remote = executor.remote and isinstance(getattr(store, "files", None), StoredImages)
+    factor = layout.thumbnail_factor
 
-    def unit_tasks() -> Iterator[tuple]:
-        for members in groups:
-            payloads = []
-            for k in members:
-                loaded = exposures[k].load()
-                wcs = loaded[2] if len(loaded) > 2 else exposures[k].wcs
-                if wcs is None:
-                    raise ValueError(f"{exposures[k].name}: no WCS")
-                payloads.append((loaded[0], loaded[1], wcs))
-            yield payloads, [boxes[k] for k in members], grid, config, factor
+    def tasks():
+        for g, members in enumerate(groups):
+            boxes = [layout.boxes[k] for k in members]
+            if remote:
+                payloads = _unit_payloads(exposures, members, portable=True)
+                yield (payloads, boxes, layout.grid, config, factor, store.files, g)
+            else:
+                yield (_unit_payloads(exposures, members), boxes, layout.grid, config, factor)
 
-    with (
-        make_executor(config.n_workers, config.scheduler) as executor,
-        make_store(config.store, config.temp_dir) as store,
-    ):
-        t0 = time.perf_counter()
-        progress = _Progress("Resampling exposures", len(groups))
-        for g, product in enumerate(executor.imap(build_unit, unit_tasks())):
-            members = groups[g]
-            for pos, k in enumerate(members):
-                if product.problems[pos]:
-                    reasons[k] = product.problems[pos]
-                constant[k] = product.constant[pos]
-            for positions, image, pedestal in product.patches:
-                store.put(len(patches), image)
-                patches.append(
-                    Patch(g, [members[p] for p in positions], image.bbox, int(image.valid.sum()), pedestal)
-                )
-            flatness.append(product.flatness)
-            thumbnails.append(product.thumbnail)
-            del product
-            progress.update(g + 1)
-        timings["resample"] = time.perf_counter() - t0
+    progress = _Progress("Resampling exposures", len(groups))
+    for g, product in enumerate(executor.imap(_build_stored_unit if remote else build_unit, tasks())):
+        members = groups[g]
+        if remote:
+            product, loaded_wcs = product
+            for pos, wcs in enumerate(loaded_wcs):
+                if wcs is not None and exposures[members[pos]].wcs is None:
+                    exposures[members[pos]].wcs = wcs  # kept for later use (planes on detectors)
+        for pos, k in enumerate(members):
+            if product.problems[pos]:
+                reasons[k] = product.problems[pos]
+            constant[k] = product.constant[pos]
+        for n, (positions, image, pedestal) in enumerate(product.patches):
+            key = _patch_key(g, n)
+            if isinstance(image, _StoredPatch):
+                store.register(key, image.bbox)
+                area = image.area
+            else:
+                store.put(key, image)
+                area = int(image.valid.sum())
+            patches.append(Patch(g, [members[p] for p in positions], image.bbox, area, pedestal, key))
+        flatness.append(product.flatness)
+        thumbnails.append(product.thumbnail)
+        del product
+        progress.update(g + 1)
+    # Constant exposures (blank readouts) carry no sky: leave them out,
+    # unless every usable exposure is constant (noiseless data).
+    usable = np.array([not r for r in reasons])
+    blank = constant & usable
+    if blank.any() and (usable & ~constant).any():
+        for k in np.flatnonzero(blank):
+            reasons[k] = "constant data (blank or dropped readout?)"
+    return _PatchSet(patches, reasons, flatness, thumbnails)
 
-        # Constant exposures (blank readouts) carry no sky: leave them out,
-        # unless every usable exposure is constant (noiseless data).
-        usable = np.array([not r for r in reasons])
-        blank = constant & usable
-        if blank.any() and (usable & ~constant).any():
-            for k in np.flatnonzero(blank):
-                reasons[k] = "constant data (blank or dropped readout?)"
-        kept = [i for i, p in enumerate(patches) if not any(reasons[k] for k in p.members)]
 
-        t0 = time.perf_counter()
-        pboxes = [p.bbox for p in patches]
-        pair_list = [
-            (kept[a], kept[b])
-            for a, b in candidate_pairs([pboxes[i] for i in kept])
-            if patches[kept[a]].unit != patches[kept[b]].unit
-        ]
-        labels = np.arange(len(groups)) if fallback is None else fallback
-        check = _alignment_pairs(pair_list, patches, pboxes, labels) if config.check_alignment else set()
+def _pair_tasks(built: _PatchSet, layout: _Layout, config: MatchConfig) -> list[PairTask]:
+    """Every overlapping pair of usable patches of different units."""
+    patches = built.patches
+    kept = [i for i, p in enumerate(patches) if not any(built.reasons[k] for k in p.members)]
+    boxes = [p.bbox for p in patches]
+    pair_list = [
+        (kept[a], kept[b])
+        for a, b in candidate_pairs([boxes[i] for i in kept])
+        if patches[kept[a]].unit != patches[kept[b]].unit
+    ]
+    labels = np.arange(len(layout.groups)) if layout.fallback is None else layout.fallback
+    check = _alignment_pairs(pair_list, patches, boxes, labels) if config.check_alignment else set()
+    return [
+        PairTask(
+            a,
+            b,
+            overlap_bbox(boxes[a], boxes[b]),
+            (boxes[a], boxes[b]),
+            (patches[a].area, patches[b].area),
+            (a, b) in check,
+        )
+        for a, b in pair_list
+    ]
 
-        def pair_tasks() -> Iterator[tuple]:
-            for a, b in pair_list:
-                box = overlap_bbox(pboxes[a], pboxes[b])
-                yield (
-                    a,
-                    b,
-                    store.cutout(a, box),
-                    store.cutout(b, box),
-                    box,
-                    (pboxes[a], pboxes[b]),
-                    (patches[a].area, patches[b].area),
-                    config,
-                    grid.center,
-                    (a, b) in check,
-                )
 
-        group_pairs: list[PairMeasurement] = []
-        geometry: list[tuple[int, int, BBox]] = []
-        rejected: list[PairMeasurement] = []
-        alignment: list[PairCheck] = []
-        progress = _Progress("Measuring pairs", len(pair_list))
-        for count, ((a, b), (pair, usable, shift)) in enumerate(
-            zip(pair_list, executor.imap(measure_pair, pair_tasks()), strict=True), start=1
-        ):
-            ua, ub = patches[a].unit, patches[b].unit
-            if (a, b) in check and pair is not None:
-                alignment.append(PairCheck(ua, ub, shift))
-            if pair is not None:
-                pair.i, pair.j = ua, ub
-                pair.coeffs = pair.coeffs.copy()
-                pair.coeffs[0] += patches[a].pedestal - patches[b].pedestal
-                _pair_sigma_floor(pair, (patches[a].pedestal, patches[b].pedestal))
-                if usable:
-                    group_pairs.append(pair)
-                    geometry.append((a, b, overlap_bbox(pboxes[a], pboxes[b])))
-                else:
-                    rejected.append(pair)
-            progress.update(count)
-        timings["pairs"] = time.perf_counter() - t0
-    for p in rejected:
+def _measure_pairs(
+    tasks: Sequence[PairTask], built: _PatchSet, layout: _Layout, config: MatchConfig, executor, store
+) -> _PairSet:
+    """Measure every pair task; label the pairs with their units and pedestals."""
+    patches = built.patches
+    remote = executor.remote and isinstance(getattr(store, "files", None), StoredImages)
+    if remote:
+        # Workers read their cut-outs from the store's folder themselves.
+        fn = _measure_stored_pair
+        jobs = (
+            (task, (patches[task.a].key, patches[task.b].key), store.files, config, layout.grid.center)
+            for task in tasks
+        )
+    else:
+        fn = measure_pair
+        jobs = (
+            (
+                task,
+                store.cutout(patches[task.a].key, task.box),
+                store.cutout(patches[task.b].key, task.box),
+                config,
+                layout.grid.center,
+            )
+            for task in tasks
+        )
+    out = _PairSet()
+    progress = _Progress("Measuring pairs", len(tasks))
+    for count, (task, outcome) in enumerate(zip(tasks, executor.imap(fn, jobs), strict=True), start=1):
+        pa, pb = patches[task.a], patches[task.b]
+        pair = outcome.pair
+        if task.check_alignment and pair is not None:
+            out.alignment.append(PairCheck(pa.unit, pb.unit, outcome.shift))
+        if pair is not None:
+            pair.i, pair.j = pa.unit, pb.unit
+            pair.coeffs = pair.coeffs.copy()
+            pair.coeffs[0] += pa.pedestal - pb.pedestal
+            _pair_sigma_floor(pair, (pa.pedestal, pb.pedestal))
+            if outcome.usable:
+                out.used.append(pair)
+                out.geometry.append((task.a, task.b, task.box))
+            else:
+                out.rejected.append(pair)
+        progress.update(count)
+    for p in out.rejected:
         log.info("Pair of units %d-%d not used: %s.", p.i + 1, p.j + 1, "; ".join(p.flags))
+    return out
 
-    t0 = time.perf_counter()
-    solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
+
+def _measure_stored_pair(
+    task: PairTask,
+    keys: tuple[str, str],
+    files: StoredImages,
+    config: MatchConfig,
+    center: tuple[float, float],
+) -> PairOutcome:
+    """:func:`measure_pair` in a worker, which reads both cut-outs from ``files``."""
+    cut_a = files.cutout(keys[0], task.boxes[0], task.box)
+    cut_b = files.cutout(keys[1], task.boxes[1], task.box)
+    return measure_pair(task, cut_a, cut_b, config, center)
+
+
+def _store_kind(execution: ExecutionSettings, executor, layout: _Layout) -> str:
+    """The store asked for, or the disk when workers run elsewhere or memory would not do."""
+    if execution.store != "memory":
+        return execution.store
+    if executor.remote:
+        # Workers exchange images through files (the page cache), not pipes:
+        # nothing large is pickled either way.
+        log.info("Parallel run: resampled images are shared with the workers through a temporary folder.")
+        return "disk"
+    # Image and weight in float32 for every exposure's box (co-added patches
+    # of a unit take less).
+    need = 8.0 * sum(box.size for box in layout.boxes)
+    if need > execution.budget_bytes:
+        log.info(
+            "Resampled images need about %.2f GiB, more than the memory budget of %.2f GiB: they wait on "
+            "disk in a temporary folder (%s) until their pairs are measured (memory_budget sets the budget).",
+            need / 2**30,
+            execution.budget_bytes / 2**30,
+            execution.temp_dir or "the system's temporary directory",
+        )
+        return "disk"
+    return "memory"
+
+
+def _solve_units(pairs: _PairSet, layout: _Layout, config: MatchConfig, reasons: list[str]) -> LevelSolution:
+    """Solve all unit levels; units whose pairs contradict are left out and named.
+
+    Updates ``pairs`` (left-out pairs move to ``rejected``) and ``reasons``.
+    """
+    n_units = len(layout.groups)
+    solution = _solve(n_units, pairs.used, config, pair_level_covariance(pairs.used, pairs.geometry))
     discordant = (
-        _discordant_units(len(groups), group_pairs, solution, config)
+        _discordant_units(n_units, pairs.used, solution, config)
         if config.robust and config.exclude_discordant
         else {}
     )
-    if discordant:
-        # Left out of the solution (their pairs would bend it), named; they
-        # can still take their fallback group's level.
-        keep = [e for e, p in enumerate(group_pairs) if p.i not in discordant and p.j not in discordant]
-        kept_set = set(keep)
-        for e, p in enumerate(group_pairs):
-            if e not in kept_set:
-                p.flags.append("pair of an exposure whose pairs contradict each other")
-                rejected.append(p)
-        group_pairs = [group_pairs[e] for e in keep]
-        geometry = [geometry[e] for e in keep]
-        solution = _solve(len(groups), group_pairs, config, pair_level_covariance(group_pairs, geometry))
-        for g, why in discordant.items():
-            for k in groups[g]:
-                reasons[k] = why
-    timings["solve"] = time.perf_counter() - t0
-    unit_levels, unit_sigma, unit_component, borrowed = _fallback_levels(solution, fallback, len(groups))
+    if not discordant:
+        return solution
+    # Left out of the solution (their pairs would bend it), named; they can
+    # still take their fallback group's level.
+    keep = [e for e, p in enumerate(pairs.used) if p.i not in discordant and p.j not in discordant]
+    kept = set(keep)
+    for e, p in enumerate(pairs.used):
+        if e not in kept:
+            p.flags.append("pair of an exposure whose pairs contradict each other")
+            pairs.rejected.append(p)
+    pairs.used = [pairs.used[e] for e in keep]
+    pairs.geometry = [pairs.geometry[e] for e in keep]
+    for g, why in discordant.items():
+        for k in layout.groups[g]:
+            reasons[k] = why
+    return _solve(n_units, pairs.used, config, pair_level_covariance(pairs.used, pairs.geometry))
 
-    ncoef = config.ncoef
+
+def _exposure_levels(
+    layout: _Layout, solution: LevelSolution, reasons: list[str], ncoef: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-exposure coefficients, uncertainties, components and status from the unit solution.
+
+    Updates ``reasons`` for exposures that are not measured.
+    """
+    groups = layout.groups
+    n = len(reasons)
+    unit_levels, unit_sigma, unit_component, borrowed = _fallback_levels(
+        solution, layout.fallback, len(groups)
+    )
     coefficients = np.full((n, ncoef), np.nan)
     sigma = np.full((n, ncoef), np.nan)
     component = np.full(n, -1)
@@ -1136,24 +1315,83 @@ def match_exposures(
             sigma[k] = np.nan
             component[k] = -1
             status[k] = "excluded"
+    return coefficients, sigma, component, np.asarray(status, dtype=str)
+
+
+def match_exposures(
+    exposures: Sequence[ExposureSource],
+    groups: Sequence[Sequence[int]],
+    config: MatchConfig | None = None,
+    grid: SkyGrid | None = None,
+    fallback: Sequence[int] | None = None,
+    execution: ExecutionSettings | None = None,
+) -> MatchResult:
+    """Match the background of exposures from per-pixel differences.
+
+    Parameters
+    ----------
+    exposures : sequence of ExposureSource
+        The exposures.
+    groups : sequence of sequence of int
+        Partition of the exposure indices into units that share one level
+        (e.g. jwst's ``group_id`` groups; see
+        :mod:`~jwst_skymatch_plus.core.grouping`).
+    config : MatchConfig, optional
+        Algorithm settings.
+    grid : SkyGrid, optional
+        Common grid; by default one covering all exposures at
+        ``config.grid_scale`` times their native pixel size.
+    fallback : sequence of int, optional
+        A label per *unit* (e.g. its visit): a unit that no used pair ties
+        to anything takes the mean level of the measured units with the same
+        label (status ``'group'``).  None: such units stay unmatched.
+    execution : ExecutionSettings, optional
+        Workers, Dask scheduler and store (serial and in memory by default);
+        results do not depend on them.
+
+    Returns
+    -------
+    MatchResult
+    """
+    config = config or MatchConfig()
+    execution = execution or ExecutionSettings()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    layout = _layout(exposures, groups, config, grid, fallback)
+    timings["grid"] = time.perf_counter() - t0
+    with (
+        execution.executor() as executor,
+        make_store(_store_kind(execution, executor, layout), execution.temp_dir) as store,
+    ):
+        t0 = time.perf_counter()
+        built = _resample_units(exposures, layout, config, executor, store)
+        timings["resample"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pairs = _measure_pairs(_pair_tasks(built, layout, config), built, layout, config, executor, store)
+        timings["pairs"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reasons = built.reasons
+    solution = _solve_units(pairs, layout, config, reasons)
+    timings["solve"] = time.perf_counter() - t0
+    coefficients, sigma, component, status = _exposure_levels(layout, solution, reasons, config.ncoef)
     return MatchResult(
-        grid=grid,
+        grid=layout.grid,
         fit_type=config.fit_type,
         plane_scale=config.plane_scale,
-        groups=groups,
+        groups=layout.groups,
         coefficients=coefficients,
         sigma=sigma,
         component=component,
-        group_index=group_index,
-        status=np.asarray(status, dtype=str),
+        group_index=layout.group_index,
+        status=status,
         reasons=reasons,
         group_solution=solution,
-        group_pairs=group_pairs,
-        rejected_pairs=rejected,
-        alignment=alignment,
-        group_boxes=[_unit_box(g, patches) for g in range(len(groups))],
-        group_flatness=np.array(flatness),
-        thumbnails=thumbnails,
+        group_pairs=pairs.used,
+        rejected_pairs=pairs.rejected,
+        alignment=pairs.alignment,
+        group_boxes=[_unit_box(g, built.patches) for g in range(len(layout.groups))],
+        group_flatness=np.array(built.flatness),
+        thumbnails=built.thumbnails,
         timings=timings,
     )
 

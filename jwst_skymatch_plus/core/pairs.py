@@ -364,9 +364,11 @@ def fit_plane(
         Standard deviation of the kept residuals.
 
     """
+    from astropy.stats import mad_std
+
     values = np.asarray(values, dtype=np.float64)
     med = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - med))
+    mad = mad_std(values)
     keep = np.abs(values - med) <= 5.0 * mad if mad > 0 else np.ones(values.size, bool)
     design = np.column_stack([np.ones_like(values), x, y])
     coeffs = np.array([med, 0.0, 0.0])
@@ -389,7 +391,7 @@ def fit_plane(
     a, v = design[keep], values[keep]
     prior = np.ones(v.size) if weights is None else np.asarray(weights, dtype=np.float64)[keep]
     resid = v - a @ coeffs
-    scale = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+    scale = mad_std(resid)
     w = prior
     if scale > 0:
         for _ in range(10):

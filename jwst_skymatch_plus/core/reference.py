@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .keys import mid_time
 from .solve import apply_match_down
 
 __all__ = ["REFERENCE_RULES", "apply_reference", "choose_reference", "reference_for_result"]
@@ -28,6 +29,7 @@ def choose_reference(
     flatness: Sequence[float] = (),
     group_times: Sequence[float] = (),
     background_times: Sequence[float] = (),
+    kind: str = "group",
 ) -> int:
     """Index of the reference group selected by ``rule``.
 
@@ -49,6 +51,8 @@ def choose_reference(
         Per-group mid times (MJD).
     background_times : sequence of float
         Times of the background observations (MJD).
+    kind : str
+        What a group is called in error messages (e.g. ``'tile'``).
 
     Raises
     ------
@@ -80,7 +84,7 @@ def choose_reference(
     if rule.isdigit():
         g = int(rule) - 1
         if not 0 <= g < n:
-            raise ValueError(f"reference group {rule} does not exist (there are {n} groups)")
+            raise ValueError(f"reference {kind} {rule} does not exist (there are {n} {kind}s)")
         return g
     for g, names in enumerate(group_names):
         if rule in names or any(str(name).startswith(rule) for name in names):
@@ -140,6 +144,7 @@ def reference_for_result(
     group_names: Sequence[Sequence[str]],
     background_times: Sequence[float] = (),
     groups: Sequence[Sequence[int]] | None = None,
+    kind: str = "group",
 ) -> int:
     """:func:`choose_reference` fed from a :class:`~jwst_skymatch_plus.core.matching.MatchResult`.
 
@@ -159,6 +164,8 @@ def reference_for_result(
         The sets of exposures to choose from (e.g. visits), each a union of
         the result's units; default: the units themselves.  Pairs and
         flatness are carried over from the units.
+    kind : str
+        What a group is called in error messages.
     """
     kept = [p for p, ok in zip(result.group_pairs, result.group_solution.used, strict=True) if ok]
     flatness = np.asarray(result.group_flatness, dtype=float)
@@ -180,11 +187,7 @@ def reference_for_result(
         used_pairs = [(p.i, p.j) for p in kept]
     times = []
     for members in groups:
-        t = [
-            metas[k].get("meta.exposure.mid_time") or metas[k].get("meta.exposure.start_time")
-            for k in members
-        ]
-        t = [float(v) for v in t if v is not None]
+        t = [v for v in (mid_time(metas[k]) for k in members) if v is not None]
         times.append(float(np.mean(t)) if t else np.nan)
     return choose_reference(
         rule,
@@ -194,4 +197,5 @@ def reference_for_result(
         flatness=flatness,
         group_times=times,
         background_times=list(background_times),
+        kind=kind,
     )

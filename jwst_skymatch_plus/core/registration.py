@@ -1,7 +1,10 @@
-"""Sub-pixel shift between two images on the same grid.
+"""Shifts between two images on one grid, by masked correlation.
 
-Used both to check that overlapping groups are aligned well enough for pixel
-matching and to measure per-visit WCS corrections by cross-correlation.
+:func:`measure_shift` gives the sub-pixel shift behind pixel matching's
+alignment check of overlapping units
+(:mod:`jwst_skymatch_plus.core.matching`); :func:`masked_difference` and
+:func:`fill_invalid` serve the block-wise search of the per-visit WCS
+corrections (:mod:`jwst_skymatch_plus.core.visit_shifts`).
 
 Overlaps of mosaic tiles are irregular (slivers, L shapes, holes where
 exposures are masked), which defeats plain phase correlation of rectangular
@@ -73,6 +76,7 @@ class ImageShift:
 
 def _highpass(image: np.ndarray, valid: np.ndarray, smooth: float, clip: float = 4.0) -> np.ndarray:
     """Image minus its local background (valid pixels only), clipped, zero elsewhere."""
+    from astropy.stats import mad_std
     from scipy import ndimage
 
     img = np.where(valid, image, 0.0).astype(np.float64)
@@ -92,7 +96,7 @@ def _highpass(image: np.ndarray, valid: np.ndarray, smooth: float, clip: float =
         # sources outweighs everything else.  Capped, a source still counts
         # through its extent and numbers, a lone hit barely at all.
         med = np.median(vals)
-        noise = 1.4826 * np.median(np.abs(vals - med))
+        noise = mad_std(vals)
         if noise > 0:
             img = np.clip(img, med - clip * noise, med + clip * noise)
     img[~valid] = 0.0
@@ -204,12 +208,8 @@ def masked_difference(
 
     Parameters
     ----------
-    a, b : numpy.ndarray
-        Same-shape images (values outside the masks are ignored).
-    valid_a, valid_b : numpy.ndarray of bool
-        Their valid pixels.
-    max_shift : int
-        Largest shift (pixels) along each axis.
+    a, valid_a, b, valid_b, max_shift
+        As for :func:`masked_correlation`.
 
     Returns
     -------
@@ -217,7 +217,7 @@ def masked_difference(
         Indexed as the correlation of :func:`masked_correlation`; NaN where
         no pixel is common.
     overlap : numpy.ndarray
-        Number of pixels valid in both at each shift.
+        As for :func:`masked_correlation`.
     """
     # Centring keeps the sums of squares small: less cancellation.
     a = a - np.mean(a[valid_a]) if valid_a.any() else a
@@ -305,9 +305,8 @@ def measure_shift(
         Sub-pixel refinement passes.
     max_side : int, optional
         Larger images are cropped to this many pixels per side around the
-        centre of their common valid region: a quarter of a million pixels
-        pin a shift down to well below 0.01 pixel, and the cost grows with
-        the area.  ``None`` uses everything.
+        centre of their common valid region (the cost grows with the area).
+        ``None`` uses everything.
     upsample : int, optional
         Ignored; accepted for compatibility with earlier callers.
 
@@ -316,6 +315,7 @@ def measure_shift(
     ImageShift or None
         ``None`` when there are too few common pixels.
     """
+    from astropy.stats import mad_std
     from scipy import ndimage
 
     del upsample
@@ -353,7 +353,7 @@ def measure_shift(
     rest[max(iy - 2, 0) : iy + 3, max(ix - 2, 0) : ix + 3] = np.nan
     rest = rest[np.isfinite(rest)]
     if rest.size >= 8:
-        spread = 1.4826 * np.median(np.abs(rest - np.median(rest)))
+        spread = mad_std(rest)
         significance = float((z[iy, ix] - np.median(rest)) / spread) if spread > 0 else math.inf
     else:
         significance = 0.0

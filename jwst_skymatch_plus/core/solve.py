@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import splu
 
-__all__ = ["LevelSolution", "WEIGHTINGS", "apply_match_down", "solve_levels"]
+__all__ = ["LevelSolution", "WEIGHTINGS", "apply_match_down", "pair_components", "solve_levels"]
 
 WEIGHTINGS = ("ivar", "npix", "equal")
 
@@ -63,7 +63,15 @@ class LevelSolution:
         return int(np.unique(c).size)
 
 
-def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def pair_components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected component of each of ``n`` nodes of the graph with edges ``i[k] - j[k]``.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (n,)
+        Components numbered 0, 1, ... in order of their lowest node; -1 for
+        a node in no edge.
+    """
     labels = np.full(n, -1, dtype=int)
     if i.size == 0:
         return labels
@@ -293,7 +301,7 @@ def solve_levels(
         used &= np.isfinite(covariance).all(axis=(1, 2))
 
     def fit(mask):
-        comp = _components(n, i[mask], j[mask])
+        comp = pair_components(n, i[mask], j[mask])
         levels = np.full((n, ncoef), np.nan)
         lsig = np.full((n, ncoef), np.nan)
         for label in np.unique(comp[comp >= 0]):

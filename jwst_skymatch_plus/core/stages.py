@@ -47,10 +47,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .grouping import group_exposures, instrument_family
+from .execution import ExecutionSettings
+from .finalize import Gauge, detector_planes, finalize
+from .grouping import group_exposures, instrument_family, nircam_module
+from .keys import exposure_key, visit_key
 from .matching import ExposureSource, MatchConfig, MatchResult, match_exposures
-from .planes import DetectorPlane, detector_plane
-from .reference import apply_reference, reference_for_result
+from .planes import DetectorPlane
 
 __all__ = [
     "STAGES",
@@ -158,30 +160,8 @@ def _split_parts(result: MatchResult, members: Sequence[int], sources, what: str
     return [parts]
 
 
-def _planes(result: MatchResult, sources: Sequence[ExposureSource]) -> list[DetectorPlane | None]:
-    planes = []
-    for k, src in enumerate(sources):
-        coeffs = result.coefficients[k]
-        if not np.all(np.isfinite(coeffs)) or src.wcs is None:
-            planes.append(None)
-        else:
-            planes.append(detector_plane(coeffs, src.wcs, src.shape, result.grid, result.plane_scale))
-    return planes
-
-
 def _shifted(plane: DetectorPlane, level: float) -> DetectorPlane:
     return DetectorPlane(level, plane.slope_x, plane.slope_y, plane.x_center, plane.y_center)
-
-
-def _tile_key(meta: Mapping) -> tuple:
-    return tuple(
-        str(meta.get(k))
-        for k in (
-            "meta.observation.program_number",
-            "meta.observation.observation_number",
-            "meta.observation.visit_number",
-        )
-    )
 
 
 def _partition(keys: Sequence) -> list[list[int]]:
@@ -198,11 +178,11 @@ def _stage_config(config: MatchConfig, fit_type: str) -> MatchConfig:
     return replace(config, fit_type=fit_type, check_alignment=False, exclude_discordant=False)
 
 
-def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
+def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutcome:
     n = len(sources)
     corrections: list[Correction | None] = [None] * n
     split: list[list[list[int]]] = []
-    keys = [(*_tile_key(m), str(m.get("meta.instrument.detector"))) for m in metas]
+    keys = [(*visit_key(m), str(m.get("meta.instrument.detector"))) for m in metas]
     tiles = [members for members in _partition(keys) if len(members) >= 2]
     if not tiles:
         return StageOutcome("dithers", corrections)
@@ -211,7 +191,9 @@ def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
     # tile-mates too (dithers tied to each other only by thin strips were
     # 1.5-2 times less precise matched tile by tile); each tile then keeps
     # only its dithers' levels relative to each other (below).
-    result = match_exposures(sources, [[k] for k in range(n)], _stage_config(config, fit_type))
+    result = match_exposures(
+        sources, [[k] for k in range(n)], _stage_config(config, fit_type), execution=execution
+    )
     coefficients = result.coefficients.copy()
     for members in tiles:
         # Zero mean over each tile's connected parts: the tile keeps its
@@ -228,13 +210,13 @@ def _run_dithers(sources, metas, config, fit_type) -> StageOutcome:
             f"Dithers of {sources[members[0]].name} and its tile-mates",
         )
     tiled = {k for members in tiles for k in members}
-    for k, plane in enumerate(_planes(replace(result, coefficients=coefficients), sources)):
+    for k, plane in enumerate(detector_planes(replace(result, coefficients=coefficients), sources)):
         if plane is not None and k in tiled:
             corrections[k] = Correction("dithers", plane)
     return StageOutcome("dithers", corrections, [result], split=split)
 
 
-def _run_lyot(sources, metas, config, fit_type, lyot_region) -> StageOutcome:
+def _run_lyot(sources, metas, config, fit_type, lyot_region, execution=None) -> StageOutcome:
     n = len(sources)
     miri = [k for k in range(n) if instrument_family(metas[k]) == "miri" and lyot_region(k) is not None]
     if len(miri) < 2:
@@ -244,8 +226,10 @@ def _run_lyot(sources, metas, config, fit_type, lyot_region) -> StageOutcome:
         region = lyot_region(k)
         parts += [_restricted(sources[k], region, inside=False), _restricted(sources[k], region, inside=True)]
         owner += [k, k]
-    result = match_exposures(parts, [[i] for i in range(len(parts))], _stage_config(config, fit_type))
-    planes = _planes(result, parts)
+    result = match_exposures(
+        parts, [[i] for i in range(len(parts))], _stage_config(config, fit_type), execution=execution
+    )
+    planes = detector_planes(result, parts)
     corrections: list[Correction | None] = [None] * n
     for idx, k in enumerate(miri):
         main, lyot = planes[2 * idx], planes[2 * idx + 1]
@@ -264,7 +248,7 @@ def _run_lyot(sources, metas, config, fit_type, lyot_region) -> StageOutcome:
     return StageOutcome("lyot", corrections, [result])
 
 
-def _run_nircam_short(sources, metas, config, fit_type) -> StageOutcome:
+def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> StageOutcome:
     n = len(sources)
     short = [k for k in range(n) if instrument_family(metas[k]) == "nircam_short"]
     corrections: list[Correction | None] = [None] * n
@@ -274,23 +258,20 @@ def _run_nircam_short(sources, metas, config, fit_type) -> StageOutcome:
         )
     results = []
     split: list[list[list[int]]] = []
-    for members in _partition([_tile_key(metas[k]) for k in short]):
+    for members in _partition([visit_key(metas[k]) for k in short]):
         members = [short[i] for i in members]
         subset = [sources[k] for k in members]
-        result = match_exposures(subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type))
+        result = match_exposures(
+            subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type), execution=execution
+        )
         results.append(result)
-        planes = _planes(result, subset)
+        planes = detector_planes(result, subset)
         split += _split_parts(result, members, sources, f"NIRCam short chips of {subset[0].name}'s tile")
         # Zero mean over the chips of each exposure and module (inside one
         # connected part: levels of different parts are not comparable):
         # chips are equalised, the exposure keeps its level for later stages.
         exposure_keys = [
-            (
-                str(metas[k].get("meta.observation.exposure_number")),
-                str(metas[k].get("meta.observation.activity_id")),
-                str(metas[k].get("meta.instrument.module")),
-                int(result.component[i]),
-            )
+            (exposure_key(metas[k], k), nircam_module(metas[k]), int(result.component[i]))
             for i, k in enumerate(members)
         ]
         for chips in _partition(exposure_keys):
@@ -327,32 +308,31 @@ def _tile_units(metas, earlier: Sequence[StageOutcome]) -> tuple[list[list[int]]
 
 
 def _run_tiles(
-    sources, metas, config, fit_type, reference, background_times, match_down, earlier
+    sources, metas, config, fit_type, reference, background_times, match_down, earlier, execution=None
 ) -> StageOutcome:
     n = len(sources)
     units, visits = _tile_units(metas, earlier)
     if len(units) < 2:
         return StageOutcome("tiles", [None] * n, skipped="a single mosaic tile")
-    visit_of = np.empty(n, dtype=int)
-    for v, members in enumerate(visits):
-        visit_of[members] = v
-    result = match_exposures(sources, units, _stage_config(config, fit_type))
-    solved = _fall_back_to_tile(result, visits, sources)
-    planes = _planes(solved, sources)
-    ref_visit, rule = _reference(result, metas, reference, background_times, visit_of, len(visits))
-    centre = np.array([p.level if p is not None else np.nan for p in planes])
+    result = match_exposures(sources, units, _stage_config(config, fit_type), execution=execution)
+    rule = (reference or "").strip()
+    if rule == "auto":
+        rule = "closest_to_background" if background_times else "most_connected"
     # The reference tile (all its units) is held at zero mean.
-    levels = apply_reference(centre, solved.component, visit_of, ref_visit, match_down)
-    corrections: list[Correction | None] = [
-        None
-        if p is None or not np.isfinite(levels[k])
-        else Correction("tiles", _shifted(p, float(levels[k])))
-        for k, p in enumerate(planes)
-    ]
+    final = finalize(
+        _fall_back_to_tile(result, visits, sources),
+        sources,
+        metas,
+        visits,
+        Gauge(rule, match_down, tuple(background_times or ())),
+        kind="tile",
+        units_compete=True,
+    )
+    corrections = [None if p is None else Correction("tiles", p) for p in final.planes]
     label = None
-    if ref_visit is not None:
-        first = visits[ref_visit][0]
-        label = f"tile {ref_visit + 1} ({metas[first].get('meta.filename') or first}), by {rule!r}"
+    if final.reference is not None:
+        first = visits[final.reference][0]
+        label = f"tile {final.reference + 1} ({metas[first].get('meta.filename') or first}), by {rule!r}"
     note = None
     if len(units) > len(visits):
         note = f"{len(visits)} tiles matched as {len(units)} units (tiles split by earlier stages)"
@@ -392,26 +372,6 @@ def _fall_back_to_tile(result: MatchResult, visits: Sequence[Sequence[int]], sou
     return replace(result, coefficients=coefficients, component=component)
 
 
-def _reference(
-    result: MatchResult, metas, reference: str, background_times, visit_of: np.ndarray, n_visits: int
-) -> tuple[int | None, str]:
-    """The reference tile (visit index) and the rule that chose it."""
-    rule = (reference or "").strip()
-    if rule == "auto":
-        rule = "closest_to_background" if background_times else "most_connected"
-    if not rule:
-        return None, ""
-    if rule.isdigit():
-        # A number names a tile, whatever units the tiles were matched as.
-        v = int(rule) - 1
-        if not 0 <= v < n_visits:
-            raise ValueError(f"reference tile {rule} does not exist (there are {n_visits} tiles)")
-        return v, rule
-    names = [[str(metas[k].get("meta.filename")) for k in members] for members in result.groups]
-    g = reference_for_result(rule, result, metas, names, background_times or ())
-    return int(visit_of[result.groups[g][0]]), rule
-
-
 def run_stages(
     sources: Sequence[ExposureSource],
     metas: Sequence[Mapping],
@@ -420,11 +380,11 @@ def run_stages(
     config: MatchConfig,
     *,
     lyot_region: Callable[[int], tuple[slice, slice] | None] = lambda k: None,
-    exclude_lyot: bool = True,
     reference: str = "auto",
     background_times: Sequence[float] = (),
     match_down: bool = True,
     progress: Callable[[str], None] | None = None,
+    execution: ExecutionSettings | None = None,
 ) -> list[StageOutcome]:
     """Run the requested stages in order, each on the data the earlier ones corrected.
 
@@ -443,9 +403,7 @@ def run_stages(
         Matching settings shared by the stages.
     lyot_region : callable
         ``lyot_region(k)``: the Lyot coronagraph slices of exposure ``k``, or
-        None.
-    exclude_lyot : bool
-        Leave the Lyot region out of every stage but ``lyot`` (it is
+        None.  The region is left out of every stage but ``lyot`` (it is
         corrected by all of them).
     reference : str
         Reference rule of the tile stage: ``'auto'`` (closest in time to a
@@ -459,6 +417,8 @@ def run_stages(
         Gauge of the tile stage when no reference applies.
     progress : callable, optional
         Called with one line per stage for logging.
+    execution : ExecutionSettings, optional
+        Where matching runs (results do not depend on it).
 
     Returns
     -------
@@ -474,21 +434,21 @@ def run_stages(
         if stage not in stages:
             continue
         current = [corrected_source(s, applied[k]) for k, s in enumerate(sources)]
-        if stage != "lyot" and exclude_lyot:
+        if stage != "lyot":
             current = [
                 s if lyot_region(k) is None else _restricted(s, lyot_region(k), inside=False, rename=False)
                 for k, s in enumerate(current)
             ]
         fit_type = fit_types.get(stage, "level")
         if stage == "dithers":
-            outcome = _run_dithers(current, metas, config, fit_type)
+            outcome = _run_dithers(current, metas, config, fit_type, execution)
         elif stage == "lyot":
-            outcome = _run_lyot(current, metas, config, fit_type, lyot_region)
+            outcome = _run_lyot(current, metas, config, fit_type, lyot_region, execution)
         elif stage == "nircam_short":
-            outcome = _run_nircam_short(current, metas, config, fit_type)
+            outcome = _run_nircam_short(current, metas, config, fit_type, execution)
         else:
             outcome = _run_tiles(
-                current, metas, config, fit_type, reference, background_times, match_down, outcomes
+                current, metas, config, fit_type, reference, background_times, match_down, outcomes, execution
             )
         for k, c in enumerate(outcome.corrections):
             if c is not None:
@@ -603,6 +563,7 @@ def check_solution(
     nsigma: float = 5.0,
     lyot_region: Callable[[int], tuple[slice, slice] | None] = lambda k: None,
     exclude_lyot: bool = True,
+    execution: ExecutionSettings | None = None,
 ) -> SolutionCheck:
     """Measure every overlapping exposure pair after all stages' corrections.
 
@@ -627,6 +588,8 @@ def check_solution(
         As for :func:`run_stages`.
     exclude_lyot : bool
         Leave the Lyot region out of the check (as the stages but ``lyot`` do).
+    execution : ExecutionSettings, optional
+        Where matching runs (results do not depend on it).
 
     Returns
     -------
@@ -642,7 +605,9 @@ def check_solution(
     if len(sources) < 2:
         return SolutionCheck(names, [], nsigma)
     with _quiet("jwst_skymatch_plus.core.matching"):
-        result = match_exposures(current, [[k] for k in range(len(sources))], _stage_config(config, "level"))
+        result = match_exposures(
+            current, [[k] for k in range(len(sources))], _stage_config(config, "level"), execution=execution
+        )
     pairs = [
         PairResidual(p.i, p.j, float(p.coeffs[0]), float(p.sigma[0]), int(p.npix)) for p in result.group_pairs
     ]

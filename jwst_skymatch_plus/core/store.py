@@ -17,14 +17,14 @@ from .._atomic import pause_for_tests, remove_stale, run_tag
 from .grid import BBox
 from .resample import Resampled
 
-__all__ = ["STORE_PREFIX", "DiskGroupStore", "GroupStore", "MemoryGroupStore", "make_store"]
+__all__ = ["STORE_PREFIX", "DiskGroupStore", "GroupStore", "MemoryGroupStore", "StoredImages", "make_store"]
 
 
 class GroupStore:
     """Interface: ``put`` a group image, read back cut-outs."""
 
-    def put(self, key: int, image: Resampled) -> None:
-        """Store the image of group ``key``."""
+    def put(self, key, image: Resampled) -> None:
+        """Store the image of group ``key`` (any hashable usable in a file name)."""
         raise NotImplementedError
 
     def bbox(self, key: int) -> BBox:
@@ -69,6 +69,36 @@ class MemoryGroupStore(GroupStore):
 STORE_PREFIX = "skymatch_plus_"
 
 
+class StoredImages:
+    """Images as ``.npy`` files in one folder; small enough to send to workers.
+
+    Worker processes (local or Dask) write the images they build here and
+    read the cut-outs they measure, so that only file names and boxes travel
+    between processes, never arrays.  The folder must be one every worker
+    can see (on a cluster: a shared filesystem).
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, key, kind: str) -> Path:
+        return self.directory / f"{key}_{kind}.npy"
+
+    def write(self, key, image: Resampled) -> None:
+        """Save ``image`` under ``key``."""
+        np.save(self._path(key, "img"), image.image, allow_pickle=False)
+        np.save(self._path(key, "wht"), image.weight, allow_pickle=False)
+
+    def cutout(self, key, bbox: BBox, box: BBox) -> tuple[np.ndarray, np.ndarray]:
+        """Image and weight inside ``box`` of the image ``key`` that covers ``bbox``."""
+        sl = box.slices_in(bbox)
+        img = np.load(self._path(key, "img"), mmap_mode="r")
+        wht = np.load(self._path(key, "wht"), mmap_mode="r")
+        out = np.array(img[sl]), np.array(wht[sl])
+        del img, wht  # unmap
+        return out
+
+
 class DiskGroupStore(GroupStore):
     """Group images in ``.npy`` files of a temporary directory, read by memory map.
 
@@ -88,27 +118,23 @@ class DiskGroupStore(GroupStore):
         parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
         remove_stale(parent, STORE_PREFIX)
         self._dir = Path(tempfile.mkdtemp(prefix=STORE_PREFIX + run_tag(), dir=parent))
-        self._boxes: dict[int, BBox] = {}
+        self.files = StoredImages(self._dir)
+        self._boxes: dict = {}
 
-    def _path(self, key: int, kind: str) -> Path:
-        return self._dir / f"group{key:06d}_{kind}.npy"
-
-    def put(self, key: int, image: Resampled) -> None:  # noqa: D102
-        np.save(self._path(key, "img"), image.image, allow_pickle=False)
-        np.save(self._path(key, "wht"), image.weight, allow_pickle=False)
-        self._boxes[key] = image.bbox
+    def put(self, key, image: Resampled) -> None:  # noqa: D102
+        self.files.write(key, image)
+        self.register(key, image.bbox)
         pause_for_tests("store")
 
-    def bbox(self, key: int) -> BBox:  # noqa: D102
+    def register(self, key, bbox: BBox) -> None:
+        """Record an image a worker wrote into :attr:`files` under ``key``."""
+        self._boxes[key] = bbox
+
+    def bbox(self, key) -> BBox:  # noqa: D102
         return self._boxes[key]
 
-    def cutout(self, key: int, box: BBox) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
-        sl = box.slices_in(self._boxes[key])
-        img = np.load(self._path(key, "img"), mmap_mode="r")
-        wht = np.load(self._path(key, "wht"), mmap_mode="r")
-        out = np.array(img[sl]), np.array(wht[sl])
-        del img, wht  # unmap
-        return out
+    def cutout(self, key, box: BBox) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+        return self.files.cutout(key, self._boxes[key], box)
 
     def close(self) -> None:  # noqa: D102
         shutil.rmtree(self._dir, ignore_errors=True)

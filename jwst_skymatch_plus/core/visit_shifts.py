@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .grid import BBox, SkyGrid, overlap_bbox
-from .resample import Resampled
+from .resample import Resampled, weighted_coadd
 
 __all__ = [
     "ShiftSample",
@@ -95,22 +95,25 @@ class BlockShift:
 
 def _has_structure(filled: np.ndarray, valid: np.ndarray, noise: float, threshold: float = 5.0) -> bool:
     """Whether an image (holes filled, noise known) holds structure well above its noise."""
+    from astropy.stats import mad_std
     from scipy import ndimage
 
     if not np.isfinite(noise):
         return False
     smooth = ndimage.gaussian_filter(filled, 2.0)[valid]
-    scatter = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
+    scatter = mad_std(smooth)
     return bool(scatter > threshold * noise / (4.0 * math.sqrt(math.pi)))
 
 
 def _noise(image: np.ndarray, valid: np.ndarray) -> float:
     """Pixel noise from differences of horizontal neighbours (robust; NaN if too few)."""
+    from astropy.stats import mad_std
+
     pairs = valid[:, 1:] & valid[:, :-1]
     if pairs.sum() < 100:
         return math.nan
     diff = np.diff(image, axis=1)[pairs]
-    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
+    return float(mad_std(diff) / math.sqrt(2.0))
 
 
 def _tame_outliers(filled: np.ndarray, noise: float, k: float = 4.0) -> np.ndarray:
@@ -395,20 +398,11 @@ def measure_block_shifts(
 
 
 def _components(n: int, samples: Sequence[ShiftSample], used: np.ndarray) -> np.ndarray:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """Connected set of each unit through the used samples (-1: none)."""
+    from .solve import pair_components
 
-    pairs = [(s.a, s.b) for s, ok in zip(samples, used, strict=True) if ok]
-    comp = np.full(n, -1)
-    if not pairs:
-        return comp
-    i, j = np.array(pairs).T
-    graph = coo_matrix((np.ones(len(pairs)), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    touched = np.zeros(n, bool)
-    touched[i] = touched[j] = True
-    comp[touched] = labels[touched]
-    return comp
+    pairs = np.array([(s.a, s.b) for s, ok in zip(samples, used, strict=True) if ok], dtype=int)
+    return pair_components(n, *pairs.reshape(-1, 2).T)
 
 
 def solve_unit_shifts(
@@ -564,6 +558,8 @@ def dither_levels(images: Sequence[Resampled], min_pixels: int = 100) -> np.ndar
     solved together (:func:`~jwst_skymatch_plus.core.solve.solve_levels`);
     an image that overlaps none gets 0.
     """
+    from astropy.stats import mad_std
+
     from .solve import solve_levels
 
     n = len(images)
@@ -579,7 +575,7 @@ def dither_levels(images: Sequence[Resampled], min_pixels: int = 100) -> np.ndar
             if diff.size < min_pixels:
                 continue
             med = float(np.median(diff))
-            mad = 1.4826 * float(np.median(np.abs(diff - med)))
+            mad = float(mad_std(diff))
             ii.append(i)
             jj.append(j)
             delta.append(med)
@@ -616,15 +612,7 @@ def coadd_on_grid(
         weight = np.where(r.weight >= 0.5 * np.max(r.weight, initial=0.0), r.weight, 0.0)
         resampled.append(Resampled(b, r.image, weight.astype(np.float32)))
     levels = dither_levels(resampled) if match_levels and len(resampled) > 1 else np.zeros(len(resampled))
-    acc = np.zeros(box.shape, np.float64)
-    wsum = np.zeros(box.shape, np.float64)
-    for r, level in zip(resampled, levels, strict=True):
-        sl = r.bbox.slices_in(box)
-        acc[sl] += (r.image - level) * r.weight
-        wsum[sl] += r.weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        image = np.where(wsum > 0, acc / wsum, 0.0).astype(np.float32)
-    return Resampled(box, image, wsum.astype(np.float32))
+    return weighted_coadd(resampled, box, levels=levels)
 
 
 def correlate_visits(

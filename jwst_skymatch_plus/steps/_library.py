@@ -1,6 +1,9 @@
-"""Reading exposures out of a ModelLibrary for the core, and writing results back.
+"""What every step shares between stpipe and the core.
 
-Shared by every step of the package; no algorithm lives here.
+Opening the input as a ModelLibrary with each member's metadata read once;
+checks of exposures, WCS and step parameters that name what is wrong;
+good-pixel masks and excluded regions; lazy exposure sources for the core;
+logging and atomic saving of products.  No algorithm lives here.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from stdatamodels.jwst.datamodels.dqflags import pixel
 
 from .._atomic import place, staging_folder
 from .._signals import sigterm_raises
+from ..background import Exposure, background_times, format_times
+from ..core.keys import lyot_region
 from ..core.matching import ExposureSource
-from ..core.regions import describe_region, miri_lyot_region, region_misses
+from ..core.regions import describe_region, region_misses
+from ..inputs import borrowed, each_model, file_problem, member_path, open_exposures, unvalidated_reads
 
 __all__ = [
     "PACKAGE_LOGGERS",
@@ -33,19 +39,15 @@ __all__ = [
     "check_single_configuration",
     "check_wcs",
     "exposure_sources",
-    "file_problem",
     "good_pixel_mask",
-    "label_member",
     "open_library",
     "open_library_with_metadata",
     "parse_regions",
+    "pass_background_times",
     "parse_times",
-    "read_all_metadata",
-    "read_exposure_metadata",
     "regions_text",
     "report_base",
     "sources_from_metadata",
-    "unvalidated_reads",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,26 +142,6 @@ def _report_owner(step):
 
 
 @contextmanager
-def unvalidated_reads() -> Iterator[None]:
-    """Open models without ASDF schema validation (about twice as fast).
-
-    The files were validated when they were written, and anything this
-    package changes is validated again when it is saved.
-    """
-    import asdf
-
-    # A config context starts from a copy of the global configuration; unless
-    # the global one has already listed the installed extensions, every
-    # context lists them again from the entry points (about 0.2 s a time).
-    global_config = asdf.get_config()
-    global_config.extensions  # noqa: B018 - loads and caches the list
-    global_config.resource_manager  # noqa: B018
-    with asdf.config_context() as cfg:
-        cfg.validate_on_read = False
-        yield
-
-
-@contextmanager
 def package_logging() -> Iterator[None]:
     """Route this package's log records to jwst's handlers when nothing else does.
 
@@ -186,172 +168,40 @@ def package_logging() -> Iterator[None]:
 
 
 def open_library(step, input_models):
-    """Turn any input SkyMatchStep accepts into a ModelLibrary (as it does)."""
+    """A step's input as a ModelLibrary (see :func:`open_library_with_metadata`)."""
     return open_library_with_metadata(step, input_models)[0]
 
 
 def open_library_with_metadata(step, input_models) -> tuple:
-    """A ModelLibrary of the input and the flat metadata of its members.
+    """A ModelLibrary of a step's input and the flat metadata of its members.
 
-    For an association, each member's metadata is read once, here, and its
-    ``group_id`` handed to the library in the association, which the
-    library would otherwise read every file again to compute.
+    The input is opened by :func:`jwst_skymatch_plus.inputs.open_exposures`,
+    as ``calwebb_image3_plus`` opens its own: background observations of an
+    association or a list are left out, and their times become the step's
+    ``background_times`` when it has none.
     """
-    from jwst.datamodels import ModelLibrary
-
-    output = step.prepare_output(input_models, open_models=False)
-    if isinstance(output, ModelLibrary):
-        return output, read_all_metadata(output)
-    if isinstance(output, (str, Path)) and Path(output).suffix.lower() not in (".json", ".yaml", ".yml"):
-        read_exposure_metadata(output)
-    elif isinstance(output, (list, tuple)):
-        # A list of file names: a bad file is named here, not deep in the library.
-        for item in output:
-            if isinstance(item, (str, os.PathLike)):
-                read_exposure_metadata(item)
-    on_disk = not step.in_memory
-    if isinstance(output, (str, Path)) and Path(output).suffix.lower() in (".json", ".yaml", ".yml"):
-        asn, metas = _association_with_group_ids(Path(output))
-        return ModelLibrary(asn, on_disk=on_disk), metas
-    if on_disk and not isinstance(output, (str, Path, dict)):
-        # Models already in memory cannot be moved to an on-disk library
-        # (jwst's SkyMatchStep fails here); keep them where they are.
-        log.info("in_memory=False: the input models are already in memory and stay there.")
-        on_disk = False
-    library = ModelLibrary(output, on_disk=on_disk)
-    return library, read_all_metadata(library)
+    opened = open_exposures(step.prepare_output(input_models, open_models=False), on_disk=not step.in_memory)
+    pass_background_times(opened.exposures, [step])
+    return opened.library, opened.metas
 
 
-def label_member(member: dict, meta: dict, asn: Mapping, index: int = 0) -> None:
-    """Give an association member its ``group_id`` and its metadata what the association adds.
+def pass_background_times(exposures: Sequence[Exposure] | None, steps: Sequence) -> None:
+    """Give the steps whose ``background_times`` is empty the times of the background observations.
 
-    A member that already carries its ``group_id`` spares ``ModelLibrary``
-    a second read of the file; the metadata gets the association fields the
-    library's own ``read_metadata`` would add.  Both are updated in place.
-    A member whose header lacks the keywords of a ``group_id`` gets a unique
-    one, ``exposureNNNN`` from its 0-based ``index``, as ``ModelLibrary``
-    gives it.
+    They are the time reference of ``reference='closest_to_background'``.
     """
-    from jwst.datamodels.utils import attrs_to_group_id
-
-    if "group_id" not in member:
-        prefix = "meta.observation."
-        observation = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
-        group_id = meta.get("meta.group_id")
-        if not group_id:
-            try:
-                group_id = attrs_to_group_id(observation)
-            except KeyError as missing:
-                group_id = f"exposure{index + 1:04d}"
-                log.info(
-                    "%s: %s; it is a sky group of its own (%s).",
-                    member.get("expname", f"member {index + 1}"),
-                    str(missing).strip("'\""),
-                    group_id,
-                )
-        member["group_id"] = group_id
-    meta["meta.asn.exptype"] = member.get("exptype", "science")
-    if "table_name" in asn:
-        meta["meta.asn.table_name"] = asn["table_name"]
-    for attr in ("group_id", "tweakreg_catalog"):
-        if attr in member:
-            meta[f"meta.{attr}"] = member[attr]
-    if "asn_pool" in asn:
-        meta["meta.asn.pool_name"] = asn["asn_pool"]
-
-
-def _association_with_group_ids(path: Path) -> tuple[dict, list[dict]]:
-    """An association file as a dictionary with absolute member paths and group ids."""
-    from jwst.associations import load_asn
-
-    path = path.expanduser().resolve()
-    with path.open() as handle:
-        asn = dict(load_asn(handle))
-    asn["table_name"] = path.name
-    product = dict(asn["products"][0])
-    members, metas = [], []
-    with unvalidated_reads():
-        for index, member in enumerate(product["members"]):
-            member = dict(member)
-            expname = Path(member["expname"])
-            member["expname"] = os.fspath(expname if expname.is_absolute() else path.parent / expname)
-            meta = read_exposure_metadata(member["expname"])
-            label_member(member, meta, asn, index)
-            members.append(member)
-            metas.append(meta)
-    product["members"] = members
-    asn["products"] = [product, *asn["products"][1:]]
-    return asn, metas
-
-
-def read_exposure_metadata(path: str | os.PathLike) -> dict:
-    """Flat metadata of one exposure file, or an error naming the file and what is wrong with it.
-
-    Raises
-    ------
-    OSError
-        The file is missing, empty, not FITS, truncated, has no ASDF
-        extension, or its metadata cannot be read for another reason.
-    """
-    from stdatamodels.jwst.datamodels import read_metadata
-
-    path = os.fspath(path)
-    try:
-        return dict(read_metadata(path, flatten=True))
-    except Exception as exc:  # any failure to read the file is the file's problem
-        raise OSError(f"{Path(path).name}: {file_problem(path, exc)} ({path})") from exc
-
-
-#: FITS files are made of blocks of this many bytes.
-FITS_BLOCK = 2880
-
-
-def file_problem(path: str | os.PathLike, error: Exception | None = None) -> str:
-    """What is wrong with an exposure file that could not be read, in words.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        The file.
-    error : Exception, optional
-        The error reading it raised (quoted when nothing more precise is found).
-    """
-    import warnings
-
-    from astropy.io import fits
-
-    path = os.fspath(path)
-    quoted = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
-    if not os.path.exists(path):
-        return "no such file"
-    if os.path.isdir(path):
-        return "a directory, not an exposure file"
-    size = os.path.getsize(path)
-    if size == 0:
-        return "the file is empty (0 bytes)"
-    with open(path, "rb") as handle:
-        head = handle.read(30)
-    if head.startswith(b"#ASDF"):
-        return f"cannot be read as an ASDF data model ({quoted})"
-    if not head.startswith(b"SIMPLE  ="):
-        return "not a FITS file (it does not start with a FITS header); expected a calibrated exposure"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # astropy warns about truncation; we say it
-            with fits.open(path, memmap=False) as hdul:
-                extents = [hdul.fileinfo(k) for k in range(len(hdul))]
-                names = [hdu.name for hdu in hdul]
-    except Exception as exc:
-        whole = size % FITS_BLOCK == 0
-        return f"corrupt FITS file{'' if whole else ' (truncated?)'} ({type(exc).__name__}: {exc})"
-    described = max(info["datLoc"] + info["datSpan"] for info in extents)
-    if described > size:
-        return f"truncated: {size} bytes on disk, its FITS headers describe {described}"
-    if size % FITS_BLOCK:
-        return f"truncated or corrupt: {size} bytes is not a whole number of {FITS_BLOCK}-byte FITS blocks"
-    if "ASDF" not in names:
-        return "no ASDF extension: not a JWST data model, or truncated"
-    return f"its metadata cannot be read ({quoted})"
+    times = background_times(exposures or ())
+    if not times:
+        return
+    taken = [s for s in steps if s is not None and hasattr(s, "background_times") and not s.background_times]
+    for step in taken:
+        step.background_times = format_times(times)
+    if taken:
+        log.info(
+            "Times of %d background observation(s) taken as the sky time reference by %s",
+            len(times),
+            ", ".join(step.name for step in taken),
+        )
 
 
 def report_base(step, library, default: str = "output") -> tuple[Path, str]:
@@ -366,12 +216,6 @@ def report_base(step, library, default: str = "output") -> tuple[Path, str]:
             stem = None
     stem = Path(stem).stem if stem else default
     return Path(directory), stem
-
-
-def read_all_metadata(library) -> list[dict]:
-    """Flat metadata of every member, without loading data when on disk."""
-    with library, unvalidated_reads():
-        return [dict(library.read_metadata(i)) for i in range(len(library))]
 
 
 @dataclass(frozen=True)
@@ -430,14 +274,8 @@ def good_pixel_mask(model, settings: MaskSettings, bit_flags=None) -> np.ndarray
         good &= data >= settings.lower
     if settings.upper is not None:
         good &= data <= settings.upper
-    if settings.exclude_lyot and _is_miri_imager(model):
-        sub = model.meta.subarray
-        region = miri_lyot_region(
-            data.shape,
-            xstart=sub.xstart or 1,
-            ystart=sub.ystart or 1,
-            full_frame=(sub.name or "FULL").upper() == "FULL",
-        )
+    if settings.exclude_lyot:
+        region = lyot_region(model, data.shape)
         if region is not None:
             good[region] = False
     for region in settings.regions:
@@ -571,11 +409,6 @@ def check_parameters(step) -> None:
             raise ValueError(f"{name} must be positive, got {value}")
 
 
-def _is_miri_imager(model) -> bool:
-    inst = model.meta.instrument
-    return (inst.name or "").upper() == "MIRI" and (inst.detector or "").upper() == "MIRIMAGE"
-
-
 def exposure_sources(
     library,
     mask: Callable[[object], np.ndarray],
@@ -600,35 +433,12 @@ def exposure_sources(
     list of ExposureSource
     """
     sources = []
-    for index in range(len(library)):
-        model = _borrow(library, index, names[index] if names else None)
-        try:
-            name = model.meta.filename or (names[index] if names else f"exposure {index}")
-            wcs = check_image(model, name)
-            shape = tuple(model.data.shape)
-        finally:
-            library.shelve(model, index, modify=False)
-        sources.append(ExposureSource(name, wcs, shape, _loader(library, index, mask, name=name)))
+    for index, model in each_model(library, names=names):
+        name = model.meta.filename or (names[index] if names else f"exposure {index}")
+        wcs = check_image(model, name)
+        loader = _loader(library, index, mask, name=name)
+        sources.append(ExposureSource(name, wcs, tuple(model.data.shape), loader))
     return sources
-
-
-def _member_path(library, index: int) -> str | None:
-    """A library member's file, when it has one (without opening it)."""
-    try:
-        return os.fspath(library.asn["products"][0]["members"][index]["expname"])
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
-
-
-def _borrow(library, index: int, name: str | None = None):
-    """``library.borrow(index)``; a member that cannot be opened is named with the reason."""
-    try:
-        return library.borrow(index)
-    except Exception as exc:
-        path = _member_path(library, index)
-        name = name or (Path(path).name if path else f"exposure {index}")
-        reason = file_problem(path, exc) if path and os.path.exists(path) else f"{type(exc).__name__}: {exc}"
-        raise OSError(f"{name}: cannot be opened: {reason}") from exc
 
 
 #: Model types whose data are not a single 2-D image, and their dimensions.
@@ -750,19 +560,63 @@ def sources_from_metadata(
 
 def _loader(library, index: int, mask, source: ExposureSource | None = None, name: str | None = None):
     def load():
-        with unvalidated_reads():
-            model = _borrow(library, index, name)
-        try:
+        with borrowed(library, index, name=name, validate=False) as model:
             wcs = check_image(model, model.meta.filename or name or f"exposure {index}")
             data = np.array(model.data, dtype=np.float32, copy=True)
             good = mask(model)
-        finally:
-            library.shelve(model, index, modify=False)
         if source is not None:
             source.wcs = wcs  # kept for later use (planes on detectors)
         return data, good, wcs
 
     return load
+
+
+@dataclass(frozen=True)
+class FileLoad:
+    """Read an exposure from its file as the library's loader does: ``(data, good, wcs)``.
+
+    It can be sent to worker processes and Dask workers (it holds a path, not
+    arrays), which then read the file themselves.
+    """
+
+    path: str
+    mask: Callable
+    name: str
+
+    def __call__(self) -> tuple:
+        from stdatamodels.jwst import datamodels
+
+        with unvalidated_reads():
+            try:
+                model = datamodels.open(self.path)
+            except Exception as exc:
+                raise OSError(f"{self.name}: cannot be opened: {file_problem(self.path, exc)}") from exc
+        with model:
+            wcs = check_image(model, self.name)
+            data = np.array(model.data, dtype=np.float32, copy=True)
+            good = self.mask(model)
+        return data, good, wcs
+
+
+def file_loads(library, input_models, mask: Callable, names: Sequence[str]) -> list[FileLoad | None]:
+    """A :class:`FileLoad` per member when the input was files, else None per member.
+
+    Only files the library has not yet changed qualify: this is called
+    before anything is written, and only for an association or a list of
+    file names (models in memory may differ from any file).
+    """
+    from_files = isinstance(input_models, (str, os.PathLike)) or (
+        isinstance(input_models, (list, tuple))
+        and all(isinstance(m, (str, os.PathLike)) for m in input_models)
+    )
+    asn_dir = getattr(library, "_asn_dir", None)
+    if not from_files or asn_dir is None:
+        return [None] * len(names)
+    out = []
+    for index, name in enumerate(names):
+        path = member_path(library, index)
+        out.append(None if path is None else FileLoad(os.path.join(asn_dir, path), mask, name))
+    return out
 
 
 def check_exposure_types(metas: Sequence[dict], names: Sequence[str]) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..core.grid import BBox
 from ..core.matching import MatchResult, evaluate_plane
 from ..core.planes import DetectorPlane
+from ..core.resample import Resampled, weighted_coadd
 
 __all__ = ["plot_diagnostics", "write_offsets_tables"]
 
@@ -168,8 +170,7 @@ def _mosaic_from_thumbnails(result: MatchResult, corrections: Sequence[np.ndarra
     f = thumbs[0].factor
     ny = max(t.y0 + t.image.shape[0] for t in thumbs)
     nx = max(t.x0 + t.image.shape[1] for t in thumbs)
-    acc = np.zeros((ny, nx))
-    wsum = np.zeros((ny, nx))
+    images = []
     for g, t in enumerate(result.thumbnails):
         if t is None:
             continue
@@ -182,11 +183,9 @@ def _mosaic_from_thumbnails(result: MatchResult, corrections: Sequence[np.ndarra
             img = img - evaluate_plane(
                 coeffs, (gx + 0.5) * f - 0.5, (gy + 0.5) * f - 0.5, result.grid.center, result.plane_scale
             )
-        sl = (slice(t.y0, t.y0 + img.shape[0]), slice(t.x0, t.x0 + img.shape[1]))
-        acc[sl] += img * t.weight
-        wsum[sl] += t.weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(wsum > 0, acc / wsum, np.nan)
+        box = BBox(t.x0, t.x0 + img.shape[1], t.y0, t.y0 + img.shape[0])
+        images.append(Resampled(box, img, t.weight))
+    return weighted_coadd(images, BBox(0, nx, 0, ny), fill=np.nan, dtype=np.float64).image
 
 
 def plot_diagnostics(path: str | Path, result: MatchResult, title: str = "") -> Path | None:

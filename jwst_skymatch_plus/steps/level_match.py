@@ -11,11 +11,13 @@ from astropy.table import Table
 from jwst.stpipe import Step
 
 from .._atomic import atomic_path
+from ..core.execution import ExecutionSettings
 from ..core.grouping import exposure_label
+from ..core.keys import lyot_region
 from ..core.matching import MatchConfig
 from ..core.pairs import DifferenceStatistic
-from ..core.regions import miri_lyot_region
 from ..core.stages import STAGES, check_solution, run_stages
+from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -27,7 +29,6 @@ from ._library import (
     open_library_with_metadata,
     package_logging,
     report_base,
-    unvalidated_reads,
 )
 from .pixel_skymatch import RECORD_KEY
 
@@ -85,6 +86,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
         table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
         in_memory = boolean(default=True) # keep exposures in memory
+        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -143,7 +145,6 @@ class LevelMatchStep(AtomicSaveMixin, Step):
             source_nsigma=self.sigma,
             source_npixels=self.npixels,
             source_dilate=self.dilate_size,
-            store="memory" if self.in_memory else "disk",
         )
 
     def _process(self, input_models):
@@ -159,10 +160,13 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         # The Lyot region takes part only in its own stage; the mask keeps it.
         settings = MaskSettings(self.dqbits, None, None, False, ())
         mask = partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags)
-        lyot = [_lyot_region(m) for m in metas]
+        lyot = [lyot_region(m) for m in metas]
         background_times = [float(v) for v in self.background_times.replace(",", " ").split()]
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
+        execution = ExecutionSettings(
+            store="memory" if self.in_memory else "disk", memory_budget=self.memory_budget
+        )
         with library:
             sources = exposure_sources(library, mask, names)
             outcomes = run_stages(
@@ -181,41 +185,41 @@ class LevelMatchStep(AtomicSaveMixin, Step):
                 background_times=background_times,
                 match_down=self.match_down,
                 progress=lambda line: log.info("Level matching %s", line),
+                execution=execution,
             )
             if self.check_sigma > 0:
                 check_solution(
-                    sources, outcomes, config, nsigma=self.check_sigma, lyot_region=lambda k: lyot[k]
+                    sources,
+                    outcomes,
+                    config,
+                    nsigma=self.check_sigma,
+                    lyot_region=lambda k: lyot[k],
+                    execution=execution,
                 )
         self._apply(library, outcomes)
         self._write_table(library, names, outcomes)
         return library
 
     def _apply(self, library, outcomes) -> None:
-        with library:
-            for index in range(len(library)):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    record = {}
-                    for outcome in outcomes:
-                        c = outcome.corrections[index]
-                        if c is None:
-                            continue
-                        model.data = model.data - c.evaluate(model.data.shape)
-                        entry = c.plane.as_dict()
-                        if c.region is not None:
-                            entry["rows"] = [c.region[0].start or 0, c.region[0].stop or model.data.shape[0]]
-                            entry["columns"] = [
-                                c.region[1].start or 0,
-                                c.region[1].stop or model.data.shape[1],
-                            ]
-                        record[outcome.stage] = entry
-                    model.meta.instance.setdefault(RECORD_KEY, {})["level_match"] = {
-                        "stages": [o.stage for o in outcomes],
-                        "corrections": record,
-                    }
-                finally:
-                    library.shelve(model, index, modify=True)
+        for index, model in each_model(library, modify=True, validate=False):
+            record = {}
+            for outcome in outcomes:
+                c = outcome.corrections[index]
+                if c is None:
+                    continue
+                model.data = model.data - c.evaluate(model.data.shape)
+                entry = c.plane.as_dict()
+                if c.region is not None:
+                    entry["rows"] = [c.region[0].start or 0, c.region[0].stop or model.data.shape[0]]
+                    entry["columns"] = [
+                        c.region[1].start or 0,
+                        c.region[1].stop or model.data.shape[1],
+                    ]
+                record[outcome.stage] = entry
+            model.meta.instance.setdefault(RECORD_KEY, {})["level_match"] = {
+                "stages": [o.stage for o in outcomes],
+                "corrections": record,
+            }
 
     def _write_table(self, library, names, outcomes) -> None:
         parent = getattr(self, "parent", None)
@@ -251,18 +255,3 @@ class LevelMatchStep(AtomicSaveMixin, Step):
 
         # After the products: a table never lists exposures whose products are missing.
         self.after_save(write)
-
-
-def _lyot_region(meta: dict) -> tuple[slice, slice] | None:
-    """The Lyot coronagraph of a MIRI imager exposure (from metadata), or None."""
-    if str(meta.get("meta.instrument.name", "")).upper() != "MIRI":
-        return None
-    if str(meta.get("meta.instrument.detector", "")).upper() != "MIRIMAGE":
-        return None
-    shape = (int(meta["meta.subarray.ysize"]), int(meta["meta.subarray.xsize"]))
-    return miri_lyot_region(
-        shape,
-        xstart=int(meta.get("meta.subarray.xstart") or 1),
-        ystart=int(meta.get("meta.subarray.ystart") or 1),
-        full_frame=str(meta.get("meta.subarray.name") or "FULL").upper() == "FULL",
-    )

@@ -10,7 +10,8 @@ import numpy as np
 from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
-from ..core.execution import default_workers
+from ..core.execution import ExecutionSettings, default_workers
+from ..core.finalize import FinalBackgrounds, Gauge, finalize, global_sky, residual_sky, review_alignment
 from ..core.grouping import exposure_label, group_exposures, sky_units
 from ..core.matching import (
     EXPOSURE_STATUSES,
@@ -20,8 +21,7 @@ from ..core.matching import (
     match_exposures,
 )
 from ..core.pairs import DifferenceStatistic
-from ..core.planes import DetectorPlane, detector_plane
-from ..core.reference import apply_reference, reference_for_result
+from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -29,22 +29,19 @@ from ._library import (
     check_parameters,
     check_single_configuration,
     exposure_sources,
+    file_loads,
     good_pixel_mask,
     open_library_with_metadata,
     package_logging,
     parse_regions,
     report_base,
     sources_from_metadata,
-    unvalidated_reads,
 )
 from ._report import plot_diagnostics, write_offsets_tables
 
 __all__ = ["PixelSkyMatchStep"]
 
 log = logging.getLogger(__name__)
-
-#: Correlation peaks below this many robust sigmas of the surface are not trusted.
-MIN_SHIFT_SIGNIFICANCE = 6.0
 
 #: Namespace of this package's per-exposure records in ``model.meta``.
 RECORD_KEY = "skymatch_plus"
@@ -122,6 +119,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         diagnostic_plot = string(default='') # path of a diagnostic PNG (overlap graph, thumbnails); '' none; 'auto' next to the table
         n_workers = integer(default=1) # local worker processes (0: all cores but one, at most 4)
         scheduler = string(default='') # Dask scheduler address (tcp://host:port); overrides n_workers
+        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -173,6 +171,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             )
             return super().process(input_models)
 
+        # Read: the exposures, their metadata, the sky units; nothing to match ends here.
         library, metas = open_library_with_metadata(self, input_models)
         names = [exposure_label(m, i) for i, m in enumerate(metas)]
         if len(library) < 2 and self.skymethod == "match":
@@ -189,6 +188,25 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                     library, "all exposures share one sky group (one group_id or one group): nothing to match"
                 )
             return self._global_only(library, settings, previous)
+        # Match, then finalize: the free constants, the global sky, planes on the detectors.
+        sources, result = self._match(input_models, library, metas, names, units, fallback, settings)
+        final = finalize(
+            result,
+            sources,
+            metas,
+            group_exposures(metas, self.grouping),
+            self._gauge(),
+            residual_skies=partial(self._residual_skies, library, settings),
+        )
+        # Write: log, models, reports.
+        self._log_table(result, names, final)
+        self._write(library, result, final, previous, metas)
+        self._write_reports(library, result, names, final)
+        return library
+
+    # -- pieces ----------------------------------------------------------------
+    def _match(self, input_models, library, metas, names, units, fallback, settings):
+        """Exposure sources and their matching result; the alignment of overlaps reviewed."""
         log.info(
             "Pixel sky matching of %d exposures in %d sky group(s) (grouping=%r, match_within_groups=%s, "
             "fit_type=%r).",
@@ -198,7 +216,6 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             self.match_within_groups,
             self.fit_type,
         )
-
         config = self._match_config()
         mask = partial(good_pixel_mask, settings=settings, bit_flags=settings.bit_flags)
         with library:
@@ -206,21 +223,26 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
                 sources = exposure_sources(library, mask, names)
-            result = match_exposures(sources, units, config, fallback=fallback)
-        self._check_alignment(result, names)
-        ref_group, ref_index = self._reference_group(result, names, metas)
-        levels, planes = self._finalize(library, result, sources, settings, ref_group, ref_index)
-        self._log_table(result, names, levels, ref_group)
-        self._write(library, result, levels, planes, previous, ref_group)
-        self._write_reports(library, result, names, levels, planes)
-        return library
+            if not self.in_memory:
+                # Workers read these files themselves.  (An in-memory library
+                # is loaded by this process anyway, to be returned.)
+                for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
+                    source.portable_load = load
+            result = match_exposures(sources, units, config, fallback=fallback, execution=self._execution())
+        if self.alignment_check != "off":
+            review_alignment(
+                result,
+                names,
+                max_misalignment=self.max_misalignment,
+                min_correlation=self.min_shift_correlation,
+                refuse=self.alignment_check == "error",
+            )
+        return sources, result
 
-    # -- pieces ----------------------------------------------------------------
     def _match_config(self) -> MatchConfig:
         grid_scale = default_grid_scale(self.fit_type) if self.grid_scale is None else self.grid_scale
         if not grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
-        n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
         return MatchConfig(
             fit_type=self.fit_type,
             statistic=DifferenceStatistic(self.skystat, self.nclip, self.lsigma, self.usigma, self.binwidth),
@@ -239,10 +261,16 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             source_npixels=self.source_npixels,
             source_dilate=self.source_dilate,
             check_alignment=self.alignment_check != "off",
+            thumbnail_size=800 if self.diagnostic_plot else 0,
+        )
+
+    def _execution(self) -> ExecutionSettings:
+        n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
+        return ExecutionSettings(
             n_workers=n_workers,
             scheduler=self.scheduler or None,
             store="memory" if self.in_memory else "disk",
-            thumbnail_size=800 if self.diagnostic_plot else 0,
+            memory_budget=self.memory_budget,
         )
 
     def _previous_level(self, meta: dict, name: str) -> float:
@@ -262,125 +290,14 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             )
         return float(level) if subtracted else 0.0
 
-    def _check_alignment(self, result: MatchResult, names) -> None:
-        """Warn about, or refuse, overlaps whose images are shifted against each other."""
-        if self.alignment_check == "off" or not result.alignment:
-            return
-        # A peak no higher above the correlation surface than noise peaks are
-        # (significance 3-4) is chance, however high its correlation: small
-        # overlaps give such peaks at large shifts.
-        trusted = [
-            c
-            for c in result.alignment
-            if c.shift is not None
-            and c.shift.correlation >= self.min_shift_correlation
-            and c.shift.significance >= MIN_SHIFT_SIGNIFICANCE
-        ]
-        untrusted = len(result.alignment) - len(trusted)
-        bad = [c for c in trusted if c.shift.length > self.max_misalignment]
-        if trusted:
-            worst = max(trusted, key=lambda c: c.shift.length)
-            log.info(
-                "Alignment of overlapping groups: largest shift %.3f pixel (groups %d-%d) "
-                "over %d measured pair(s)%s.",
-                worst.shift.length,
-                worst.i + 1,
-                worst.j + 1,
-                len(trusted),
-                f"; {untrusted} pair(s) had too little structure to measure" if untrusted else "",
-            )
-        if untrusted and untrusted * 2 >= len(result.alignment):
-            # Silence here would read as "aligned": say the check could not look.
-            log.warning(
-                "Alignment could not be verified on %d of %d overlapping group pair(s): too little "
-                "small-scale structure to measure a shift (smooth emission?). Pixel matching still "
-                "needs alignment well within a pixel.",
-                untrusted,
-                len(result.alignment),
-            )
-        if not bad:
-            return
-        first = {g: names[members[0]] for g, members in enumerate(result.groups)}
-        lines = [
-            f"  groups {c.i + 1} ({first[c.i]}) and {c.j + 1} ({first[c.j]}): "
-            f"shift {c.shift.length:.2f} pixel (dx={c.shift.dx:+.2f}, dy={c.shift.dy:+.2f}, "
-            f"correlation {c.shift.correlation:.2f}, significance {c.shift.significance:.0f})"
-            for c in sorted(bad, key=lambda c: -c.shift.length)
-        ]
-        message = (
-            f"{len(bad)} overlapping group pair(s) are misaligned by more than max_misalignment="
-            f"{self.max_misalignment} pixel; pixel matching needs alignment well within a pixel "
-            "(align first: tweakreg, or get_wcs_adjust on a source-rich band and apply_wcs_adjust):\n"
-            + "\n".join(lines)
+    def _gauge(self) -> Gauge:
+        return Gauge(
+            reference=self.reference or "",
+            match_down=bool(self.match_down),
+            background_times=tuple(float(v) for v in self.background_times.replace(",", " ").split()),
+            tie_components=self.tie_components == "global",
+            add_global_sky=self.skymethod == "global+match",
         )
-        if self.alignment_check == "error":
-            raise ValueError(message)
-        log.warning(message)
-
-    def _reference_group(self, result: MatchResult, names, metas) -> tuple[int | None, np.ndarray]:
-        """The reference group (a group of ``grouping``, e.g. a visit) and every exposure's group."""
-        groups = group_exposures(metas, self.grouping)
-        group_index = np.empty(len(metas), dtype=int)
-        for g, members in enumerate(groups):
-            group_index[members] = g
-        rule = (self.reference or "").strip()
-        if not rule:
-            return None, group_index
-        group_names = [[names[k] for k in members] for members in groups]
-        bg_times = [float(v) for v in self.background_times.replace(",", " ").split()]
-        g = reference_for_result(rule, result, metas, group_names, bg_times, groups=groups)
-        held = [k for k in groups[g] if result.status[k] == "measured"]
-        if not held:
-            why = "; ".join(sorted({result.reasons[k] for k in groups[g] if result.reasons[k]}))
-            log.warning(
-                "Reference %r (group %d, %s) was not measured (%s): its sky is not held at zero; "
-                "match_down=%s sets the levels of its component instead.",
-                rule,
-                g + 1,
-                group_names[g][0],
-                why or result.status[groups[g][0]],
-                self.match_down,
-            )
-            return None, group_index
-        log.info(
-            "Reference group (its mean level held at zero): %d (%s), chosen by %r.",
-            g + 1,
-            group_names[g][0],
-            rule,
-        )
-        return g, group_index
-
-    def _finalize(self, library, result: MatchResult, sources, settings, ref_group, ref_index):
-        """Fix the free constants, add the global sky if asked, build detector planes."""
-        n = len(sources)
-        planes: list[DetectorPlane | None] = [None] * n
-        for k, src in enumerate(sources):
-            if np.all(np.isfinite(result.coefficients[k])):
-                planes[k] = detector_plane(
-                    result.coefficients[k], src.wcs, src.shape, result.grid, result.plane_scale
-                )
-        centre = np.array([p.level if p is not None else np.nan for p in planes])
-        measured = np.where(result.status == "measured", centre, np.nan)
-        levels = apply_reference(centre, result.component, ref_index, ref_group, self.match_down, measured)
-        if self.tie_components == "global":
-            levels = self._tie_components(library, levels, result.component, settings)
-        if self.skymethod == "global+match":
-            gsky = self._global_sky(library, levels, settings)
-            log.info("'Global' sky added to every exposure after matching: %.6g", gsky)
-            levels = np.where(np.isfinite(levels), levels + gsky, gsky)
-        planes = [
-            None
-            if not np.isfinite(levels[k])
-            else DetectorPlane(
-                float(levels[k]),
-                p.slope_x if p else 0.0,
-                p.slope_y if p else 0.0,
-                p.x_center if p else (sources[k].shape[1] - 1) / 2.0,
-                p.y_center if p else (sources[k].shape[0] - 1) / 2.0,
-            )
-            for k, p in enumerate(planes)
-        ]
-        return levels, planes
 
     def _sky_stats(self) -> SkyStats:
         return SkyStats(
@@ -393,118 +310,140 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             binwidth=self.binwidth,
         )
 
-    def _residual_skies(self, library, levels, settings) -> np.ndarray:
-        """Sky statistic of every exposure after removing its level."""
+    def _residual_skies(self, library, settings, levels) -> np.ndarray:
+        """Sky statistic of every exposure after removing its level (NaN where none)."""
         stats = self._sky_stats()
         mask_settings = MaskSettings(settings.dqbits, None, None, settings.exclude_lyot, settings.regions)
         skies = np.full(len(library), np.nan)
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                try:
-                    good = good_pixel_mask(model, mask_settings)
-                    values = model.data[good] - (levels[index] if np.isfinite(levels[index]) else 0.0)
-                finally:
-                    library.shelve(model, index, modify=False)
-                if values.size:
-                    sky, _ = stats(values)
-                    if sky is not None and np.isfinite(sky):
-                        skies[index] = float(sky)
+        for index, model in each_model(library):
+            values = model.data[good_pixel_mask(model, mask_settings)]
+            skies[index] = residual_sky(values, levels[index], stats)
         return skies
 
-    def _global_sky(self, library, levels, settings) -> float:
-        """Smallest sky statistic over all exposures after matching (SkyMatchStep's 'global')."""
-        skies = self._residual_skies(library, levels, settings)
-        if not np.isfinite(skies).any():
-            log.warning("Unable to compute a 'global' sky value; using 0.")
-            return 0.0
-        return float(np.nanmin(skies))
-
-    def _tie_components(self, library, levels, component, settings) -> np.ndarray:
-        """Shift disconnected components so that their global (lowest) skies agree."""
-        labels = np.unique(component[component >= 0])
-        if labels.size < 2:
-            return levels
-        skies = self._residual_skies(library, levels, settings)
-        floors = {lab: np.nanmin(skies[component == lab]) for lab in labels}
-        target = min(floors.values())
-        out = levels.copy()
-        for lab, floor in floors.items():
-            if np.isfinite(floor):
-                out[component == lab] += floor - target
-                log.info("Component %d tied by its global sky: shifted by %.6g.", lab, floor - target)
-        return out
-
-    def _write(self, library, result: MatchResult, levels, planes, previous, ref_group) -> None:
-        method = f"pixel-{self.skymethod}"
-        with library:
-            for index in range(len(library)):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    plane = planes[index]
-                    status = str(result.status[index])
-                    name = model.meta.filename or f"exposure {index + 1}"
-                    if plane is None:
-                        log.warning(
-                            "%s: %s (%s): SKIPPED, its sky is left unchanged.",
-                            name,
-                            EXPOSURE_STATUSES[status],
-                            result.reasons[index] or "no usable overlap",
-                        )
-                        model.meta.cal_step.skymatch = "SKIPPED"
-                        model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
-                            "method": method,
-                            "status": status,
-                            "level_source": EXPOSURE_STATUSES[status],
-                            "reason": result.reasons[index],
-                        }
-                        continue
-                    if status != "measured":
-                        log.warning(
-                            "%s: %s (%s); its level %s.",
-                            name,
-                            EXPOSURE_STATUSES[status],
-                            result.reasons[index],
-                            "comes from its group (its group_id's other members, else its visit)"
-                            if status == "group"
-                            else "is the global sky alone",
-                        )
-                    subtract = self.subtract or not plane.is_flat
-                    if subtract:
-                        model.data -= plane.evaluate(model.data.shape)
-                    model.meta.background.level = float(previous[index] + plane.level)
-                    model.meta.background.subtracted = bool(subtract)
-                    # The stock step's value: downstream code compares it.
-                    model.meta.background.method = str(self.skymethod)
-                    model.meta.cal_step.skymatch = "COMPLETE"
-                    record = {
-                        "method": method,
-                        "status": status,
-                        "level_source": EXPOSURE_STATUSES[status],
-                        "reason": result.reasons[index],
-                        "fit_type": self.fit_type,
-                        "grouping": self.grouping,
-                        "group": int(result.group_index[index]) + 1,
-                        "component": int(result.component[index]),
-                        "reference_group": 0 if ref_group is None else ref_group + 1,
-                        "match_down": bool(self.match_down),
-                        "level_uncertainty": float(result.sigma[index, 0]),
-                        **{f"plane_{k}": v for k, v in plane.as_dict().items()},
-                    }
-                    model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
-                finally:
-                    library.shelve(model, index)
+    def _write(self, library, result: MatchResult, final: FinalBackgrounds, previous, metas) -> None:
+        filenames = [m.get("meta.filename") for m in metas]
+        updates = [
+            self._model_update(result, final, previous, index, filenames[index] or f"exposure {index + 1}")
+            for index in range(len(metas))
+        ]
         if self.fit_type == "level+slope" and not self.subtract:
             log.info(
                 "Planes were subtracted from the data (subtracted=True): a scalar level cannot carry a plane."
             )
+        if (
+            self._deferred_updates is not None
+            and getattr(library, "_on_disk", False)
+            and all(filenames)
+            and len(set(filenames)) == len(filenames)
+        ):
+            # An on-disk library saves every model it lends back changed, and
+            # stpipe's closing pass (finalize_result) borrows and saves each
+            # one again: the levels go in during that pass, one save instead
+            # of two per exposure.
+            self._deferred_updates.update(zip(filenames, updates, strict=True))
+            return
+        for index, model in each_model(library, modify=True, validate=False):
+            updates[index](model)
 
-    def _write_reports(self, library, result, names, levels, planes) -> None:
+    def _model_update(self, result: MatchResult, final: FinalBackgrounds, previous, index: int, name: str):
+        """What writing exposure ``index``'s result does to its model (warnings are logged now)."""
+        method = f"pixel-{self.skymethod}"
+        plane = final.planes[index]
+        status = str(result.status[index])
+        record = {
+            "method": method,
+            "status": status,
+            "level_source": EXPOSURE_STATUSES[status],
+            "reason": result.reasons[index],
+        }
+        if plane is None:
+            log.warning(
+                "%s: %s (%s): SKIPPED, its sky is left unchanged.",
+                name,
+                EXPOSURE_STATUSES[status],
+                result.reasons[index] or "no usable overlap",
+            )
+
+            def skipped(model) -> None:
+                model.meta.cal_step.skymatch = "SKIPPED"
+                model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
+
+            return skipped
+        if status != "measured":
+            log.warning(
+                "%s: %s (%s); its level %s.",
+                name,
+                EXPOSURE_STATUSES[status],
+                result.reasons[index],
+                "comes from its group (its group_id's other members, else its visit)"
+                if status == "group"
+                else "is the global sky alone",
+            )
+        subtract = self.subtract or not plane.is_flat
+        record.update(
+            {
+                "fit_type": self.fit_type,
+                "grouping": self.grouping,
+                "group": int(result.group_index[index]) + 1,
+                "component": int(result.component[index]),
+                "reference_group": 0 if final.reference is None else final.reference + 1,
+                "match_down": bool(self.match_down),
+                "level_uncertainty": float(result.sigma[index, 0]),
+                **{f"plane_{k}": v for k, v in plane.as_dict().items()},
+            }
+        )
+        level = float(previous[index] + plane.level)
+
+        def matched(model) -> None:
+            if subtract:
+                model.data -= plane.evaluate(model.data.shape)
+            model.meta.background.level = level
+            model.meta.background.subtracted = bool(subtract)
+            # The stock step's value: downstream code compares it.
+            model.meta.background.method = str(self.skymethod)
+            model.meta.cal_step.skymatch = "COMPLETE"
+            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
+
+        return matched
+
+    # Results of an on-disk run waiting for stpipe's closing pass (see _write).
+    _deferred_updates: dict | None = None
+
+    def run(self, *args):
+        """Run the step (stpipe's ``run``); an on-disk run writes its levels in the closing pass."""
+        self._deferred_updates = {}
+        try:
+            result = super().run(*args)
+            if self._deferred_updates:
+                # The closing pass did not see these exposures (a post-hook
+                # replaced the result?): write them now.
+                log.warning(
+                    "%d exposure(s) missed stpipe's closing pass; their levels are written now.",
+                    len(self._deferred_updates),
+                )
+                with result:
+                    for index, model in enumerate(result):
+                        update = self._deferred_updates.pop(model.meta.filename, None)
+                        if update is not None:
+                            update(model)
+                        result.shelve(model, index, modify=update is not None)
+            return result
+        finally:
+            self._deferred_updates = None
+
+    def finalize_result(self, result, reference_files_used):
+        """Close one result (stpipe's hook), writing its deferred on-disk levels first."""
+        if self._deferred_updates and hasattr(result, "meta"):
+            update = self._deferred_updates.pop(result.meta.filename, None)
+            if update is not None:
+                update(result)
+        super().finalize_result(result, reference_files_used)
+
+    def _write_reports(self, library, result, names, final: FinalBackgrounds) -> None:
         # After the products: a table never lists exposures whose products are missing.
-        self.after_save(partial(self._write_reports_now, library, result, names, levels, planes))
+        self.after_save(partial(self._write_reports_now, library, result, names, final))
 
-    def _write_reports_now(self, library, result, names, levels, planes) -> None:
+    def _write_reports_now(self, library, result, names, final: FinalBackgrounds) -> None:
         table = (self.offsets_table or "").strip()
         parent = getattr(self, "parent", None)
         saving = self.save_results or (parent is not None and parent.save_results)
@@ -523,7 +462,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 "grid_crval": list(result.grid.crval),
                 "chi2_dof": result.group_solution.chi2_dof,
             }
-            write_offsets_tables(table_path, names, result, levels, planes, meta)
+            write_offsets_tables(table_path, names, result, final.levels, final.planes, meta)
         plot = (self.diagnostic_plot or "").strip()
         if plot:
             if plot.lower() == "auto":
@@ -535,41 +474,31 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
     def _skip(self, library, reason: str):
         log.warning("Sky matching skipped: %s.", reason)
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                model.meta.cal_step.skymatch = "SKIPPED"
-                library.shelve(model, index)
+        for _, model in each_model(library, modify=True):
+            model.meta.cal_step.skymatch = "SKIPPED"
         return library
 
     def _global_only(self, library, settings, previous):
         """'global+match' with one sky group: only the global sky applies (as in SkyMatchStep)."""
         log.info("All exposures share one sky group: nothing to match; applying the 'global' sky only.")
         n = len(library)
-        levels = np.full(n, np.nan)
-        gsky = self._global_sky(library, levels, settings)
+        gsky = global_sky(self._residual_skies(library, settings, np.full(n, np.nan)))
         log.info("'Global' sky of every exposure: %.6g", gsky)
-        with library:
-            for index in range(n):
-                with unvalidated_reads():
-                    model = library.borrow(index)
-                try:
-                    if self.subtract:
-                        model.data -= gsky
-                    model.meta.background.level = float(previous[index] + gsky)
-                    model.meta.background.subtracted = bool(self.subtract)
-                    model.meta.background.method = str(self.skymethod)
-                    model.meta.cal_step.skymatch = "COMPLETE"
-                    model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
-                        "method": f"pixel-{self.skymethod}",
-                        "status": "global sky only (one sky group)",
-                    }
-                finally:
-                    library.shelve(model, index)
+        for index, model in each_model(library, modify=True, validate=False):
+            if self.subtract:
+                model.data -= gsky
+            model.meta.background.level = float(previous[index] + gsky)
+            model.meta.background.subtracted = bool(self.subtract)
+            model.meta.background.method = str(self.skymethod)
+            model.meta.cal_step.skymatch = "COMPLETE"
+            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
+                "method": f"pixel-{self.skymethod}",
+                "status": "global sky only (one sky group)",
+            }
         return library
 
     @staticmethod
-    def _log_table(result: MatchResult, names, levels, ref_group) -> None:
+    def _log_table(result: MatchResult, names, final: FinalBackgrounds) -> None:
         sol = result.group_solution
         log.info(
             "Sky matching: %d group pair(s) used, %d rejected by the robust fit, %d below overlap limits.",
@@ -604,14 +533,13 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 result.group_index[k] + 1,
                 result.component[k],
                 names[k][:52],
-                levels[k],
+                final.levels[k],
                 result.sigma[k, 0],
             )
         if np.isfinite(sol.chi2_dof):
             log.info("Reduced chi-square of the group solution: %.3g", sol.chi2_dof)
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
         log.info("Time spent: %s.", timings)
-        del ref_group
 
 
 def _is_stock_skymatch(class_name: str) -> bool:

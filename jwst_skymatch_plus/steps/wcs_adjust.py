@@ -2,11 +2,11 @@
 
 JWST's relative pointing within a visit is excellent while guide-star
 astrometry differs between visits by up to a few arcsec.  ``get_wcs_adjust``
-measures one correction per visit in a reference band that has point
-sources; ``apply_wcs_adjust`` applies it to any band's exposures of the same
-visits.  The table between them is ECSV, ASDF or TOML (see
-``docs/wcs_adjust.rst``).  The algorithms live in
-:mod:`jwst_skymatch_plus.core.alignment`.
+measures one correction per visit in a reference band, with tweakreg on point
+sources or by cross-correlating the visits' overlaps; ``apply_wcs_adjust``
+applies it to any band's exposures of the same visits.  The table between
+them is ECSV, ASDF or TOML (see ``docs/wcs_adjust.rst``).  This module is the
+stpipe layer: the measurements and fits live in :mod:`jwst_skymatch_plus.core`.
 """
 
 from __future__ import annotations
@@ -17,19 +17,28 @@ import importlib.util
 import logging
 import math
 import tempfile
-import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Table
 from jwst.stpipe import Step
 
-from .._atomic import atomic_path
-from ..core.alignment import SkyAffine, apply_affine_to_wcs, detector_samples, fit_sky_affine
+from ..core.alignment import apply_affine_to_wcs, detector_samples
 from ..core.grouping import nircam_module
+from ..core.keys import visit_key
+from ..core.visit_correction import combine_visit, fit_shift_error
 from ..core.visit_shifts import correlate_visits
+from ..core.wcs_adjust_table import (
+    TABLE_FORMATS,
+    build_wcs_adjust_table,
+    read_wcs_adjust_table,
+    row_affine,
+    unit_name,
+    visit_id,
+    write_wcs_adjust_table,
+)
+from ..inputs import each_model
 from ._library import (
+    PACKAGE_LOGGERS,
     AtomicSaveMixin,
     MaskSettings,
     good_pixel_mask,
@@ -37,6 +46,7 @@ from ._library import (
     package_logging,
     report_base,
 )
+from .pixel_skymatch import RECORD_KEY
 
 log = logging.getLogger(__name__)
 
@@ -50,215 +60,12 @@ __all__ = [
     "write_wcs_adjust_table",
 ]
 
-PACKAGE_LOGGERS = ["jwst_skymatch_plus", "jwst"]
-RECORD_KEY = "skymatch_plus"
-TABLE_FORMATS = ("ecsv", "asdf", "toml")
 METHODS = ("tweakreg", "cross_corr")
 
-# name, dtype, fill when unmeasured, description
-_COLUMNS = (
-    ("visit_id", str, "", "jw<program><observation><visit>"),
-    ("program", str, "", "Program number"),
-    ("observation", str, "", "Observation number"),
-    ("visit", str, "", "Visit number"),
-    ("module", str, "", "NIRCam module the row is for ('' = every detector of the visit)"),
-    ("method", str, "", "How the correction was measured"),
-    ("filter", str, "", "Filter of the reference band"),
-    ("measured", bool, False, "False: no correction measured (shift and matrix NaN)"),
-    ("status", str, "", "Why not measured, or remarks"),
-    ("n_exposures", int, 0, "Reference-band exposures of the visit"),
-    ("n_aligned", int, 0, "Of those, exposures whose WCS the measurement corrected"),
-    ("ra_ref", float, math.nan, "Tangent point of the correction, RA, deg"),
-    ("dec_ref", float, math.nan, "Tangent point of the correction, Dec, deg"),
-    ("shift_ra", float, math.nan, "Shift of the tangent point towards East, arcsec"),
-    ("shift_dec", float, math.nan, "Shift of the tangent point towards North, arcsec"),
-    ("rotation", float, math.nan, "Change of position angle, deg"),
-    ("scale", float, math.nan, "Scale factor sqrt(|det(matrix)|)"),
-    ("m11", float, math.nan, "Matrix element (East, East)"),
-    ("m12", float, math.nan, "Matrix element (East, North)"),
-    ("m21", float, math.nan, "Matrix element (North, East)"),
-    ("m22", float, math.nan, "Matrix element (North, North)"),
-    ("shift_error", float, math.nan, "1-sigma uncertainty of the shift (both axes together), arcsec"),
-    ("n_matches", int, 0, "tweakreg: sources matched in the visit's fit(s); cross_corr: overlap blocks used"),
-    ("correlation", float, math.nan, "cross_corr: median correlation of the blocks used"),
-    ("fit_rms", float, math.nan, "RMS of the exposures' corrections about the visit's one, arcsec"),
-)
-
-
-def _norm(value) -> str:
-    """Metadata numbers as the zero-padded strings of JWST file names."""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return text.lstrip("0") or "0" if text.isdigit() else text
-
-
-def visit_key(model) -> tuple[str, str, str]:
-    """``(program, observation, visit)`` of an exposure, numbers without leading zeros."""
-    obs = model.meta.observation
-    return (_norm(obs.program_number), _norm(obs.observation_number), _norm(obs.visit_number))
-
-
-def _module(model) -> str:
-    """NIRCam module of an exposure (see :func:`~jwst_skymatch_plus.core.grouping.nircam_module`)."""
-    inst = model.meta.instrument
-    return nircam_module(
-        {
-            "meta.instrument.name": inst.name,
-            "meta.instrument.module": getattr(inst, "module", None),
-            "meta.instrument.detector": inst.detector,
-        }
-    )
-
-
-def _visit_id(key: tuple[str, ...]) -> str:
-    p, o, v = key[:3]
-    return f"jw{p.zfill(5)}{o.zfill(3)}{v.zfill(3)}"
-
-
-def _unit_name(key: tuple[str, ...]) -> str:
-    """Visit id, with the module when the row is for one module."""
-    return _visit_id(key) + (f" module {key[3]}" if len(key) > 3 and key[3] else "")
-
 
 # --------------------------------------------------------------------------
-# Table
+# Parameters
 # --------------------------------------------------------------------------
-def _row(key, **values) -> dict:
-    row = {name: fill for name, _, fill, _ in _COLUMNS}
-    row.update(visit_id=_visit_id(key), program=key[0], observation=key[1], visit=key[2])
-    row["module"] = key[3] if len(key) > 3 else ""
-    row.update(values)
-    return row
-
-
-def _affine_row(affine: SkyAffine) -> dict:
-    m = affine.matrix
-    return {
-        "ra_ref": affine.ra0,
-        "dec_ref": affine.dec0,
-        "shift_ra": float(affine.shift[0]),
-        "shift_dec": float(affine.shift[1]),
-        "rotation": affine.rotation,
-        "scale": affine.scale,
-        "m11": m[0, 0],
-        "m12": m[0, 1],
-        "m21": m[1, 0],
-        "m22": m[1, 1],
-    }
-
-
-def build_wcs_adjust_table(rows: Sequence[dict], meta: dict | None = None) -> Table:
-    """A WCS adjustment table from row dicts (missing columns take their unmeasured value)."""
-    table = Table()
-    for name, kind, fill, description in _COLUMNS:
-        dtype = {str: str, bool: bool, int: np.int64, float: np.float64}[kind]
-        table[name] = np.array([r.get(name, fill) for r in rows], dtype=dtype) if rows else np.zeros(0, dtype)
-        table[name].description = description
-    for col in ("ra_ref", "dec_ref", "rotation"):
-        table[col].unit = "deg"
-    for col in ("shift_ra", "shift_dec", "shift_error", "fit_rms"):
-        table[col].unit = "arcsec"
-    table.meta.update(meta or {})
-    return table
-
-
-def row_affine(row) -> SkyAffine:
-    """The correction a measured table row describes."""
-    matrix = [[row["m11"], row["m12"]], [row["m21"], row["m22"]]]
-    return SkyAffine(float(row["ra_ref"]), float(row["dec_ref"]), matrix, [row["shift_ra"], row["shift_dec"]])
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else repr(float(value))
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def write_wcs_adjust_table(table: Table, path: str | Path, formats: Sequence[str] = ("ecsv",)) -> list[Path]:
-    """Write the table in each format (atomically), next to ``path`` with the format's suffix.
-
-    Parameters
-    ----------
-    table : astropy.table.Table
-        The WCS adjustment table.
-    path : str or Path
-        Output path; its suffix is replaced by each format's.
-    formats : sequence of {'ecsv', 'asdf', 'toml'}
-        Formats to write.
-
-    Returns
-    -------
-    list of Path
-        The files written.
-    """
-    import asdf
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        if fmt not in TABLE_FORMATS:
-            raise ValueError(f"table format {fmt!r}: use one of {TABLE_FORMATS}")
-        out = path.with_suffix("." + fmt)
-        with atomic_path(out) as tmp:
-            if fmt == "ecsv":
-                table.write(tmp, format="ascii.ecsv", overwrite=True)
-            elif fmt == "asdf":
-                tree = {"wcs_adjust": {name: np.asarray(table[name]) for name in table.colnames}}
-                tree["meta"] = dict(table.meta)
-                asdf.AsdfFile(tree).write_to(tmp)
-            else:
-                lines = [f"# {k} = {v}" for k, v in table.meta.items()]
-                for row in table:
-                    lines.append("[[visit]]")
-                    lines += [f"{name} = {_toml_value(row[name])}" for name in table.colnames]
-                tmp.write_text("\n".join(lines) + "\n")
-        written.append(out)
-    return written
-
-
-def read_wcs_adjust_table(path: str | Path) -> Table:
-    """Read a table written by :func:`write_wcs_adjust_table` (format from the suffix)."""
-    import asdf
-
-    path = Path(path)
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix == "ecsv":
-        table = Table.read(path, format="ascii.ecsv")
-    elif suffix == "asdf":
-        with asdf.open(path) as af:
-            cols = {k: np.array(v) for k, v in af.tree["wcs_adjust"].items()}
-            meta = dict(af.tree.get("meta", {}))
-        table = Table(cols, meta=meta)
-    elif suffix == "toml":
-        rows = tomllib.loads(path.read_text()).get("visit", [])
-        table = build_wcs_adjust_table(rows)
-    else:
-        raise ValueError(f"{path}: unknown table format (use .ecsv, .asdf or .toml)")
-    missing = [c for c in ("program", "observation", "visit", "measured") if c not in table.colnames]
-    if missing:
-        raise ValueError(f"{path}: not a WCS adjustment table (no column {', '.join(missing)})")
-    for name, kind, fill, description in _COLUMNS:
-        if name not in table.colnames:
-            # Written by an earlier version, before this column existed.
-            table[name] = np.full(len(table), fill, dtype=type(fill) if kind is not str else str)
-            table[name].description = description
-    for name, kind, _, _ in _COLUMNS:
-        if kind is str and name in table.colnames:
-            # ECSV reads an all-empty text column back as masked.
-            col = table[name]
-            mask = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)))
-            table[name] = np.array(["" if m else str(v) for v, m in zip(col, mask, strict=True)], dtype=str)
-    for name in ("program", "observation", "visit"):
-        table[name] = [_norm(v) for v in table[name]]
-    return table
-
-
 def _parse_mapping(text: str, what: str) -> dict:
     if not (text or "").strip():
         return {}
@@ -364,21 +171,18 @@ class GetWCSAdjustStep(AtomicSaveMixin, Step):
             self.table_paths = [path]
             return library
         copies, keys, filters, instruments, targets = [], [], [], [], []
-        with library:
-            for i in range(len(library)):
-                model = library.borrow(i)
-                copy = model.copy()
-                module = _module(model) if self.degroup_nircam_modules else ""
-                keys.append((*visit_key(model), module))
-                if self.group_dithers:
-                    # tweakreg fits one correction per group_id: a whole
-                    # visit constrains rotation far better than one dither.
-                    copy.meta.group_id = _visit_id(keys[-1]) + module
-                copies.append(copy)
-                filters.append(str(model.meta.instrument.filter or ""))
-                instruments.append(str(model.meta.instrument.name or "").lower())
-                targets.append(str(model.meta.target.catalog_name or model.meta.target.proposer_name or ""))
-                library.shelve(model, i, modify=False)
+        for _, model in each_model(library):
+            copy = model.copy()
+            module = nircam_module(model) if self.degroup_nircam_modules else ""
+            keys.append((*visit_key(model), module))
+            if self.group_dithers:
+                # tweakreg fits one correction per group_id: a whole
+                # visit constrains rotation far better than one dither.
+                copy.meta.group_id = visit_id(keys[-1]) + module
+            copies.append(copy)
+            filters.append(str(model.meta.instrument.filter or ""))
+            instruments.append(str(model.meta.instrument.name or "").lower())
+            targets.append(str(model.meta.target.catalog_name or model.meta.target.proposer_name or ""))
         if len(set(filters)) > 1:
             log.warning(
                 "The reference exposures mix filters (%s): one band is expected.",
@@ -397,9 +201,20 @@ class GetWCSAdjustStep(AtomicSaveMixin, Step):
                 if self.custom_catalog_function.strip():
                     params.update(self._write_custom_catalogs(copies, Path(catdir)))
                 after, fits = self._tweakreg(copies, samples, params)
-        rows = [
-            self._visit_row(method, key, keys, filters, before, after, fits) for key in dict.fromkeys(keys)
-        ]
+        rows = []
+        for key in dict.fromkeys(keys):
+            members = [i for i, k in enumerate(keys) if k == key]
+            rows.append(
+                combine_visit(
+                    key,
+                    [before[i] for i in members],
+                    [after[i] for i in members],
+                    [fits[i] for i in members],
+                    method=method,
+                    filter_name=filters[members[0]],
+                    fitgeometry=self.fitgeometry,
+                )
+            )
         table = build_wcs_adjust_table(
             rows,
             {
@@ -520,19 +335,12 @@ class GetWCSAdjustStep(AtomicSaveMixin, Step):
         # A reference nothing was aligned to measures nothing.
         any_success = any("SUCCESS" in st for st in statuses)
         after = []
-        with aligned:
-            for i in range(len(aligned)):
-                model = aligned.borrow(i)
-                # tweakreg's reference group keeps its WCS: a measured zero.
-                ok = "SUCCESS" in statuses[i] or (statuses[i] == "REFERENCE" and any_success)
-                after.append(model.meta.wcs(*samples[i]) if ok else None)
-                aligned.shelve(model, i, modify=False)
+        for i, model in each_model(aligned):
+            # tweakreg's reference group keeps its WCS: a measured zero.
+            ok = "SUCCESS" in statuses[i] or (statuses[i] == "REFERENCE" and any_success)
+            after.append(model.meta.wcs(*samples[i]) if ok else None)
         for f in fits:
-            # Standard error of a fitted shift: the fit's RMS over the matches.
-            n, rmse = int(f.get("nmatches", 0) or 0), float(f.get("rmse", math.nan))
-            f["shift_error"] = (
-                rmse / math.sqrt(n) if n > 0 else (0.0 if f.get("status") == "REFERENCE" else math.nan)
-            )
+            f["shift_error"] = fit_shift_error(f)
         return after, fits
 
     def _cross_correlate(self, copies, keys, samples):
@@ -580,59 +388,6 @@ class GetWCSAdjustStep(AtomicSaveMixin, Step):
                 }
             )
         return after, fits
-
-    def _visit_row(self, method, key, keys, filters, before, after, fits) -> dict:
-        members = [i for i, k in enumerate(keys) if k == key]
-        ok = [i for i in members if after[i] is not None]
-        common = {"method": method, "filter": filters[members[0]], "n_exposures": len(members)}
-        if not ok:
-            log.warning(
-                "Visit %s: %s aligned none of its exposures; recorded as unmeasured.", _unit_name(key), method
-            )
-            return _row(key, status=f"{method} could not align any exposure of this visit", **common)
-        ra = np.concatenate([before[i][0] for i in ok])
-        dec = np.concatenate([before[i][1] for i in ok])
-        ra_new = np.concatenate([after[i][0] for i in ok])
-        dec_new = np.concatenate([after[i][1] for i in ok])
-        ra0, dec0 = float(np.mean(ra)), float(np.mean(dec))
-        affine, rms = fit_sky_affine(ra, dec, ra_new, dec_new, ra0, dec0, self.fitgeometry)
-        status = (
-            "" if len(ok) == len(members) else f"{len(members) - len(ok)} exposure(s) not aligned, left out"
-        )
-        if all(fits[i].get("status") == "REFERENCE" for i in ok):
-            status = "reference of the relative alignment"
-        # One fit per group (a rigid visit, or a cross-correlation unit):
-        # count its matches and error once.
-        groups = {str(fits[i].get("group_id", i)): fits[i] for i in ok}
-        common["n_matches"] = sum(int(f.get("nmatches", 0) or 0) for f in groups.values())
-        errors = np.array([float(f.get("shift_error", math.nan)) for f in groups.values()])
-        # The visit's correction averages its groups' fits.
-        error = float(np.sqrt(np.sum(errors**2)) / errors.size)
-        if len(groups) > 1 and len(ok) > 1:
-            error = max(error, rms / math.sqrt(len(groups)))
-        correlations = [float(f.get("correlation", math.nan)) for f in groups.values()]
-        common["correlation"] = (
-            float(np.nanmedian(correlations)) if np.isfinite(correlations).any() else math.nan
-        )
-        log.info(
-            "Visit %s: shift (%+.4f, %+.4f) +- %.4f arcsec, rotation %+.5f deg from %d exposure(s).",
-            _unit_name(key),
-            affine.shift[0],
-            affine.shift[1],
-            error,
-            affine.rotation,
-            len(ok),
-        )
-        return _row(
-            key,
-            measured=True,
-            status=status,
-            n_aligned=len(ok),
-            fit_rms=rms,
-            shift_error=error,
-            **common,
-            **_affine_row(affine),
-        )
 
 
 def load_reference_image(path: str) -> tuple[np.ndarray, np.ndarray, object]:
@@ -748,7 +503,7 @@ class ApplyWCSAdjustStep(AtomicSaveMixin, Step):
                 model = library.borrow(i)
                 key = visit_key(model)
                 # A module's own row (degroup_nircam_modules) before the visit's.
-                row = rows.get((*key, _module(model)), rows.get((*key, "")))
+                row = rows.get((*key, nircam_module(model)), rows.get((*key, "")))
                 changed = self._apply_one(model, row)
                 if changed:
                     unit = (row["program"], row["observation"], row["visit"], row["module"])
@@ -758,7 +513,7 @@ class ApplyWCSAdjustStep(AtomicSaveMixin, Step):
             row = rows[unit]
             log.info(
                 "Visit %s: %d exposure(s) shifted by (%+.4f, %+.4f) arcsec, rotated %+.5f deg.",
-                _unit_name(unit),
+                unit_name(unit),
                 count,
                 row["shift_ra"],
                 row["shift_dec"],
@@ -773,7 +528,7 @@ class ApplyWCSAdjustStep(AtomicSaveMixin, Step):
         name = model.meta.filename
         if row is None:
             log.warning(
-                "%s: visit %s is not in the table; WCS left unchanged.", name, _visit_id(visit_key(model))
+                "%s: visit %s is not in the table; WCS left unchanged.", name, visit_id(visit_key(model))
             )
             return False
         if not row["measured"]:
@@ -796,7 +551,7 @@ class ApplyWCSAdjustStep(AtomicSaveMixin, Step):
         log.debug(
             "%s: visit %s shifted by (%+.4f, %+.4f) arcsec, rotated %+.5f deg.",
             name,
-            _unit_name((row["program"], row["observation"], row["visit"], row["module"])),
+            unit_name((row["program"], row["observation"], row["visit"], row["module"])),
             affine.shift[0],
             affine.shift[1],
             affine.rotation,
