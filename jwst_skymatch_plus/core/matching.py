@@ -1076,6 +1076,11 @@ def _build_stored_unit(
     return product, wcs_out
 
 
+def _shares_files(executor, store) -> bool:
+    """Whether tasks run in other processes and exchange images through the store's folder."""
+    return executor.remote and isinstance(getattr(store, "files", None), StoredImages)
+
+
 def _resample_units(
     exposures: Sequence[ExposureSource], layout: _Layout, config: MatchConfig, executor, store
 ) -> _PatchSet:
@@ -1091,7 +1096,7 @@ def _resample_units(
     patches: list[Patch] = []
     flatness: list[float] = []
     thumbnails: list = []
-    remote = executor.remote and isinstance(getattr(store, "files", None), StoredImages)
+    remote = _shares_files(executor, store)
     factor = layout.thumbnail_factor
 
     def tasks():
@@ -1168,7 +1173,7 @@ def _measure_pairs(
 ) -> _PairSet:
     """Measure every pair task; label the pairs with their units and pedestals."""
     patches = built.patches
-    remote = executor.remote and isinstance(getattr(store, "files", None), StoredImages)
+    remote = _shares_files(executor, store)
     if remote:
         # Workers read their cut-outs from the store's folder themselves.
         fn = _measure_stored_pair

@@ -558,12 +558,18 @@ def sources_from_metadata(
     return sources
 
 
+def _exposure_arrays(model, name: str, mask: Callable) -> tuple:
+    """``(data, good, wcs)`` of an open model: what matching reads of an exposure."""
+    wcs = check_image(model, name)
+    return np.array(model.data, dtype=np.float32, copy=True), mask(model), wcs
+
+
 def _loader(library, index: int, mask, source: ExposureSource | None = None, name: str | None = None):
     def load():
         with borrowed(library, index, name=name, validate=False) as model:
-            wcs = check_image(model, model.meta.filename or name or f"exposure {index}")
-            data = np.array(model.data, dtype=np.float32, copy=True)
-            good = mask(model)
+            data, good, wcs = _exposure_arrays(
+                model, model.meta.filename or name or f"exposure {index}", mask
+            )
         if source is not None:
             source.wcs = wcs  # kept for later use (planes on detectors)
         return data, good, wcs
@@ -592,10 +598,7 @@ class FileLoad:
             except Exception as exc:
                 raise OSError(f"{self.name}: cannot be opened: {file_problem(self.path, exc)}") from exc
         with model:
-            wcs = check_image(model, self.name)
-            data = np.array(model.data, dtype=np.float32, copy=True)
-            good = self.mask(model)
-        return data, good, wcs
+            return _exposure_arrays(model, self.name, self.mask)
 
 
 def file_loads(library, input_models, mask: Callable, names: Sequence[str]) -> list[FileLoad | None]:
