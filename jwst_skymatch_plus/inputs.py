@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .background import BackgroundRule, Exposure, classify
 
 __all__ = [
@@ -73,11 +75,16 @@ class Inputs:
     exposures : list of Exposure or None
         Every exposure of the input (those left out too), classified; None
         for a ``ModelLibrary`` input, taken as it is.
+    held_bytes : float
+        Estimated memory the library's exposures take while they are held
+        in memory (0 for an on-disk library, and for a ``ModelLibrary``
+        input, whose size is not looked into).
     """
 
     library: Any
     metas: list[dict]
     exposures: list[Exposure] | None = None
+    held_bytes: float = 0.0
 
 
 def is_association(item: Any) -> bool:
@@ -129,6 +136,7 @@ def open_exposures(
     rule: BackgroundRule | None = None,
     keep_background: bool = False,
     on_disk: bool = False,
+    memory_budget: float | None = None,
 ) -> Inputs:
     """Open what a step or the pipeline was given: library, metadata and classification.
 
@@ -146,6 +154,10 @@ def open_exposures(
     on_disk : bool
         Keep the models on disk between uses (``in_memory=False``); models
         already in memory stay there.
+    memory_budget : float, optional
+        Bytes the exposures may take in memory.  Files whose arrays would
+        take more (estimated from their sizes) are kept on disk as with
+        ``on_disk=True``, which is logged.  None: no limit.
 
     Returns
     -------
@@ -194,13 +206,42 @@ def open_exposures(
             members.append(member)
             metas.append(meta)
         out["products"] = [{**asn["products"][0], "members": members}]
-        return Inputs(ModelLibrary(out, on_disk=on_disk), metas, exposures)
+        held = 0.0 if on_disk else float(sum(_file_size(m["expname"]) for m in members))
+        if held and memory_budget is not None and held > memory_budget:
+            log.info(
+                "The %d exposures take about %.2f GiB in memory, more than the memory budget of %.2f GiB: "
+                "they are read from their files when needed, as with in_memory=False (memory_budget sets "
+                "the budget).",
+                len(members),
+                held / 2**30,
+                memory_budget / 2**30,
+            )
+            on_disk, held = True, 0.0
+        return Inputs(ModelLibrary(out, on_disk=on_disk), metas, exposures, held)
     if on_disk:
         # Models already in memory cannot be moved to an on-disk library
         # (jwst's SkyMatchStep fails here); keep them where they are.
         log.info("in_memory=False: the input models are already in memory and stay there.")
-    library = ModelLibrary([item["expname"] if isinstance(item, Mapping) else item for item, _, _ in kept])
-    return Inputs(library, read_all_metadata(library), exposures)
+    models = [item["expname"] if isinstance(item, Mapping) else item for item, _, _ in kept]
+    held = float(sum(_model_bytes(m) for m in models))
+    library = ModelLibrary(models)
+    return Inputs(library, read_all_metadata(library), exposures, held)
+
+
+def _file_size(path: str) -> int:
+    """Bytes of a member file (its arrays take about as much in memory)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:  # a URL, or gone since its metadata was read: the library will say
+        return 0
+
+
+def _model_bytes(model: Any) -> int:
+    """Bytes of the arrays an open model holds (0 for a file name)."""
+    tree = getattr(model, "instance", None)
+    if not isinstance(tree, Mapping):
+        return 0
+    return sum(value.nbytes for value in tree.values() if isinstance(value, np.ndarray))
 
 
 def _entries(input_data: Any) -> tuple[dict, list[tuple[Any, str, dict]]]:

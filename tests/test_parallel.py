@@ -127,21 +127,68 @@ def test_memory_budget_spills_resampled_images_to_disk(miri_mosaic, serial, tmp_
             _sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(), execution=execution
         )
     _same(serial, result)
-    spilled = [r for r in caplog.records if "more than the memory budget" in r.getMessage()]
+    spilled = [r for r in caplog.records if "left of the memory budget" in r.getMessage()]
     assert len(spilled) == 1
     assert list(tmp_path.iterdir()) == []  # the disk store was used, then removed
+
+
+def test_exposures_held_in_memory_count_against_the_budget(miri_mosaic, serial, tmp_path, caplog):
+    """A budget the images alone fit in is not enough once the exposures take most of it."""
+    need = 8.0 * sum(s.shape[0] * s.shape[1] for s in _sources(miri_mosaic))  # more than the boxes need
+    budget = 2 * need / 2**30
+    with caplog.at_level("INFO", logger="jwst_skymatch_plus.core.matching"):
+        roomy = ExecutionSettings(memory_budget=budget, temp_dir=str(tmp_path))
+        _same(
+            serial,
+            match_exposures(_sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(), execution=roomy),
+        )
+        assert not [r for r in caplog.records if "memory budget" in r.getMessage()]
+        held = ExecutionSettings(memory_budget=budget, held_bytes=1.9 * need, temp_dir=str(tmp_path))
+        _same(
+            serial,
+            match_exposures(_sources(miri_mosaic), _groups(miri_mosaic), MatchConfig(), execution=held),
+        )
+    (spilled,) = [r.getMessage() for r in caplog.records if "memory budget" in r.getMessage()]
+    assert "held by the exposures" in spilled
+
+
+def test_exposures_above_the_memory_budget_are_read_from_disk(tmp_path, caplog):
+    """Files that would not fit the budget stay on disk (logged once); same levels, inputs untouched."""
+    import hashlib
+    import os
+
+    from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
+
+    sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=23)
+    asn = write_association(sim.filenames, tmp_path, "budget")
+    files = [tmp_path / f for f in sim.filenames]
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    size = sum(os.path.getsize(f) for f in files)
+    in_memory = PixelSkyMatchStep.call(str(asn))
+    assert not in_memory._on_disk
+    with caplog.at_level("INFO", logger="jwst_skymatch_plus"):
+        small = PixelSkyMatchStep.call(str(asn), memory_budget=0.5 * size / 2**30)
+    assert small._on_disk
+    told = [r for r in caplog.records if "as with in_memory=False" in r.getMessage()]
+    assert len(told) == 1 and str(len(files)) in told[0].getMessage()
+    np.testing.assert_array_equal(recorded_levels(in_memory), recorded_levels(small))
+    assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == digests
+    # A budget the files fit in keeps them in memory, as in_memory=True asks.
+    assert not PixelSkyMatchStep.call(str(asn), memory_budget=2 * size / 2**30)._on_disk
 
 
 def test_default_memory_budget_is_within_its_documented_range():
     from jwst_skymatch_plus.core.execution import default_memory_budget
 
-    assert 1.0 <= default_memory_budget() <= 4.0
+    assert 1.0 <= default_memory_budget() <= 3.0
     assert ExecutionSettings().budget_bytes == default_memory_budget() * 2**30
     assert ExecutionSettings(memory_budget=0.5).budget_bytes == 2**29
 
 
 def test_on_disk_run_saves_each_exposure_once(tmp_path, monkeypatch):
     """On disk, the levels are written during stpipe's closing pass: one save per exposure, same levels."""
+    import asdf
     from stpipe.library import AbstractModelLibrary
 
     from jwst_skymatch_plus import PixelSkyMatchStep
@@ -155,15 +202,37 @@ def test_on_disk_run_saves_each_exposure_once(tmp_path, monkeypatch):
 
     def counted(self, model, index=None, modify=True):
         saves.append(bool(modify and self._on_disk))
+        if saves[-1]:
+            validated.append(asdf.get_config().validate_on_read)
         return shelve(self, model, index, modify)
 
+    validated = []
     monkeypatch.setattr(AbstractModelLibrary, "shelve", counted)
     on_disk = PixelSkyMatchStep.call(str(asn), in_memory=False)
     monkeypatch.undo()
     assert sum(saves) == len(sim.filenames)
+    # The closing pass read the models without validating them again, and
+    # its override is gone from the library afterwards.
+    assert validated == [False] * len(sim.filenames)
+    assert "finalize_result" not in vars(on_disk)
     np.testing.assert_array_equal(recorded_levels(in_memory), recorded_levels(on_disk))
     with on_disk:
         for index, model in enumerate(on_disk):
             assert model.meta.cal_step.skymatch == "COMPLETE"
             assert model.meta.instance["skymatch_plus"]["pixel_skymatch"]["method"] == "pixel-match"
             on_disk.shelve(model, index, modify=False)
+
+
+def test_chunked_submission_keeps_tasks_in_order():
+    """Short tasks travel to workers in lists; results come back one per task, in order."""
+    from jwst_skymatch_plus.core.execution import ProcessExecutor, SerialExecutor, chunk_size
+
+    tasks = [(i, 2) for i in range(23)]
+    with ProcessExecutor(2) as executor:
+        assert list(executor.imap(pow, tasks, chunksize=5)) == [i**2 for i in range(23)]
+        assert list(executor.imap(pow, tasks)) == [i**2 for i in range(23)]
+        # About 8 submissions per worker, 1 to 64 tasks each.
+        assert chunk_size(800, executor) == 50
+        assert chunk_size(10, executor) == 1
+        assert chunk_size(100_000, executor) == 64
+    assert chunk_size(800, SerialExecutor()) == 1

@@ -20,6 +20,7 @@ __all__ = [
     "ExecutionSettings",
     "Executor",
     "available_memory",
+    "chunk_size",
     "default_memory_budget",
     "default_workers",
     "make_executor",
@@ -42,14 +43,16 @@ def available_memory() -> float | None:
 
 
 def default_memory_budget() -> float:
-    """GiB resampled images may use by default: a quarter of the available memory, 1 to 4 GiB.
+    """GiB a run's large arrays may hold by default: a quarter of the available memory, 1 to 3 GiB.
 
-    The input models, the workers and the pair measurements need the rest.
+    The budget covers the exposures held in memory and the resampled images;
+    the interpreter, the workers and the pair measurements need the rest
+    (about 0.5-1 GiB), so a default run stays under 4 GiB.
     """
     available = available_memory()
     if available is None:
         return 2.0
-    return float(min(4.0, max(1.0, available / 4 / 2**30)))
+    return float(min(3.0, max(1.0, available / 4 / 2**30)))
 
 
 def default_workers() -> int:
@@ -77,9 +80,13 @@ class ExecutionSettings:
     temp_dir : str, optional
         Parent directory of the disk store (default: the system's).
     memory_budget : float, optional
-        GiB the resampled images may hold in memory; when a run's estimate
-        exceeds it, they wait on disk instead (``store='disk'``).  None:
-        :func:`default_memory_budget`.
+        GiB the run's large arrays may hold in memory: the exposures held in
+        memory (``held_bytes``) and the resampled images.  When the images'
+        estimate exceeds what the exposures leave of it, they wait on disk
+        instead (``store='disk'``).  None: :func:`default_memory_budget`.
+    held_bytes : float
+        Bytes the exposures already take in memory (counted against the
+        budget).
     """
 
     n_workers: int = 1
@@ -87,6 +94,7 @@ class ExecutionSettings:
     store: str = "memory"
     temp_dir: str | None = None
     memory_budget: float | None = None
+    held_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.store not in ("memory", "disk"):
@@ -112,6 +120,8 @@ class Executor:
 
     #: Tasks run in other processes: arrays must not travel with them.
     remote = False
+    #: Tasks that run at the same time.
+    workers = 1
 
     def __init__(self, max_pending: int = 1) -> None:
         self.max_pending = max(1, max_pending)
@@ -120,15 +130,20 @@ class Executor:
         """Start ``fn(*args)``."""
         raise NotImplementedError
 
-    def imap(self, fn: Callable, tasks: Iterable[tuple]) -> Iterator[Any]:
-        """Yield ``fn(*task)`` for each task, in order, keeping a bounded queue."""
+    def imap(self, fn: Callable, tasks: Iterable[tuple], chunksize: int = 1) -> Iterator[Any]:
+        """Yield ``fn(*task)`` for each task, in order, keeping a bounded queue.
+
+        With ``chunksize`` > 1 tasks travel in lists of that many, one
+        submission each: short tasks would otherwise spend more time on
+        their way to a worker and back than in it.
+        """
         pending: list[Future] = []
-        for task in tasks:
-            pending.append(self.submit(fn, *task))
+        for chunk in _chunks(tasks, max(1, chunksize)):
+            pending.append(self.submit(_run_chunk, fn, chunk))
             if len(pending) >= self.max_pending:
-                yield pending.pop(0).result()
+                yield from pending.pop(0).result()
         while pending:
-            yield pending.pop(0).result()
+            yield from pending.pop(0).result()
 
     def close(self) -> None:
         """Release workers."""
@@ -145,6 +160,32 @@ class Executor:
             self.close()
         else:
             self.abort()
+
+
+def _chunks(tasks: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    chunk: list[tuple] = []
+    for task in tasks:
+        chunk.append(task)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run_chunk(fn: Callable, chunk: list[tuple]) -> list[Any]:
+    """Run one list of tasks in a worker."""
+    return [fn(*task) for task in chunk]
+
+
+def chunk_size(n_tasks: int, executor: Executor, per_worker: int = 8, largest: int = 64) -> int:
+    """Tasks per submission so that each worker gets about ``per_worker`` submissions.
+
+    Serial runs, and remote ones with few tasks, submit tasks one by one.
+    """
+    if not executor.remote:
+        return 1
+    return max(1, min(largest, n_tasks // max(1, per_worker * executor.workers)))
 
 
 class _Done(Future):
@@ -173,6 +214,7 @@ class ProcessExecutor(Executor):
 
     def __init__(self, n_workers: int) -> None:
         super().__init__(max_pending=2 * n_workers)
+        self.workers = n_workers
         self._pool = ProcessPoolExecutor(
             max_workers=n_workers, initializer=_watch_parent, initargs=(os.getpid(),)
         )
@@ -276,6 +318,7 @@ class DaskExecutor(Executor):
         self._client = Client(scheduler) if self._own else scheduler
         n = sum(self._client.nthreads().values()) or 1
         super().__init__(max_pending=2 * n)
+        self.workers = n
 
     def submit(self, fn, *args):
         # Pure=False: identical inputs are still separate tasks (no caching of

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .execution import ExecutionSettings
+from .execution import ExecutionSettings, chunk_size
 from .grid import BBox, SkyGrid, footprint_of, overlap_bbox
 from .pairs import (
     DifferenceStatistic,
@@ -1195,7 +1195,8 @@ def _measure_pairs(
         )
     out = _PairSet()
     progress = _Progress("Measuring pairs", len(tasks))
-    for count, (task, outcome) in enumerate(zip(tasks, executor.imap(fn, jobs), strict=True), start=1):
+    outcomes = executor.imap(fn, jobs, chunksize=chunk_size(len(tasks), executor))
+    for count, (task, outcome) in enumerate(zip(tasks, outcomes, strict=True), start=1):
         pa, pb = patches[task.a], patches[task.b]
         pair = outcome.pair
         if task.check_alignment and pair is not None:
@@ -1241,12 +1242,17 @@ def _store_kind(execution: ExecutionSettings, executor, layout: _Layout) -> str:
     # Image and weight in float32 for every exposure's box (co-added patches
     # of a unit take less).
     need = 8.0 * sum(box.size for box in layout.boxes)
-    if need > execution.budget_bytes:
+    left = execution.budget_bytes - execution.held_bytes
+    if need > left:
+        gib_held = execution.held_bytes / 2**30
+        held = f" ({gib_held:.2f} GiB held by the exposures)" if execution.held_bytes else ""
         log.info(
-            "Resampled images need about %.2f GiB, more than the memory budget of %.2f GiB: they wait on "
-            "disk in a temporary folder (%s) until their pairs are measured (memory_budget sets the budget).",
+            "Resampled images need about %.2f GiB, more than the %.2f GiB left of the memory budget%s: they "
+            "wait on disk in a temporary folder (%s) until their pairs are measured (memory_budget sets the "
+            "budget).",
             need / 2**30,
-            execution.budget_bytes / 2**30,
+            max(left, 0.0) / 2**30,
+            held,
             execution.temp_dir or "the system's temporary directory",
         )
         return "disk"

@@ -23,6 +23,7 @@ from stdatamodels.jwst.datamodels.dqflags import pixel
 from .._atomic import place, staging_folder
 from .._signals import sigterm_raises
 from ..background import Exposure, background_times, format_times
+from ..core.execution import ExecutionSettings
 from ..core.keys import lyot_region
 from ..core.matching import ExposureSource
 from ..core.regions import describe_region, region_misses
@@ -48,6 +49,7 @@ __all__ = [
     "regions_text",
     "report_base",
     "sources_from_metadata",
+    "unvalidated_closing_pass",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,27 @@ PACKAGE_LOGGERS = (
     "CRDS",
     "py.warnings",
 )
+
+
+def unvalidated_closing_pass(library) -> None:
+    """Let stpipe's closing pass over ``library`` open its models without schema validation.
+
+    After ``process``, stpipe borrows every model of the returned library
+    once more (``ModelLibrary.finalize_result``) to stamp its metadata, and an
+    on-disk library saves each one to a temporary file.  Those models were
+    read from validated files and are saved, and so validated, again right
+    away: validating them on the way in too costs about a third of that
+    pass.  The override is on this one library object and removes itself
+    when it runs, so a later step's pass is stpipe's own.
+    """
+    closing_pass = library.finalize_result
+
+    def finalize_result(step, reference_files_used):
+        del library.finalize_result
+        with unvalidated_reads():
+            closing_pass(step, reference_files_used)
+
+    library.finalize_result = finalize_result
 
 
 class AtomicSaveMixin:
@@ -173,16 +196,23 @@ def open_library(step, input_models):
 
 
 def open_library_with_metadata(step, input_models) -> tuple:
-    """A ModelLibrary of a step's input and the flat metadata of its members.
+    """A ModelLibrary of a step's input, the flat metadata of its members, and the bytes it holds.
 
     The input is opened by :func:`jwst_skymatch_plus.inputs.open_exposures`,
     as ``calwebb_image3_plus`` opens its own: background observations of an
     association or a list are left out, and their times become the step's
-    ``background_times`` when it has none.
+    ``background_times`` when it has none.  Files that would take more
+    memory than the step's ``memory_budget`` stay on disk.  The third value
+    is what the exposures held in memory take of that budget.
     """
-    opened = open_exposures(step.prepare_output(input_models, open_models=False), on_disk=not step.in_memory)
+    budget = None
+    if hasattr(step, "memory_budget"):
+        budget = ExecutionSettings(memory_budget=step.memory_budget).budget_bytes
+    opened = open_exposures(
+        step.prepare_output(input_models, open_models=False), on_disk=not step.in_memory, memory_budget=budget
+    )
     pass_background_times(opened.exposures, [step])
-    return opened.library, opened.metas
+    return opened.library, opened.metas, opened.held_bytes
 
 
 def pass_background_times(exposures: Sequence[Exposure] | None, steps: Sequence) -> None:

@@ -86,7 +86,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
         table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
         in_memory = boolean(default=True) # keep exposures in memory
-        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
+        memory_budget = float(min=0.0, default=None) # GiB the exposures and resampled images may hold in memory; input files above it stay on disk as with in_memory=False, images above what is left wait on disk (default: a quarter of the available memory, 1-3 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -149,7 +149,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
 
     def _process(self, input_models):
         check_parameters(self)
-        library, metas = open_library_with_metadata(self, input_models)
+        library, metas, held_bytes = open_library_with_metadata(self, input_models)
         names = [exposure_label(m, i) for i, m in enumerate(metas)]
         stages = self._stages()
         if len(library) < 2 or not stages:
@@ -165,7 +165,9 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
         execution = ExecutionSettings(
-            store="memory" if self.in_memory else "disk", memory_budget=self.memory_budget
+            store="memory" if self.in_memory else "disk",
+            memory_budget=self.memory_budget,
+            held_bytes=held_bytes,
         )
         with library:
             sources = exposure_sources(library, mask, names)

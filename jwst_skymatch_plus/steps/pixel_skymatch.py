@@ -36,6 +36,7 @@ from ._library import (
     parse_regions,
     report_base,
     sources_from_metadata,
+    unvalidated_closing_pass,
 )
 from ._report import plot_diagnostics, write_offsets_tables
 
@@ -119,7 +120,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         diagnostic_plot = string(default='') # path of a diagnostic PNG (overlap graph, thumbnails); '' none; 'auto' next to the table
         n_workers = integer(default=1) # local worker processes (0: all cores but one, at most 4)
         scheduler = string(default='') # Dask scheduler address (tcp://host:port); overrides n_workers
-        memory_budget = float(min=0.0, default=None) # GiB the resampled images may hold in memory before they wait on disk (default: a quarter of the available memory, 1-4 GiB)
+        memory_budget = float(min=0.0, default=None) # GiB the exposures and resampled images may hold in memory; input files above it stay on disk as with in_memory=False, images above what is left wait on disk (default: a quarter of the available memory, 1-3 GiB)
     """  # noqa: E501
 
     reference_file_types: list = []
@@ -172,7 +173,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             return super().process(input_models)
 
         # Read: the exposures, their metadata, the sky units; nothing to match ends here.
-        library, metas = open_library_with_metadata(self, input_models)
+        library, metas, held_bytes = open_library_with_metadata(self, input_models)
         names = [exposure_label(m, i) for i, m in enumerate(metas)]
         if len(library) < 2 and self.skymethod == "match":
             return self._skip(library, f"only {len(library)} exposure(s): nothing to match")
@@ -189,7 +190,10 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 )
             return self._global_only(library, settings, previous)
         # Match, then finalize: the free constants, the global sky, planes on the detectors.
-        sources, result = self._match(input_models, library, metas, names, units, fallback, settings)
+        execution = self._execution(held_bytes)
+        sources, result = self._match(
+            input_models, library, metas, names, units, fallback, settings, execution
+        )
         final = finalize(
             result,
             sources,
@@ -205,7 +209,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         return library
 
     # -- pieces ----------------------------------------------------------------
-    def _match(self, input_models, library, metas, names, units, fallback, settings):
+    def _match(self, input_models, library, metas, names, units, fallback, settings, execution):
         """Exposure sources and their matching result; the alignment of overlaps reviewed."""
         log.info(
             "Pixel sky matching of %d exposures in %d sky group(s) (grouping=%r, match_within_groups=%s, "
@@ -223,12 +227,12 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
                 sources = exposure_sources(library, mask, names)
-            if not self.in_memory:
+            if getattr(library, "_on_disk", False):
                 # Workers read these files themselves.  (An in-memory library
                 # is loaded by this process anyway, to be returned.)
                 for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
                     source.portable_load = load
-            result = match_exposures(sources, units, config, fallback=fallback, execution=self._execution())
+            result = match_exposures(sources, units, config, fallback=fallback, execution=execution)
         if self.alignment_check != "off":
             review_alignment(
                 result,
@@ -264,13 +268,14 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             thumbnail_size=800 if self.diagnostic_plot else 0,
         )
 
-    def _execution(self) -> ExecutionSettings:
+    def _execution(self, held_bytes: float = 0.0) -> ExecutionSettings:
         n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
         return ExecutionSettings(
             n_workers=n_workers,
             scheduler=self.scheduler or None,
             store="memory" if self.in_memory else "disk",
             memory_budget=self.memory_budget,
+            held_bytes=held_bytes,
         )
 
     def _previous_level(self, meta: dict, name: str) -> float:
@@ -341,6 +346,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             # one again: the levels go in during that pass, one save instead
             # of two per exposure.
             self._deferred_updates.update(zip(filenames, updates, strict=True))
+            unvalidated_closing_pass(library)
             return
         for index, model in each_model(library, modify=True, validate=False):
             updates[index](model)
