@@ -997,8 +997,9 @@ def simulate_mosaic(
         than the imaged field leave dithers that do not overlap their
         tile-mates.  With ``geometry='siaf'``: a JWST pattern name
         (``'CYCLING'``/``'REULEAUX'`` for MIRI, ``'INTRAMODULEBOX'``/
-        ``'FULLBOX'`` for NIRCam, ``'NONE'``) or explicit offsets in arcsec
-        in the ideal frame of the pointing aperture.
+        ``'FULLBOX'``/``'INTRAMODULE'``/``'FULL'`` for NIRCam, ``'NONE'``) or
+        explicit offsets in arcsec in the ideal frame of the pointing
+        aperture.
     detectors : list of str, optional
         Subset of the layout's detectors (e.g. ``["NRCA1", "NRCA2"]``).
     roll : float
@@ -1086,8 +1087,9 @@ def simulate_mosaic(
     binning : int
         ``'siaf'`` only: each simulated pixel stands for ``binning x
         binning`` detector pixels (real geometry, fewer pixels).
-    pattern_size : {'SMALL', 'MEDIUM', 'LARGE'}
-        ``'siaf'`` only: size of the MIRI dither patterns.
+    pattern_size : {'SMALL', 'MEDIUM', 'LARGE', 'DEFAULT'}
+        ``'siaf'`` only: size of the MIRI dither patterns (``'DEFAULT'``:
+        APT's own REULEAUX offsets; the other sizes are assumed).
     background : {'simple', 'jwst'} or JwstBackground
         ``'siaf'`` only for anything but ``'simple'``: ``'jwst'`` gives each
         exposure the filter's zodiacal plus thermal background, changing

@@ -17,15 +17,19 @@ What is real and what is not:
 
 * Apertures, subarray positions, distortion, the module gap and the MIRI
   coronagraph regions are the SIAF's (the PRD shipped with ``pysiaf``).
-* NIRCam ``INTRAMODULEBOX`` (2-16 points) and ``FULLBOX`` (4 points and
-  ``8NIRSPEC``) are the offsets APT schedules, in the ideal frame of the
-  pointing aperture.  Other NIRCam patterns (``INTRAMODULE``, ``FULL``...)
-  are not bundled: pass their offsets explicitly.
-* MIRI ``CYCLING`` and ``REULEAUX`` have the documented shapes (a fixed
-  311-point table of Gaussian-distributed positions; 12 points on a Reuleaux
-  triangle) with assumed sizes: the PRD tables are not part of ``pysiaf``.
-  Pass explicit offsets (e.g. from an APT ``.pointing`` file) for the exact
-  ones.
+* NIRCam ``INTRAMODULEBOX`` (2-16 points), ``FULLBOX`` (4 points and
+  ``8NIRSPEC``), ``INTRAMODULE`` (3 and 16 points) and ``FULL`` (3 points)
+  are the offsets APT schedules, in the ideal frame of the pointing
+  aperture (the last two read off published APT pointing reports).  Other
+  point counts and patterns (``INTRAMODULEX``, ``INTRASCA``...) are not
+  bundled: pass their offsets explicitly.
+* MIRI ``REULEAUX`` with ``pattern_size='DEFAULT'`` has APT's offsets (from
+  a published APT pointing report).  ``CYCLING``, and ``REULEAUX`` of the
+  other sizes, have the documented shapes (a fixed 311-point table of
+  Gaussian-distributed positions; 12 points on a Reuleaux triangle) with
+  assumed sizes: the PRD tables are not part of ``pysiaf`` nor of any public
+  source found.  Pass explicit offsets (e.g. from an APT ``.pointing`` file)
+  for the exact ones.
 * Backgrounds (:class:`JwstBackground`): zodiacal light plus telescope
   thermal emission per filter, drifting with time inside a visit.  The
   levels are typical values, not a model of any particular date or field.
@@ -133,7 +137,55 @@ _FULLBOX8 = (
     (-24.6, 88.8),
     (-24.4, 63.9),
 )
-# MIRI pattern sizes (arcsec): Reuleaux triangle width, cycling Gaussian FWHM.
+# NIRCam INTRAMODULE and FULL primary dithers (arcsec, ideal frame of the
+# pointing aperture: DithX/DithY of NRCALL_FULL or NRCBS_FULL), read off APT
+# pointing reports published with mirage's test data (spacetelescope/mirage,
+# tests/test_data/).  INTRAMODULE, 16 points: misc/01063/NCam010_pid1063v4.pointing
+# (APT 25.4.4), a 4 x 4 grid of 7.5-arcsec pitch; every 3-point INTRAMODULE
+# report there, from APT 25.4.4 to 2021.3 (PRDOPSSOC-039, e.g.
+# obs_mode_tests/skipped_obs.pointing), has its first three points.  FULL,
+# 3 points: NIRCam/1144-OTE-10.pointing (APT 26.0.5), misc/01144/OTE-10_1144.pointing
+# (26.2.2) and, around its mosaic tiles, misc/00001/m51-mosaic.pointing (25.4.4).
+# Other point counts appear in no public report found: not bundled.
+_INTRAMODULE16 = (
+    (-3.75, 3.75),
+    (3.75, -3.75),
+    (11.25, -11.25),
+    (-11.25, 11.25),
+    (11.25, 11.25),
+    (-11.25, -11.25),
+    (-3.75, -3.75),
+    (3.75, 3.75),
+    (-11.25, 3.75),
+    (11.25, -3.75),
+    (3.75, -11.25),
+    (-3.75, 11.25),
+    (-11.25, -3.75),
+    (11.25, 3.75),
+    (-3.75, -11.25),
+    (3.75, 11.25),
+)
+_INTRAMODULE = {3: _INTRAMODULE16[:3], 16: _INTRAMODULE16}
+_FULL = {3: ((-58.0, -23.5), (0.0, 0.0), (58.0, 23.5))}
+# MIRI REULEAUX with APT's pattern size DEFAULT (arcsec, MIRIM_ILLUM ideal
+# frame), from the APT 2020.5 (PRDOPSSOC-032) pointing report of an F770W
+# exposure in mirage's tests/test_data/obs_mode_tests/miri_img_niriss_wfss.pointing.
+_REULEAUX_DEFAULT = (
+    (-1.446, 3.956),
+    (3.771, -5.358),
+    (1.035, 4.889),
+    (1.063, -4.955),
+    (3.737, 5.319),
+    (-1.426, -3.942),
+    (4.904, 2.699),
+    (-3.694, -2.096),
+    (5.190, 0.028),
+    (-5.300, 0.025),
+    (4.923, -2.695),
+    (-3.704, 2.187),
+)
+# MIRI pattern sizes (arcsec): Reuleaux triangle width, cycling Gaussian FWHM
+# (assumed: the tables of these sizes are in no public source found).
 _MIRI_SIZES = {"SMALL": 2.5, "MEDIUM": 5.0, "LARGE": 10.0}
 
 
@@ -165,9 +217,15 @@ def _cycling(fwhm: float) -> np.ndarray:
 #: Named dither patterns: ``name -> (instrument, description)``.
 DITHER_PATTERNS = {
     "INTRAMODULEBOX": ("NIRCAM", "2-16 points, ~6-18 arcsec box (APT offsets)"),
+    "INTRAMODULE": ("NIRCAM", "3 or 16 points, 7.5-arcsec steps inside one module (APT offsets)"),
     "FULLBOX": ("NIRCAM", "4 points (or 8 with dithers=8: 8NIRSPEC), crosses the module gap (APT offsets)"),
+    "FULL": ("NIRCAM", "3 points, ~63-arcsec steps across the module gap (APT offsets)"),
     "CYCLING": ("MIRI", "fixed 311-point Gaussian table, FWHM by pattern_size (assumed sizes)"),
-    "REULEAUX": ("MIRI", "12 points on a Reuleaux triangle, width by pattern_size (assumed sizes)"),
+    "REULEAUX": (
+        "MIRI",
+        "12 points on a Reuleaux triangle: APT's offsets with pattern_size='DEFAULT', "
+        "else width by pattern_size (assumed sizes)",
+    ),
     "NONE": ("ANY", "every exposure at the tile centre"),
 }
 
@@ -187,8 +245,9 @@ def dither_offsets(
         (e.g. ``XOFFSET``/``YOFFSET`` of an APT pointing file), used in turn.
     n : int
         Number of exposures (dither positions).
-    size : {'SMALL', 'MEDIUM', 'LARGE'}
-        Size of the MIRI patterns.
+    size : {'SMALL', 'MEDIUM', 'LARGE', 'DEFAULT'}
+        Size of the MIRI patterns (``'DEFAULT'``: APT's REULEAUX offsets;
+        the other sizes are assumed).
     start : int
         First point (1-based) of the MIRI cycling table.
 
@@ -218,9 +277,23 @@ def dither_offsets(
                 "FULLBOX is bundled with 4 points and 8 (8NIRSPEC); pass other offsets explicitly"
             )
         return np.array(table)
+    if name in ("INTRAMODULE", "FULL"):
+        tables = _INTRAMODULE if name == "INTRAMODULE" else _FULL
+        if n not in tables:
+            counts = " and ".join(str(k) for k in tables)
+            raise ValueError(
+                f"{name} is bundled with {counts} points (the counts found in public APT reports), "
+                f"not {n}; pass other offsets explicitly"
+            )
+        return np.array(tables[n])
     size_key = size.upper()
+    if name == "REULEAUX" and size_key == "DEFAULT":
+        if n > 12:
+            raise ValueError(f"REULEAUX has 12 points, not {n}")
+        return np.array(_REULEAUX_DEFAULT[:n])
     if size_key not in _MIRI_SIZES:
-        raise ValueError(f"pattern_size must be one of {sorted(_MIRI_SIZES)}, not {size!r}")
+        also = " (or 'DEFAULT' for REULEAUX)" if name == "REULEAUX" else ""
+        raise ValueError(f"pattern_size must be one of {sorted(_MIRI_SIZES)}{also}, not {size!r}")
     if name == "REULEAUX":
         if n > 12:
             raise ValueError(f"REULEAUX has 12 points, not {n}")
@@ -230,8 +303,7 @@ def dither_offsets(
         idx = (np.arange(n) + start - 1) % len(table)
         return table[idx]
     raise ValueError(
-        f"Unknown dither pattern {pattern!r}: choose from {sorted(DITHER_PATTERNS)} or pass offsets "
-        "(INTRAMODULE and FULL tables are not bundled)"
+        f"Unknown dither pattern {pattern!r}: choose from {sorted(DITHER_PATTERNS)} or pass offsets"
     )
 
 

@@ -178,3 +178,71 @@ def test_check_names_the_exposure_whose_correction_is_wrong(caplog):
         if sim.models[j].meta.filename in text
     )
     assert bad[0].residual * (1 if bad[0].i == culprit else -1) < 0  # over-corrected: too low
+
+
+# --------------------------------------------------------------------------
+# NIRCam modules in the tile stage
+# --------------------------------------------------------------------------
+def _nircam(pattern: str, seed: int):
+    """NIRCam LW, two visits of one tile, an offset per module and visit, no drifts."""
+    return simulate_mosaic(
+        "nircam_long",
+        geometry="siaf",
+        binning=8,
+        tiles=(1, 1),
+        visits_per_tile=2,
+        dithers=4,
+        dither_pattern=pattern,
+        module_offset_sigma=0.5,
+        exposure_offset_sigma=0.0,
+        n_sources=100,
+        seed=seed,
+    )
+
+
+@pytest.fixture(scope="module")
+def crossing_modules():
+    """FULLBOX: modules A and B cross each other's fields, so overlaps tie them."""
+    return _nircam("FULLBOX", 8)
+
+
+def _tiles(sim, **kwargs):
+    (tiles,) = run_stages(
+        sources_of(sim, exclude_lyot=False), metas_of(sim), ["tiles"], {}, MatchConfig(), **kwargs
+    )
+    return tiles
+
+
+def test_tile_stage_gives_each_nircam_module_its_level(crossing_modules):
+    sim = crossing_modules
+    truth, visit, module = sim.truth.level, sim.truth.visit, np.array([d[3] for d in sim.truth.detector])
+    floor = offset_noise_floor(sim)
+    assert np.std(truth - np.array([truth[visit == v].mean() for v in visit])) > 10 * floor  # modules differ
+    tiles = _tiles(sim)
+    assert "NIRCam modules apart" in tiles.note
+    levels = _levels(tiles)
+    assert offset_rms_error(levels, truth) < 3 * floor
+    # Within one module of one visit the level is shared (a unit).
+    for v in np.unique(visit):
+        for m in "AB":
+            assert np.ptp(levels[(visit == v) & (module == m)]) == 0.0
+
+
+def test_tile_stage_can_keep_nircam_modules_together(crossing_modules):
+    sim = crossing_modules
+    levels = _levels(_tiles(sim, split_modules=False))
+    for v in np.unique(sim.truth.visit):
+        assert np.ptp(levels[sim.truth.visit == v]) == 0.0
+
+
+def test_untied_nircam_modules_are_matched_whole(caplog):
+    # INTRAMODULEBOX never crosses the module gap: A only ever meets A, B only
+    # B, so two modules of a visit would each float in a gauge of their own.
+    sim = _nircam("INTRAMODULEBOX", 9)
+    with caplog.at_level(logging.INFO, logger="jwst_skymatch_plus.core.stages"):
+        tiles = _tiles(sim)
+    levels = _levels(tiles)
+    assert np.isfinite(levels).all()
+    for v in np.unique(sim.truth.visit):
+        assert np.ptp(levels[sim.truth.visit == v]) == 0.0
+    assert "matched with both modules as one unit" in caplog.text

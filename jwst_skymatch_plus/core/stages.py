@@ -24,7 +24,10 @@ are fixed:
     corrected and the exposure keeps its level.
 ``tiles``
     The tiles (with everything above applied) are matched as units, and the
-    free constant fixed by a reference tile or ``match_down``.
+    free constant fixed by a reference tile or ``match_down``.  The NIRCam
+    modules A and B of a tile are units of their own (each module gets its
+    own level: their backgrounds differ) unless no chain of usable overlaps
+    ties them together; then the tile is matched whole.
 
 A stage never hands exposures it could not tie to the next one as if they
 were matched: when the dithers of a tile (or the chips in the NIRCam stage)
@@ -286,12 +289,16 @@ def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> Stage
     return StageOutcome("nircam_short", corrections, results, split=split)
 
 
-def _tile_units(metas, earlier: Sequence[StageOutcome]) -> tuple[list[list[int]], list[list[int]]]:
-    """Units of the tile stage, and the tiles (visits).
+def _tile_units(
+    metas, earlier: Sequence[StageOutcome], modules_apart: Callable[[int], bool] = lambda v: False
+) -> tuple[list[list[int]], list[list[int]], list[tuple]]:
+    """Units of the tile stage, the tiles (visits), and each unit's tile and part.
 
     A tile is one unit unless an earlier stage split it: then every part
     that stage tied together (and every exposure it tied to nothing) is a
     unit of its own, never co-added uncorrected with the rest of its tile.
+    When ``modules_apart(v)`` holds for tile ``v``, each of its parts is
+    split further by NIRCam module (A and B each a unit of their own).
     """
     visits = group_exposures(metas, "visit")
     part_of: dict[int, tuple] = {}
@@ -300,21 +307,62 @@ def _tile_units(metas, earlier: Sequence[StageOutcome]) -> tuple[list[list[int]]
             for p, part in enumerate(parts):
                 for k in part:
                     part_of[k] = (*part_of.get(k, ()), (s, m, p))
-    units = []
-    for members in visits:
-        for sub in _partition([part_of.get(k, ()) for k in members]):
+    units, places = [], []
+    for v, members in enumerate(visits):
+        apart = modules_apart(v)
+        keys = [(part_of.get(k, ()), nircam_module(metas[k]) if apart else "") for k in members]
+        for sub in _partition(keys):
             units.append([members[i] for i in sub])
-    return units, visits
+            places.append((v, keys[sub[0]][0]))
+    return units, visits, places
+
+
+def _modules_untied(result: MatchResult, units: Sequence[Sequence[int]], places: Sequence[tuple]) -> set[int]:
+    """Tiles whose NIRCam modules no chain of overlaps ties together.
+
+    Module units of one tile part (see :func:`_tile_units`) that came out
+    in different connected components would each get a gauge of their own;
+    those tiles are matched whole instead.  A unit tied to nothing does not
+    count: it gets the level of the rest of its tile anyway.
+    """
+    components: dict[tuple, set[int]] = {}
+    for members, place in zip(units, places, strict=True):
+        c = int(result.component[members[0]])
+        if c >= 0:
+            components.setdefault(place, set()).add(c)
+    return {place[0] for place, found in components.items() if len(found) > 1}
 
 
 def _run_tiles(
-    sources, metas, config, fit_type, reference, background_times, match_down, earlier, execution=None
+    sources,
+    metas,
+    config,
+    fit_type,
+    reference,
+    background_times,
+    match_down,
+    earlier,
+    execution=None,
+    split_modules=True,
 ) -> StageOutcome:
     n = len(sources)
-    units, visits = _tile_units(metas, earlier)
+    units, visits, places = _tile_units(metas, earlier, lambda v: split_modules)
     if len(units) < 2:
         return StageOutcome("tiles", [None] * n, skipped="a single mosaic tile")
-    result = match_exposures(sources, units, _stage_config(config, fit_type), execution=execution)
+    stage_config = _stage_config(config, fit_type)
+    result = match_exposures(sources, units, stage_config, execution=execution)
+    whole = _modules_untied(result, units, places) if split_modules else set()
+    if whole:
+        # Their modules would float freely against each other: match these
+        # tiles with both modules as one unit, as they were read out.
+        log.info(
+            "NIRCam modules A and B of %d tile(s) share no chain of usable overlaps; those tiles "
+            "are matched with both modules as one unit: %s.",
+            len(whole),
+            ", ".join(sources[visits[v][0]].name for v in sorted(whole)),
+        )
+        units, visits, places = _tile_units(metas, earlier, lambda v: v not in whole)
+        result = match_exposures(sources, units, stage_config, execution=execution)
     rule = (reference or "").strip()
     if rule == "auto":
         rule = "closest_to_background" if background_times else "most_connected"
@@ -335,7 +383,12 @@ def _run_tiles(
         label = f"tile {final.reference + 1} ({metas[first].get('meta.filename') or first}), by {rule!r}"
     note = None
     if len(units) > len(visits):
-        note = f"{len(visits)} tiles matched as {len(units)} units (tiles split by earlier stages)"
+        why = []
+        if any(outcome.split for outcome in earlier):
+            why.append("split by earlier stages")
+        if len(units) > len(_tile_units(metas, earlier)[0]):
+            why.append("NIRCam modules apart")
+        note = f"{len(visits)} tiles matched as {len(units)} units ({', '.join(why)})"
     return StageOutcome("tiles", corrections, [result], reference=label, note=note)
 
 
@@ -385,6 +438,7 @@ def run_stages(
     match_down: bool = True,
     progress: Callable[[str], None] | None = None,
     execution: ExecutionSettings | None = None,
+    split_modules: bool = True,
 ) -> list[StageOutcome]:
     """Run the requested stages in order, each on the data the earlier ones corrected.
 
@@ -419,6 +473,10 @@ def run_stages(
         Called with one line per stage for logging.
     execution : ExecutionSettings, optional
         Where matching runs (results do not depend on it).
+    split_modules : bool
+        In the tile stage, match the NIRCam modules A and B of every tile
+        as units of their own (each module its own level); a tile whose
+        modules no chain of usable overlaps ties together is matched whole.
 
     Returns
     -------
@@ -448,7 +506,16 @@ def run_stages(
             outcome = _run_nircam_short(current, metas, config, fit_type, execution)
         else:
             outcome = _run_tiles(
-                current, metas, config, fit_type, reference, background_times, match_down, outcomes, execution
+                current,
+                metas,
+                config,
+                fit_type,
+                reference,
+                background_times,
+                match_down,
+                outcomes,
+                execution,
+                split_modules,
             )
         for k, c in enumerate(outcome.corrections):
             if c is not None:

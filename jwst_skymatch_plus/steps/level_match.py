@@ -49,10 +49,12 @@ class LevelMatchStep(AtomicSaveMixin, Step):
     inside each mosaic tile; the MIRI Lyot coronagraph region onto its
     exposure's main field (``recombine_lyot``); the NIRCam short-wavelength
     chips against each other (``combine_nircam_short``); mosaic tiles against
-    each other.  Every correction is subtracted from the data (constants and
-    planes alike) and recorded per stage in ``meta.skymatch_plus.level_match``
-    and in a table written next to the outputs; ``meta.background`` is left
-    to sky matching.  Grouping comes from metadata, never from file names.
+    each other (NIRCam modules A and B of a tile each with its own level,
+    ``split_nircam_modules``).  Every correction is subtracted from the data
+    (constants and planes alike) and recorded per stage in
+    ``meta.skymatch_plus.level_match`` and in a table written next to the
+    outputs; ``meta.background`` is left to sky matching.  Grouping comes
+    from metadata, never from file names.
     """
 
     class_alias = "level_match"
@@ -62,6 +64,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         recombine_lyot = boolean(default=False) # match the MIRI Lyot coronagraph region to its exposure's main field
         combine_nircam_short = boolean(default=False) # match the four NIRCam short chips of each module
         do_mosaic_tiles = boolean(default=True) # match mosaic tiles (visits) against each other
+        split_nircam_modules = boolean(default=True) # in the tile stage, NIRCam modules A and B of each tile are units of their own (each its own level) when overlaps tie them together
         fit_type_dithers = option('level', 'level+slope', default='level') # fit per stage: constant or plane
         fit_type_recombine_lyot = option('level', 'level+slope', default='level')
         fit_type_combine_nircam_short = option('level', 'level+slope', default='level')
@@ -188,6 +191,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
                 match_down=self.match_down,
                 progress=lambda line: log.info("Level matching %s", line),
                 execution=execution,
+                split_modules=self.split_nircam_modules,
             )
             if self.check_sigma > 0:
                 check_solution(
