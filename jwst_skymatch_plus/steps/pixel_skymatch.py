@@ -20,6 +20,7 @@ from ..core.matching import (
     default_grid_scale,
     match_exposures,
 )
+from ..core.model_choice import match_auto
 from ..core.pairs import DifferenceStatistic
 from ..inputs import each_model
 from ._library import (
@@ -64,7 +65,10 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
     co-added per group, and all groups are then matched together by a global
     least-squares solution over the overlap graph.  With
     ``fit_type='level+slope'`` a plane per exposure is fitted and subtracted
-    from the data.
+    from the data; the default ``fit_type='auto'`` fits planes only when the
+    pairs show that levels do not fit them, planes are constrained by the
+    overlaps and fit significantly better
+    (:mod:`~jwst_skymatch_plus.core.model_choice`).
     """
 
     # What stpipe writes into meta.cal_step (when skipped) and meta.cal_logs:
@@ -91,7 +95,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         in_memory = boolean(default=True) # If False, preserve memory using temporary files
 
         # Pixel matching:
-        fit_type = option('level', 'level+slope', default='level') # constant offset or plane per exposure
+        fit_type = option('auto', 'level', 'level+slope', default='auto') # constant offset or plane per exposure; auto: planes only when levels demonstrably do not fit and planes are constrained and fit better
         grouping = string(default='visit') # groups of exposures (visit, exposure, group_id, +module/+detector, or meta.* keys joined by '+'); exposures sharing a group_id always share one level
         match_within_groups = boolean(default=True) # True: every group_id set gets its own level, groups are the fallback for unmeasurable ones; False: one level per group
         grid_scale = float(default=None) # matching grid pixel size in native pixels (>1 coarser, faster); default: 1 for level fits, 2 for level+slope
@@ -232,7 +236,11 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 # is loaded by this process anyway, to be returned.)
                 for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
                     source.portable_load = load
-            result = match_exposures(sources, units, config, fallback=fallback, execution=execution)
+            if self.fit_type == "auto":
+                result, choice = match_auto(sources, units, config, fallback=fallback, execution=execution)
+                self._fit_choice = choice.reason
+            else:
+                result = match_exposures(sources, units, config, fallback=fallback, execution=execution)
         if self.alignment_check != "off":
             review_alignment(
                 result,
@@ -248,7 +256,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         if not grid_scale > 0:
             raise ValueError(f"grid_scale must be positive, got {self.grid_scale}")
         return MatchConfig(
-            fit_type=self.fit_type,
+            fit_type="level" if self.fit_type == "auto" else self.fit_type,
             statistic=DifferenceStatistic(self.skystat, self.nclip, self.lsigma, self.usigma, self.binwidth),
             grid_scale=grid_scale,
             kernel=self.kernel,
@@ -331,7 +339,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             self._model_update(result, final, previous, index, filenames[index] or f"exposure {index + 1}")
             for index in range(len(metas))
         ]
-        if self.fit_type == "level+slope" and not self.subtract:
+        if result.fit_type == "level+slope" and not self.subtract:
             log.info(
                 "Planes were subtracted from the data (subtracted=True): a scalar level cannot carry a plane."
             )
@@ -388,7 +396,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         subtract = self.subtract or not plane.is_flat
         record.update(
             {
-                "fit_type": self.fit_type,
+                "fit_type": result.fit_type,
+                **({"fit_type_choice": self._fit_choice} if self.fit_type == "auto" else {}),
                 "grouping": self.grouping,
                 "group": int(result.group_index[index]) + 1,
                 "component": int(result.component[index]),
@@ -411,6 +420,9 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
 
         return matched
+
+    # Why fit_type='auto' chose its model (recorded with every exposure).
+    _fit_choice: str = ""
 
     # Results of an on-disk run waiting for stpipe's closing pass (see _write).
     _deferred_updates: dict | None = None
