@@ -96,6 +96,7 @@ def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypa
     run's bit for bit.
     """
     from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.core import model_choice
     from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
     from jwst_skymatch_plus.steps import pixel_skymatch
 
@@ -104,7 +105,7 @@ def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypa
     serial = recorded_levels(PixelSkyMatchStep.call(str(asn)))
 
     portable, parent_loads = [], []
-    match = pixel_skymatch.match_exposures
+    match = model_choice.match_exposures
 
     def watched(sources, *args, **kwargs):
         for s in sources:
@@ -113,6 +114,7 @@ def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypa
         return match(sources, *args, **kwargs)
 
     monkeypatch.setattr(pixel_skymatch, "match_exposures", watched)
+    monkeypatch.setattr(model_choice, "match_exposures", watched)  # fit_type='auto' matches through it
     parallel = recorded_levels(PixelSkyMatchStep.call(str(asn), n_workers=2, in_memory=False))
     np.testing.assert_array_equal(serial, parallel)
     assert portable == [True] * len(sim.filenames)
