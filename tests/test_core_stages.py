@@ -246,3 +246,19 @@ def test_untied_nircam_modules_are_matched_whole(caplog):
     for v in np.unique(sim.truth.visit):
         assert np.ptp(levels[sim.truth.visit == v]) == 0.0
     assert "matched with both modules as one unit" in caplog.text
+
+
+def test_auto_chooses_in_the_dither_stage_and_the_tile_stage_follows(mosaic):
+    sources, metas = sources_of(mosaic), metas_of(mosaic)
+    fit_types = {"dithers": "auto", "tiles": "auto"}
+    dithers, tiles = run_stages(sources, metas, ["dithers", "tiles"], fit_types, MatchConfig())
+    # Offsets without planes: the exposure pairs fit levels, nothing else is measured.
+    assert dithers.choice.fit_type == "level" and dithers.choice.level_dof > 10
+    assert np.isnan(dithers.choice.noise_ratio)
+    assert tiles.choice is None  # it followed the dither stage: levels
+    assert all(c.plane.slope_x == 0 and c.plane.slope_y == 0 for o in (dithers, tiles) for c in o.corrections)
+    total = _levels(dithers) + _levels(tiles)
+    assert offset_rms_error(total, mosaic.truth.level) < 3 * offset_noise_floor(mosaic)
+    # A tile stage alone chooses on its own units' pairs.
+    (alone,) = run_stages(sources, metas, ["tiles"], fit_types, MatchConfig())
+    assert alone.choice is not None and alone.choice.fit_type == "level"

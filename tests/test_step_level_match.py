@@ -19,6 +19,7 @@ from jwst_skymatch_plus.simulate import (
     background_rms_error,
     isolated_dither_pattern,
     offset_noise_floor,
+    offset_plane_free_error,
     offset_rms_error,
     simulate_mosaic,
 )
@@ -425,3 +426,47 @@ def test_step_warns_about_an_exposure_with_an_inconsistent_background(lyot_mosai
     # check_sigma=0 turns the check off.
     _, warnings = level_match_logged(copy_models(sim), check_sigma=0)
     assert INCONSISTENT not in warnings
+
+
+# bench_peers' 'combined' layout (bright emission, masked discs, a sky gradient
+# and small background planes per visit); seed 3 draws visit planes strong
+# enough to bias levels (see test_core_model_choice.py).
+COMBINED = dict(
+    shape=(256, 256),
+    tiles=(2, 2),
+    dithers=4,
+    tile_overlap=0.1,
+    emission=50.0,
+    masked_region_probability=0.5,
+    masked_region_radius=0.2,
+    sky_gradient=3.0,
+    gradient_sigma=0.01,
+)
+
+
+def test_defaults_fit_planes_where_visit_planes_bias_levels():
+    sim = simulate_mosaic("miri", seed=3, **COMBINED)
+    floor = offset_noise_floor(sim, sky_plane=True)
+    library = LevelMatchStep.call(copy_models(sim))
+    recs = records(library)
+    # Before fit_type='auto' the defaults (levels in every stage) were 2.95
+    # noise floors off here (Montage's plane fit 1.94, PixelSkyMatchStep 0.83).
+    assert offset_plane_free_error(sim, total(recs)) < 1.5 * floor
+    levels = records(
+        LevelMatchStep.call(copy_models(sim), fit_type_dithers="level", fit_type_mosaic_tiles="level")
+    )
+    assert offset_plane_free_error(sim, total(levels)) > 2.5 * floor
+    # The dither stage chose planes on the exposure pairs of the whole mosaic;
+    # the tile stage then matched the tiles' levels.
+    choice = read_models(library, lambda m: dict(m.meta.instance["skymatch_plus"]["level_match"]))[0]
+    assert choice["fit_type_choice"]["dithers"].startswith("level+slope: ")
+    assert any(abs(r["dithers"]["slope_x"]) > 0 for r in recs)
+    assert all(r["tiles"]["slope_x"] == 0 and r["tiles"]["slope_y"] == 0 for r in recs)
+
+
+def test_defaults_keep_levels_where_levels_fit(lyot_mosaic):
+    library = LevelMatchStep.call(copy_models(lyot_mosaic))
+    record = read_models(library, lambda m: dict(m.meta.instance["skymatch_plus"]["level_match"]))[0]
+    assert set(record["fit_type_choice"]) == {"dithers"}  # the tile stage followed it
+    assert record["fit_type_choice"]["dithers"].startswith("level: levels fit the pairs")
+    assert all(r[s]["slope_x"] == 0 for r in records(library) for s in ("dithers", "tiles"))

@@ -29,6 +29,16 @@ are fixed:
     own level: their backgrounds differ) unless no chain of usable overlaps
     ties them together; then the tile is matched whole.
 
+A stage with ``fit_type='auto'`` chooses levels or planes with
+:func:`~jwst_skymatch_plus.core.model_choice.match_auto` on its own pairs.
+The dither stage matches every exposure against every other, so its choice
+counts the pairs of single exposures across the whole mosaic; when it takes
+planes, each exposure keeps the slopes of that joint solution (only the
+levels are made zero-mean per tile) and an ``'auto'`` tile stage then
+matches the tiles' levels.  A tile stage matched alone has a few units and
+hardly any degrees of freedom for the test: there ``'auto'`` seldom leaves
+levels.
+
 A stage never hands exposures it could not tie to the next one as if they
 were matched: when the dithers of a tile (or the chips in the NIRCam stage)
 fall into parts with no usable overlap between them, each part keeps its own
@@ -55,6 +65,7 @@ from .finalize import Gauge, detector_planes, finalize
 from .grouping import group_exposures, instrument_family, nircam_module
 from .keys import exposure_key, visit_key
 from .matching import ExposureSource, MatchConfig, MatchResult, match_exposures
+from .model_choice import FitChoice, match_auto
 from .planes import DetectorPlane
 
 __all__ = [
@@ -107,6 +118,7 @@ class StageOutcome:
     # own).  Later stages keep the parts apart.
     split: list[list[list[int]]] = field(default_factory=list)
     note: str | None = None  # extra detail for the progress line
+    choice: FitChoice | None = None  # what fit_type='auto' chose in this stage, and why
 
 
 def corrected_source(source: ExposureSource, corrections: Sequence[Correction]) -> ExposureSource:
@@ -178,7 +190,17 @@ def _stage_config(config: MatchConfig, fit_type: str) -> MatchConfig:
     # Stages match single images (or tiles as units): nothing to match inside groups.
     # Stages leave inconsistent exposures in: the step's final check of every
     # overlap names them once all stages are done.
+    fit_type = "level" if fit_type == "auto" else fit_type  # match_auto measures levels first
     return replace(config, fit_type=fit_type, check_alignment=False, exclude_discordant=False)
+
+
+def _match(sources, groups, config, fit_type, execution, what) -> tuple[MatchResult, FitChoice | None]:
+    """One stage match: with ``fit_type``, or chosen from the data when it is ``'auto'``."""
+    stage_config = _stage_config(config, fit_type)
+    if fit_type != "auto":
+        return match_exposures(sources, groups, stage_config, execution=execution), None
+    log.info("%s: choosing between levels and planes (fit_type='auto').", what)
+    return match_auto(sources, groups, stage_config, execution=execution)
 
 
 def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutcome:
@@ -194,9 +216,17 @@ def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutco
     # tile-mates too (dithers tied to each other only by thin strips were
     # 1.5-2 times less precise matched tile by tile); each tile then keeps
     # only its dithers' levels relative to each other (below).
-    result = match_exposures(
-        sources, [[k] for k in range(n)], _stage_config(config, fit_type), execution=execution
-    )
+    # With fit_type='auto' the choice is taken here, on the pairs of single
+    # exposures (the tile stage's few units leave its test hardly any
+    # degrees of freedom).
+    result, choice = _match(sources, [[k] for k in range(n)], config, fit_type, execution, "Dither stage")
+    # Planes chosen by 'auto' were measured against the whole mosaic at
+    # once: every exposure keeps its slopes (the tile stage, matching levels,
+    # never measures them again) and only the levels are made zero-mean per
+    # tile.  Planes asked for explicitly are zero-mean per tile and left to
+    # the tile stage's own plane fit.
+    keep_slopes = choice is not None and choice.fit_type == "level+slope"
+    columns = slice(0, 1) if keep_slopes else slice(None)
     coefficients = result.coefficients.copy()
     for members in tiles:
         # Zero mean over each tile's connected parts: the tile keeps its
@@ -205,7 +235,7 @@ def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutco
         component = result.component[members]
         for part in _parts(component):
             ks = [members[i] for i in part]
-            coefficients[ks] -= coefficients[ks].mean(axis=0)
+            coefficients[ks, columns] -= coefficients[ks, columns].mean(axis=0)
         split += _split_parts(
             replace(result, component=component),
             members,
@@ -213,10 +243,15 @@ def _run_dithers(sources, metas, config, fit_type, execution=None) -> StageOutco
             f"Dithers of {sources[members[0]].name} and its tile-mates",
         )
     tiled = {k for members in tiles for k in members}
+    if keep_slopes:
+        # An exposure alone in its tile keeps its slopes, with no level.
+        alone = [k for k in range(n) if k not in tiled]
+        coefficients[alone, 0] = 0.0
+        tiled = set(range(n))
     for k, plane in enumerate(detector_planes(replace(result, coefficients=coefficients), sources)):
         if plane is not None and k in tiled:
             corrections[k] = Correction("dithers", plane)
-    return StageOutcome("dithers", corrections, [result], split=split)
+    return StageOutcome("dithers", corrections, [result], split=split, choice=choice)
 
 
 def _run_lyot(sources, metas, config, fit_type, lyot_region, execution=None) -> StageOutcome:
@@ -229,8 +264,8 @@ def _run_lyot(sources, metas, config, fit_type, lyot_region, execution=None) -> 
         region = lyot_region(k)
         parts += [_restricted(sources[k], region, inside=False), _restricted(sources[k], region, inside=True)]
         owner += [k, k]
-    result = match_exposures(
-        parts, [[i] for i in range(len(parts))], _stage_config(config, fit_type), execution=execution
+    result, choice = _match(
+        parts, [[i] for i in range(len(parts))], config, fit_type, execution, "Lyot stage"
     )
     planes = detector_planes(result, parts)
     corrections: list[Correction | None] = [None] * n
@@ -248,7 +283,7 @@ def _run_lyot(sources, metas, config, fit_type, lyot_region, execution=None) -> 
             lyot.y_center,
         )
         corrections[k] = Correction("lyot", diff, lyot_region(k))
-    return StageOutcome("lyot", corrections, [result])
+    return StageOutcome("lyot", corrections, [result], choice=choice)
 
 
 def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> StageOutcome:
@@ -259,15 +294,16 @@ def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> Stage
         return StageOutcome(
             "nircam_short", corrections, skipped="fewer than two NIRCam short-wavelength images"
         )
-    results = []
+    results, choices = [], []
     split: list[list[list[int]]] = []
     for members in _partition([visit_key(metas[k]) for k in short]):
         members = [short[i] for i in members]
         subset = [sources[k] for k in members]
-        result = match_exposures(
-            subset, [[i] for i in range(len(subset))], _stage_config(config, fit_type), execution=execution
+        result, choice = _match(
+            subset, [[i] for i in range(len(subset))], config, fit_type, execution, "NIRCam short-chip stage"
         )
         results.append(result)
+        choices.append(choice)
         planes = detector_planes(result, subset)
         split += _split_parts(result, members, sources, f"NIRCam short chips of {subset[0].name}'s tile")
         # Zero mean over the chips of each exposure and module (inside one
@@ -286,7 +322,10 @@ def _run_nircam_short(sources, metas, config, fit_type, execution=None) -> Stage
                 corrections[members[i]] = Correction(
                     "nircam_short", _shifted(planes[i], planes[i].level - mean)
                 )
-    return StageOutcome("nircam_short", corrections, results, split=split)
+    # One choice per tile: the stage reports the first that took planes, else the first.
+    chosen = [c for c in choices if c is not None]
+    choice = next((c for c in chosen if c.fit_type == "level+slope"), chosen[0] if chosen else None)
+    return StageOutcome("nircam_short", corrections, results, split=split, choice=choice)
 
 
 def _tile_units(
@@ -349,8 +388,15 @@ def _run_tiles(
     units, visits, places = _tile_units(metas, earlier, lambda v: split_modules)
     if len(units) < 2:
         return StageOutcome("tiles", [None] * n, skipped="a single mosaic tile")
+    dithers = next((o for o in earlier if o.stage == "dithers" and o.choice is not None), None)
+    if fit_type == "auto" and dithers is not None:
+        # The dither stage chose on every exposure pair and, when it chose
+        # planes, removed every exposure's slopes: what is left is levels.
+        fit_type = "level"
+    result, choice = _match(sources, units, config, fit_type, execution, "Tile stage")
+    if choice is not None:
+        fit_type = choice.fit_type
     stage_config = _stage_config(config, fit_type)
-    result = match_exposures(sources, units, stage_config, execution=execution)
     whole = _modules_untied(result, units, places) if split_modules else set()
     if whole:
         # Their modules would float freely against each other: match these
@@ -389,7 +435,7 @@ def _run_tiles(
         if len(units) > len(_tile_units(metas, earlier)[0]):
             why.append("NIRCam modules apart")
         note = f"{len(visits)} tiles matched as {len(units)} units ({', '.join(why)})"
-    return StageOutcome("tiles", corrections, [result], reference=label, note=note)
+    return StageOutcome("tiles", corrections, [result], reference=label, note=note, choice=choice)
 
 
 def _fall_back_to_tile(result: MatchResult, visits: Sequence[Sequence[int]], sources) -> MatchResult:
@@ -452,7 +498,12 @@ def run_stages(
     stages : sequence of str
         Stages to run, any of :data:`STAGES` (run in that order).
     fit_types : mapping
-        ``'level'`` or ``'level+slope'`` per stage.
+        ``'level'``, ``'level+slope'`` or ``'auto'`` per stage.  ``'auto'``
+        chooses with :func:`~jwst_skymatch_plus.core.model_choice.match_auto`
+        on the stage's own pairs, except in the tile stage after a dither
+        stage that chose: there the choice was taken on every exposure pair
+        of the mosaic, the slopes of planes are already removed per
+        exposure, and the tile stage matches levels.
     config : MatchConfig
         Matching settings shared by the stages.
     lyot_region : callable
@@ -533,6 +584,7 @@ def run_stages(
                     else ""
                 )
                 + (f"; {outcome.note}" if outcome.note else "")
+                + (f"; fit_type='auto' chose {outcome.choice.fit_type!r}" if outcome.choice else "")
                 + (f"; reference {outcome.reference}" if outcome.reference else "")
             )
         outcomes.append(outcome)

@@ -65,10 +65,10 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         combine_nircam_short = boolean(default=False) # match the four NIRCam short chips of each module
         do_mosaic_tiles = boolean(default=True) # match mosaic tiles (visits) against each other
         split_nircam_modules = boolean(default=True) # in the tile stage, NIRCam modules A and B of each tile are units of their own (each its own level) when overlaps tie them together
-        fit_type_dithers = option('level', 'level+slope', default='level') # fit per stage: constant or plane
-        fit_type_recombine_lyot = option('level', 'level+slope', default='level')
-        fit_type_combine_nircam_short = option('level', 'level+slope', default='level')
-        fit_type_mosaic_tiles = option('level', 'level+slope', default='level')
+        fit_type_dithers = option('auto', 'level', 'level+slope', default='auto') # fit per stage: constant, plane, or auto (planes only when the exposure pairs of the whole mosaic demonstrably need them, as in pixel_skymatch)
+        fit_type_recombine_lyot = option('auto', 'level', 'level+slope', default='level')
+        fit_type_combine_nircam_short = option('auto', 'level', 'level+slope', default='level')
+        fit_type_mosaic_tiles = option('auto', 'level', 'level+slope', default='auto') # auto: follows the dither stage's choice (levels once its planes are removed), else chooses on the tiles' own pairs
         reference = string(default='auto') # tile held fixed: auto (closest to background obs. if known, else most overlapping pairs), flattest, most_connected, closest_to_background, a name or tile number, '' (match_down)
         background_times = pass(default='') # MJDs of background observations (comma-separated string, or a list)
         match_down = boolean(default=True) # gauge when no reference tile applies
@@ -84,7 +84,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         min_linear_frac = float(min=0.0, max=1.0, default=0.2) # ... or less than this fraction of its extent along both axes
         rms_sig_limit = float(min=0.0, default=5.0) # pairs deviating by more than this many sigma after the fit are cut
         reproject_func = option('interp', 'exact', 'adaptive', default='interp') # resampling onto the common grid: drizzle kernel auto (turbo on native pixels, square on coarser grids), square or gaussian
-        grid_scale = float(default=None) # matching grid pixel in native pixels (default 1; 2 when a plane is fitted)
+        grid_scale = float(default=None) # matching grid pixel in native pixels (default 1; 2 when a stage's fit_type is level+slope)
         check_sigma = float(min=0.0, default=5.0) # after all stages, measure every overlapping exposure pair again and warn about pairs differing by more than this many sigma (0: no check)
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
         table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
@@ -221,9 +221,16 @@ class LevelMatchStep(AtomicSaveMixin, Step):
                         c.region[1].stop or model.data.shape[1],
                     ]
                 record[outcome.stage] = entry
+            choices = {o.stage: o.choice for o in outcomes if o.choice is not None}
             model.meta.instance.setdefault(RECORD_KEY, {})["level_match"] = {
                 "stages": [o.stage for o in outcomes],
                 "corrections": record,
+                # Why fit_type='auto' chose as it did, per stage that chose.
+                **(
+                    {"fit_type_choice": {st: f"{c.fit_type}: {c.reason}" for st, c in choices.items()}}
+                    if choices
+                    else {}
+                ),
             }
 
     def _write_table(self, library, names, outcomes) -> None:
