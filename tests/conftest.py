@@ -18,6 +18,18 @@ from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic
 # pysiaf asks GitHub for a newer PRD when imported: import it offline first.
 import_pysiaf()
 
+#: benchmarks/bench_peers.py's layouts: 256 x 256 MIRI, 2 x 2 tiles of 4 dithers.
+PEER_BASE = {"shape": (256, 256), "tiles": (2, 2), "dithers": 4, "tile_overlap": 0.1}
+#: Its 'combined' layout: bright emission, masks, gradients and per-visit planes.
+PEER_COMBINED = dict(
+    PEER_BASE,
+    emission=50.0,
+    masked_region_probability=0.5,
+    masked_region_radius=0.2,
+    sky_gradient=3.0,
+    gradient_sigma=0.01,
+)
+
 
 def copy_models(sim):
     """Fresh copies of a simulation's models (steps modify what they are given)."""

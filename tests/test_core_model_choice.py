@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of, sources_of
+from conftest import PEER_BASE, PEER_COMBINED, copy_models, levels_of, sources_of
 
 from jwst_skymatch_plus import PixelSkyMatchStep
 from jwst_skymatch_plus.core import model_choice
@@ -23,10 +23,9 @@ from jwst_skymatch_plus.simulate import (
     simulate_mosaic,
 )
 
-BASE = {"shape": (256, 256), "tiles": (2, 2), "dithers": 4, "tile_overlap": 0.1}
+BASE = PEER_BASE
 # bench_peers' 'combined' layout; seed 3 draws visit planes strong enough to bias levels.
-COMBINED = dict(BASE, emission=50.0, masked_region_probability=0.5, masked_region_radius=0.2)
-COMBINED.update(sky_gradient=3.0, gradient_sigma=0.01)
+COMBINED = PEER_COMBINED
 # Tiles tied by strips a few pixels wide, with visit planes three times stronger.
 THIN_STRIPS = dict(BASE, tiles=(3, 2), tile_overlap=0.03, gradient_sigma=0.03)
 

@@ -15,7 +15,7 @@ methods got right:
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import PEER_BASE, PEER_COMBINED, copy_models, levels_of
 
 from jwst_skymatch_plus import PixelSkyMatchStep
 from jwst_skymatch_plus.simulate import (
@@ -27,9 +27,8 @@ from jwst_skymatch_plus.simulate import (
 )
 
 # The benchmark's layouts (its seed 1).
-BASE = {"shape": (256, 256), "tiles": (2, 2), "dithers": 4, "tile_overlap": 0.1}
-COMBINED = dict(BASE, emission=50.0, masked_region_probability=0.5, masked_region_radius=0.2)
-COMBINED.update(sky_gradient=3.0, gradient_sigma=0.01)
+BASE = PEER_BASE
+COMBINED = PEER_COMBINED
 SPARSE_DITHERS = dict(BASE, dither_size=1.05)
 
 

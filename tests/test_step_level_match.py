@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import copy_models, levels_of, read_models
+from conftest import PEER_COMBINED, copy_models, levels_of, read_models
 
 from jwst_skymatch_plus import PixelSkyMatchStep
 from jwst_skymatch_plus.inputs import each_model
@@ -431,17 +431,7 @@ def test_step_warns_about_an_exposure_with_an_inconsistent_background(lyot_mosai
 # bench_peers' 'combined' layout (bright emission, masked discs, a sky gradient
 # and small background planes per visit); seed 3 draws visit planes strong
 # enough to bias levels (see test_core_model_choice.py).
-COMBINED = dict(
-    shape=(256, 256),
-    tiles=(2, 2),
-    dithers=4,
-    tile_overlap=0.1,
-    emission=50.0,
-    masked_region_probability=0.5,
-    masked_region_radius=0.2,
-    sky_gradient=3.0,
-    gradient_sigma=0.01,
-)
+COMBINED = PEER_COMBINED
 
 
 def test_defaults_fit_planes_where_visit_planes_bias_levels():
