@@ -171,7 +171,6 @@ def test_sigterm_removes_the_disk_store_from_tmpdir(mosaic_asn, tmp_path):
         tmp_path / "out",
         work,
         "--in_memory=false",
-        "--memory_budget=0.0001",  # resampled images wait on disk
         TMPDIR=str(tmpdir),
         **{TEST_PAUSE_ENV: "store:60"},
     )

@@ -168,6 +168,7 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
         execution = ExecutionSettings(
+            store="memory" if self.in_memory else "disk",
             memory_budget=self.memory_budget,
             held_bytes=held_bytes,
         )

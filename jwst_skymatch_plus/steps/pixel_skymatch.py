@@ -281,6 +281,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         return ExecutionSettings(
             n_workers=n_workers,
             scheduler=self.scheduler or None,
+            store="memory" if self.in_memory else "disk",
             memory_budget=self.memory_budget,
             held_bytes=held_bytes,
         )
