@@ -18,6 +18,24 @@ from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic
 # pysiaf asks GitHub for a newer PRD when imported: import it offline first.
 import_pysiaf()
 
+
+def nircam_module_mosaic(pattern: str, seed: int, n_sources: int):
+    """NIRCam LW on the SIAF geometry: two visits of one tile, an offset per module and visit, no drifts."""
+    return simulate_mosaic(
+        "nircam_long",
+        geometry="siaf",
+        binning=8,
+        tiles=(1, 1),
+        visits_per_tile=2,
+        dithers=4,
+        dither_pattern=pattern,
+        module_offset_sigma=0.5,
+        exposure_offset_sigma=0.0,
+        n_sources=n_sources,
+        seed=seed,
+    )
+
+
 #: benchmarks/bench_peers.py's layouts: 256 x 256 MIRI, 2 x 2 tiles of 4 dithers.
 PEER_BASE = {"shape": (256, 256), "tiles": (2, 2), "dithers": 4, "tile_overlap": 0.1}
 #: Its 'combined' layout: bright emission, masks, gradients and per-visit planes.

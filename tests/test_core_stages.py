@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import metas_of, sources_of
+from conftest import metas_of, nircam_module_mosaic, sources_of
 
 from jwst_skymatch_plus.core.matching import MatchConfig
 from jwst_skymatch_plus.core.planes import DetectorPlane
@@ -184,20 +184,7 @@ def test_check_names_the_exposure_whose_correction_is_wrong(caplog):
 # NIRCam modules in the tile stage
 # --------------------------------------------------------------------------
 def _nircam(pattern: str, seed: int):
-    """NIRCam LW, two visits of one tile, an offset per module and visit, no drifts."""
-    return simulate_mosaic(
-        "nircam_long",
-        geometry="siaf",
-        binning=8,
-        tiles=(1, 1),
-        visits_per_tile=2,
-        dithers=4,
-        dither_pattern=pattern,
-        module_offset_sigma=0.5,
-        exposure_offset_sigma=0.0,
-        n_sources=100,
-        seed=seed,
-    )
+    return nircam_module_mosaic(pattern, seed, n_sources=100)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import copy
 
 import numpy as np
 import pytest
-from conftest import copy_models, levels_of
+from conftest import copy_models, levels_of, nircam_module_mosaic
 
 from jwst_skymatch_plus import PixelSkyMatchStep
 from jwst_skymatch_plus import simulate_siaf as ss
@@ -455,19 +455,7 @@ def miri_mixed():
 @pytest.fixture(scope="module")
 def nircam_modules():
     """NIRCam LW, two visits of FULLBOX 4: modules A and B cross each other's fields."""
-    return simulate_mosaic(
-        "nircam_long",
-        geometry="siaf",
-        binning=8,
-        tiles=(1, 1),
-        visits_per_tile=2,
-        dithers=4,
-        dither_pattern="FULLBOX",
-        module_offset_sigma=0.5,
-        exposure_offset_sigma=0.0,
-        n_sources=200,
-        seed=8,
-    )
+    return nircam_module_mosaic("FULLBOX", seed=8, n_sources=200)
 
 
 def test_mixed_miri_readouts_in_pixel_skymatch(miri_mixed):
