@@ -24,6 +24,7 @@ __all__ = [
     "default_memory_budget",
     "default_workers",
     "make_executor",
+    "memory_budget_bytes",
 ]
 
 
@@ -53,6 +54,11 @@ def default_memory_budget() -> float:
     if available is None:
         return 2.0
     return float(min(3.0, max(1.0, available / 4 / 2**30)))
+
+
+def memory_budget_bytes(gib: float | None) -> float:
+    """A ``memory_budget`` parameter (GiB, None for the default) in bytes."""
+    return float(default_memory_budget() if gib is None else gib) * 2**30
 
 
 def default_workers() -> int:
@@ -103,8 +109,7 @@ class ExecutionSettings:
     @property
     def budget_bytes(self) -> float:
         """The memory budget in bytes."""
-        gib = default_memory_budget() if self.memory_budget is None else self.memory_budget
-        return float(gib) * 2**30
+        return memory_budget_bytes(self.memory_budget)
 
     def executor(self) -> Executor:
         """The backend these settings ask for (a context manager)."""

@@ -23,7 +23,7 @@ from stdatamodels.jwst.datamodels.dqflags import pixel
 from .._atomic import place, staging_folder
 from .._signals import sigterm_raises
 from ..background import Exposure, background_times, format_times
-from ..core.execution import ExecutionSettings
+from ..core.execution import memory_budget_bytes
 from ..core.keys import lyot_region
 from ..core.matching import ExposureSource
 from ..core.regions import describe_region, region_misses
@@ -205,9 +205,7 @@ def open_library_with_metadata(step, input_models) -> tuple:
     memory than the step's ``memory_budget`` stay on disk.  The third value
     is what the exposures held in memory take of that budget.
     """
-    budget = None
-    if hasattr(step, "memory_budget"):
-        budget = ExecutionSettings(memory_budget=step.memory_budget).budget_bytes
+    budget = memory_budget_bytes(step.memory_budget) if hasattr(step, "memory_budget") else None
     opened = open_exposures(
         step.prepare_output(input_models, open_models=False), on_disk=not step.in_memory, memory_budget=budget
     )
