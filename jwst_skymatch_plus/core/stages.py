@@ -401,9 +401,10 @@ def _run_tiles(
     if whole:
         # Their modules would float freely against each other: match these
         # tiles with both modules as one unit, as they were read out.
-        log.info(
+        log.warning(
             "NIRCam modules A and B of %d tile(s) share no chain of usable overlaps; those tiles "
-            "are matched with both modules as one unit: %s.",
+            "are matched with both modules as one unit, so a background difference between their "
+            "modules stays uncorrected: %s.",
             len(whole),
             ", ".join(sources[visits[v][0]].name for v in sorted(whole)),
         )
