@@ -59,13 +59,13 @@ def layout_for(n: int) -> tuple[int, int]:
     return tiles // ny, ny
 
 
-def simulate(n: int, workdir: Path, quick: bool) -> Path:
+def simulate(n: int, workdir: Path, shape: int | None) -> Path:
     """Write an n-exposure mosaic (once; reused by later runs)."""
     import numpy as np
 
     from jwst_skymatch_plus.simulate import simulate_mosaic, write_association
 
-    target = workdir / f"n{n}{'_quick' if quick else ''}"
+    target = workdir / (f"n{n}" if shape is None else f"n{n}_{shape}")
     asn = target / "bench_asn.json"
     if asn.exists() and (target / "truth.npz").exists():
         return asn
@@ -74,7 +74,7 @@ def simulate(n: int, workdir: Path, quick: bool) -> Path:
     t0 = time.perf_counter()
     sim = simulate_mosaic(
         "miri",
-        shape=(256, 256) if quick else None,
+        shape=None if shape is None else (shape, shape),
         tiles=(nx, ny),
         dithers=2,
         exposure_offset_sigma=0.05,
@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10, 50, 100, 500])
     parser.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/skymatch_plus_bench"))
-    parser.add_argument("--quick", action="store_true", help="256 x 256 detectors")
+    parser.add_argument("--quick", action="store_true", help="256 x 256 detectors (same as --shape 256)")
+    parser.add_argument("--shape", type=int, help="square detectors of this many pixels a side (default: full frame)")
     parser.add_argument("--workers", type=int, default=2, help="workers of the parallel rows (1: skip them)")
     parser.add_argument("--naive-max", type=int, default=100, help="largest size run with the naive method")
     parser.add_argument("--stock-max", type=int, default=500, help="largest size run with the stock step")
@@ -165,6 +166,7 @@ def main(argv=None) -> int:
         "--methods", nargs="*", default=list(METHODS), help="rows to run (names as in METHODS)"
     )
     args = parser.parse_args(argv)
+    shape = 256 if args.quick else args.shape
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
     label = {m: m.replace("Nw", f"{args.workers}w") for m in methods}
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
     print(
-        f"# bench_scale ({'256x256' if args.quick else 'full-frame'} MIRI, 2 dithers/visit, workdir {workdir})\n"
+        f"# bench_scale ({'full-frame' if shape is None else f'{shape}x{shape}'} MIRI, 2 dithers/visit, workdir {workdir})\n"
         "speed-up: serial time of the same mode / this row's time; efficiency: speed-up / workers; "
         "max |dlevel|: largest level difference from the serial row's"
     )
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
         "|------|---------------|-----------|----------------|-----------|----------|------------|--------------|"
     )
     for n in args.sizes:
-        asn = simulate(n, workdir, args.quick)
+        asn = simulate(n, workdir, shape)
         for method in methods:
             worker_method, parallel, serial = METHODS[method]
             if method.startswith("naive") and n > args.naive_max:

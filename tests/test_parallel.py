@@ -188,9 +188,10 @@ def test_default_memory_budget_is_within_its_documented_range():
     assert ExecutionSettings(memory_budget=0.5).budget_bytes == 2**29
 
 
-def test_on_disk_run_saves_each_exposure_once(tmp_path, monkeypatch):
-    """On disk, the levels are written during stpipe's closing pass: one save per exposure, same levels."""
-    import asdf
+def test_on_disk_run_writes_levels_as_models_are_borrowed(tmp_path, monkeypatch):
+    """On disk, the step and stpipe's closing pass save nothing; each model carries its level when borrowed."""
+    import hashlib
+
     from stpipe.library import AbstractModelLibrary
 
     from jwst_skymatch_plus import PixelSkyMatchStep
@@ -198,31 +199,98 @@ def test_on_disk_run_saves_each_exposure_once(tmp_path, monkeypatch):
 
     sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=22)
     asn = write_association(sim.filenames, tmp_path, "once")
+    digests = [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in sim.filenames]
     in_memory = PixelSkyMatchStep.call(str(asn))
     saves = []
     shelve = AbstractModelLibrary.shelve
 
     def counted(self, model, index=None, modify=True):
         saves.append(bool(modify and self._on_disk))
-        if saves[-1]:
-            validated.append(asdf.get_config().validate_on_read)
         return shelve(self, model, index, modify)
 
-    validated = []
     monkeypatch.setattr(AbstractModelLibrary, "shelve", counted)
     on_disk = PixelSkyMatchStep.call(str(asn), in_memory=False)
-    monkeypatch.undo()
-    assert sum(saves) == len(sim.filenames)
-    # The closing pass read the models without validating them again, and
-    # its override is gone from the library afterwards.
-    assert validated == [False] * len(sim.filenames)
-    assert "finalize_result" not in vars(on_disk)
-    np.testing.assert_array_equal(recorded_levels(in_memory), recorded_levels(on_disk))
+    assert sum(saves) == 0
+    # read_metadata shows the levels before any model is opened.
+    expected = recorded_levels(in_memory)
+    for index in range(len(on_disk)):
+        meta = on_disk.read_metadata(index)
+        assert meta["meta.background.level"] == expected[index]
+        assert meta["meta.cal_step.skymatch"] == "COMPLETE"
+        assert meta["meta.skymatch_plus.pixel_skymatch.method"] == "pixel-match"
+        nested = on_disk.read_metadata(index, flatten=False)
+        assert nested["meta"]["skymatch_plus"]["pixel_skymatch"]["status"] == "measured"
+    # Borrowed read-only, twice: the update applies each time (the file on disk lacks it).
+    for _ in range(2):
+        np.testing.assert_array_equal(recorded_levels(on_disk), expected)
+    assert sum(saves) == 0
     with on_disk:
         for index, model in enumerate(on_disk):
             assert model.meta.cal_step.skymatch == "COMPLETE"
-            assert model.meta.instance["skymatch_plus"]["pixel_skymatch"]["method"] == "pixel-match"
-            on_disk.shelve(model, index, modify=False)
+            assert model.meta.calibration_software_version  # stpipe's closing stamps
+            on_disk.shelve(model, index, modify=index == 0)
+    # Exposure 0 was saved with its level, and is not updated a second time.
+    assert sum(saves) == 1
+    with on_disk:
+        model = on_disk.borrow(0)
+        assert model.meta.background.level == expected[0]
+        assert not model.meta.background.subtracted
+        on_disk.shelve(model, 0, modify=False)
+    np.testing.assert_array_equal(recorded_levels(on_disk), expected)
+    assert [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in sim.filenames] == digests
+
+
+def test_on_disk_subtraction_applies_once_per_saved_model(tmp_path):
+    """subtract=True on disk: the data a borrower sees are the in-memory run's, however often it borrows."""
+    from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import simulate_mosaic, write_association
+
+    sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=24)
+    asn = write_association(sim.filenames, tmp_path, "subtract")
+    in_memory = PixelSkyMatchStep.call(str(asn), subtract=True)
+    on_disk = PixelSkyMatchStep.call(str(asn), subtract=True, in_memory=False)
+    with in_memory, on_disk:
+        for index in range(len(on_disk)):
+            expected = in_memory.borrow(index)
+            for modify in (False, True, False):
+                model = on_disk.borrow(index)
+                np.testing.assert_array_equal(model.data, expected.data)
+                assert model.meta.background.subtracted
+                on_disk.shelve(model, index, modify=modify)
+            in_memory.shelve(expected, index, modify=False)
+
+
+def test_on_disk_steps_in_a_row_apply_their_updates_in_order(tmp_path):
+    """LevelMatchStep then PixelSkyMatchStep on one on-disk library: same data and levels as in memory."""
+    from jwst_skymatch_plus import LevelMatchStep, PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
+
+    sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=25)
+    asn = write_association(sim.filenames, tmp_path, "chain")
+    runs = {}
+    for in_memory in (True, False):
+        matched = LevelMatchStep.call(str(asn), in_memory=in_memory)
+        assert matched._on_disk is not in_memory
+        runs[in_memory] = PixelSkyMatchStep.call(matched, subtract=True, in_memory=in_memory)
+    np.testing.assert_array_equal(recorded_levels(runs[False]), recorded_levels(runs[True]))
+    with runs[True], runs[False]:
+        for index in range(len(sim.filenames)):
+            a, b = runs[True].borrow(index), runs[False].borrow(index)
+            np.testing.assert_array_equal(a.data, b.data)
+            assert set(b.meta.instance["skymatch_plus"]) == {"level_match", "pixel_skymatch"}
+            runs[True].shelve(a, index, modify=False)
+            runs[False].shelve(b, index, modify=False)
+    # read_metadata keys the pending records as a saved file's would be keyed.
+    pending = runs[False].read_metadata(0)
+    with runs[False]:
+        model = runs[False].borrow(0)
+        runs[False].shelve(model, 0)
+    saved = runs[False].read_metadata(0)
+    ours = {k: v for k, v in saved.items() if k.startswith(("meta.skymatch_plus", "meta.background"))}
+    # (Floats as the FITS header keeps them: to about 16 digits.)
+    assert ours and set(ours) <= set(pending)
+    for key, value in ours.items():
+        assert pending[key] == (pytest.approx(value, rel=1e-15) if isinstance(value, float) else value), key
 
 
 def test_chunked_submission_keeps_tasks_in_order():

@@ -49,7 +49,6 @@ __all__ = [
     "regions_text",
     "report_base",
     "sources_from_metadata",
-    "unvalidated_closing_pass",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,27 +64,6 @@ PACKAGE_LOGGERS = (
     "CRDS",
     "py.warnings",
 )
-
-
-def unvalidated_closing_pass(library) -> None:
-    """Let stpipe's closing pass over ``library`` open its models without schema validation.
-
-    After ``process``, stpipe borrows every model of the returned library
-    once more (``ModelLibrary.finalize_result``) to stamp its metadata, and an
-    on-disk library saves each one to a temporary file.  Those models were
-    read from validated files and are saved, and so validated, again right
-    away: validating them on the way in too costs about a third of that
-    pass.  The override is on this one library object and removes itself
-    when it runs, so a later step's pass is stpipe's own.
-    """
-    closing_pass = library.finalize_result
-
-    def finalize_result(step, reference_files_used):
-        del library.finalize_result
-        with unvalidated_reads():
-            closing_pass(step, reference_files_used)
-
-    library.finalize_result = finalize_result
 
 
 class AtomicSaveMixin:

@@ -17,7 +17,6 @@ from ..core.keys import lyot_region
 from ..core.matching import MatchConfig
 from ..core.pairs import DifferenceStatistic
 from ..core.stages import STAGES, check_solution, run_stages
-from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
     AtomicSaveMixin,
@@ -30,7 +29,7 @@ from ._library import (
     package_logging,
     report_base,
 )
-from .pixel_skymatch import RECORD_KEY
+from ._updates import ModelUpdate, write_updates
 
 __all__ = ["LevelMatchStep"]
 
@@ -202,28 +201,24 @@ class LevelMatchStep(AtomicSaveMixin, Step):
                     lyot_region=lambda k: lyot[k],
                     execution=execution,
                 )
-        self._apply(library, outcomes)
+        self._apply(library, outcomes, [s.shape for s in sources])
         self._write_table(library, names, outcomes)
         return library
 
-    def _apply(self, library, outcomes) -> None:
-        for index, model in each_model(library, modify=True, validate=False):
+    def _apply(self, library, outcomes, shapes) -> None:
+        updates = {}
+        for index in range(len(library)):
+            applied = [(o.stage, o.corrections[index]) for o in outcomes if o.corrections[index] is not None]
             record = {}
-            for outcome in outcomes:
-                c = outcome.corrections[index]
-                if c is None:
-                    continue
-                model.data = model.data - c.evaluate(model.data.shape)
+            for stage, c in applied:
                 entry = c.plane.as_dict()
                 if c.region is not None:
-                    entry["rows"] = [c.region[0].start or 0, c.region[0].stop or model.data.shape[0]]
-                    entry["columns"] = [
-                        c.region[1].start or 0,
-                        c.region[1].stop or model.data.shape[1],
-                    ]
-                record[outcome.stage] = entry
+                    shape = shapes[index]
+                    entry["rows"] = [c.region[0].start or 0, c.region[0].stop or shape[0]]
+                    entry["columns"] = [c.region[1].start or 0, c.region[1].stop or shape[1]]
+                record[stage] = entry
             choices = {o.stage: o.choice for o in outcomes if o.choice is not None}
-            model.meta.instance.setdefault(RECORD_KEY, {})["level_match"] = {
+            level_match = {
                 "stages": [o.stage for o in outcomes],
                 "corrections": record,
                 # Why fit_type='auto' chose as it did, per stage that chose.
@@ -233,6 +228,10 @@ class LevelMatchStep(AtomicSaveMixin, Step):
                     else {}
                 ),
             }
+            updates[index] = ModelUpdate(
+                records={"level_match": level_match}, corrections=tuple(c for _, c in applied)
+            )
+        write_updates(library, updates)
 
     def _write_table(self, library, names, outcomes) -> None:
         parent = getattr(self, "parent", None)

@@ -22,6 +22,7 @@ from ..core.matching import (
 )
 from ..core.model_choice import match_auto
 from ..core.pairs import DifferenceStatistic
+from ..core.planes import DetectorPlane
 from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
@@ -37,16 +38,13 @@ from ._library import (
     parse_regions,
     report_base,
     sources_from_metadata,
-    unvalidated_closing_pass,
 )
 from ._report import plot_diagnostics, write_offsets_tables
+from ._updates import ModelUpdate, write_updates
 
 __all__ = ["PixelSkyMatchStep"]
 
 log = logging.getLogger(__name__)
-
-#: Namespace of this package's per-exposure records in ``model.meta``.
-RECORD_KEY = "skymatch_plus"
 
 
 class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
@@ -335,31 +333,21 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
     def _write(self, library, result: MatchResult, final: FinalBackgrounds, previous, metas) -> None:
         filenames = [m.get("meta.filename") for m in metas]
-        updates = [
-            self._model_update(result, final, previous, index, filenames[index] or f"exposure {index + 1}")
+        updates = {
+            index: self._model_update(
+                result, final, previous, index, filenames[index] or f"exposure {index + 1}"
+            )
             for index in range(len(metas))
-        ]
+        }
         if result.fit_type == "level+slope" and not self.subtract:
             log.info(
                 "Planes were subtracted from the data (subtracted=True): a scalar level cannot carry a plane."
             )
-        if (
-            self._deferred_updates is not None
-            and getattr(library, "_on_disk", False)
-            and all(filenames)
-            and len(set(filenames)) == len(filenames)
-        ):
-            # An on-disk library saves every model it lends back changed, and
-            # stpipe's closing pass (finalize_result) borrows and saves each
-            # one again: the levels go in during that pass, one save instead
-            # of two per exposure.
-            self._deferred_updates.update(zip(filenames, updates, strict=True))
-            unvalidated_closing_pass(library)
-            return
-        for index, model in each_model(library, modify=True, validate=False):
-            updates[index](model)
+        write_updates(library, updates)
 
-    def _model_update(self, result: MatchResult, final: FinalBackgrounds, previous, index: int, name: str):
+    def _model_update(
+        self, result: MatchResult, final: FinalBackgrounds, previous, index: int, name: str
+    ) -> ModelUpdate:
         """What writing exposure ``index``'s result does to its model (warnings are logged now)."""
         method = f"pixel-{self.skymethod}"
         plane = final.planes[index]
@@ -377,12 +365,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 EXPOSURE_STATUSES[status],
                 result.reasons[index] or "no usable overlap",
             )
-
-            def skipped(model) -> None:
-                model.meta.cal_step.skymatch = "SKIPPED"
-                model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
-
-            return skipped
+            return ModelUpdate({"cal_step.skymatch": "SKIPPED"}, {"pixel_skymatch": record})
         if status != "measured":
             log.warning(
                 "%s: %s (%s); its level %s.",
@@ -407,55 +390,20 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 **{f"plane_{k}": v for k, v in plane.as_dict().items()},
             }
         )
-        level = float(previous[index] + plane.level)
-
-        def matched(model) -> None:
-            if subtract:
-                model.data -= plane.evaluate(model.data.shape)
-            model.meta.background.level = level
-            model.meta.background.subtracted = bool(subtract)
-            # The stock step's value: downstream code compares it.
-            model.meta.background.method = str(self.skymethod)
-            model.meta.cal_step.skymatch = "COMPLETE"
-            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = record
-
-        return matched
+        return ModelUpdate(
+            {
+                "background.level": float(previous[index] + plane.level),
+                "background.subtracted": bool(subtract),
+                # The stock step's value: downstream code compares it.
+                "background.method": str(self.skymethod),
+                "cal_step.skymatch": "COMPLETE",
+            },
+            {"pixel_skymatch": record},
+            (plane,) if subtract else (),
+        )
 
     # Why fit_type='auto' chose its model (recorded with every exposure).
     _fit_choice: str = ""
-
-    # Results of an on-disk run waiting for stpipe's closing pass (see _write).
-    _deferred_updates: dict | None = None
-
-    def run(self, *args):
-        """Run the step (stpipe's ``run``); an on-disk run writes its levels in the closing pass."""
-        self._deferred_updates = {}
-        try:
-            result = super().run(*args)
-            if self._deferred_updates:
-                # The closing pass did not see these exposures (a post-hook
-                # replaced the result?): write them now.
-                log.warning(
-                    "%d exposure(s) missed stpipe's closing pass; their levels are written now.",
-                    len(self._deferred_updates),
-                )
-                with result:
-                    for index, model in enumerate(result):
-                        update = self._deferred_updates.pop(model.meta.filename, None)
-                        if update is not None:
-                            update(model)
-                        result.shelve(model, index, modify=update is not None)
-            return result
-        finally:
-            self._deferred_updates = None
-
-    def finalize_result(self, result, reference_files_used):
-        """Close one result (stpipe's hook), writing its deferred on-disk levels first."""
-        if self._deferred_updates and hasattr(result, "meta"):
-            update = self._deferred_updates.pop(result.meta.filename, None)
-            if update is not None:
-                update(result)
-        super().finalize_result(result, reference_files_used)
 
     def _write_reports(self, library, result, names, final: FinalBackgrounds) -> None:
         # After the products: a table never lists exposures whose products are missing.
@@ -492,27 +440,34 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
 
     def _skip(self, library, reason: str):
         log.warning("Sky matching skipped: %s.", reason)
-        for _, model in each_model(library, modify=True):
-            model.meta.cal_step.skymatch = "SKIPPED"
+        write_updates(
+            library, dict.fromkeys(range(len(library)), ModelUpdate({"cal_step.skymatch": "SKIPPED"}))
+        )
         return library
 
     def _global_only(self, library, settings, previous):
         """'global+match' with one sky group: only the global sky applies (as in SkyMatchStep)."""
         log.info("All exposures share one sky group: nothing to match; applying the 'global' sky only.")
         n = len(library)
-        gsky = global_sky(self._residual_skies(library, settings, np.full(n, np.nan)))
+        gsky = float(global_sky(self._residual_skies(library, settings, np.full(n, np.nan))))
         log.info("'Global' sky of every exposure: %.6g", gsky)
-        for index, model in each_model(library, modify=True, validate=False):
-            if self.subtract:
-                model.data -= gsky
-            model.meta.background.level = float(previous[index] + gsky)
-            model.meta.background.subtracted = bool(self.subtract)
-            model.meta.background.method = str(self.skymethod)
-            model.meta.cal_step.skymatch = "COMPLETE"
-            model.meta.instance.setdefault(RECORD_KEY, {})["pixel_skymatch"] = {
-                "method": f"pixel-{self.skymethod}",
-                "status": "global sky only (one sky group)",
-            }
+        record = {"method": f"pixel-{self.skymethod}", "status": "global sky only (one sky group)"}
+        write_updates(
+            library,
+            {
+                index: ModelUpdate(
+                    {
+                        "background.level": float(previous[index] + gsky),
+                        "background.subtracted": bool(self.subtract),
+                        "background.method": str(self.skymethod),
+                        "cal_step.skymatch": "COMPLETE",
+                    },
+                    {"pixel_skymatch": record},
+                    (DetectorPlane(gsky, 0.0, 0.0, 0.0, 0.0),) if self.subtract else (),
+                )
+                for index in range(n)
+            },
+        )
         return library
 
     @staticmethod

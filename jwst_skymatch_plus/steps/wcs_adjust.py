@@ -46,7 +46,7 @@ from ._library import (
     package_logging,
     report_base,
 )
-from .pixel_skymatch import RECORD_KEY
+from ._updates import RECORD_KEY
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,186 @@
+"""Writing a step's results into the exposures of a ModelLibrary.
+
+A step's result for one exposure is a :class:`ModelUpdate`: metadata values,
+a record under ``meta.skymatch_plus`` and planes subtracted from the data.
+:func:`write_updates` writes them.  A library in memory gets them at once.
+An on-disk library gets them as each model is next borrowed: stpipe would
+otherwise open and save every exposure once for the step and once more in
+its closing pass (``ModelLibrary.finalize_result``), about 70 ms a
+full-frame exposure spent on asdf serialization and schema validation,
+while whoever borrows the models next (outlier detection, resample, a
+save) opens each of them anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..inputs import each_model
+
+__all__ = ["RECORD_KEY", "ModelUpdate", "write_updates"]
+
+log = logging.getLogger(__name__)
+
+#: Where our steps record what they did, under ``meta``.
+RECORD_KEY = "skymatch_plus"
+
+
+class _Surface(Protocol):
+    def evaluate(self, shape: tuple[int, int]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """What one step writes into one exposure.
+
+    Parameters
+    ----------
+    values : mapping
+        Metadata values by their path under ``meta`` (``"background.level"``),
+        assigned through the model's schema.
+    records : mapping
+        Entries of the step's record under ``meta.skymatch_plus``, by name
+        (``{"pixel_skymatch": {...}}``).
+    corrections : tuple
+        Surfaces (objects with ``evaluate(shape)``) subtracted from the data,
+        in order.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    records: Mapping[str, Mapping] = field(default_factory=dict)
+    corrections: tuple[_Surface, ...] = ()
+
+    def apply(self, model) -> None:
+        """Write the update into an open model."""
+        for surface in self.corrections:
+            model.data -= surface.evaluate(model.data.shape)
+        for path, value in self.values.items():
+            *parents, leaf = path.split(".")
+            node = model.meta
+            for name in parents:
+                node = getattr(node, name)
+            setattr(node, leaf, value)
+        if self.records:
+            model.meta.instance.setdefault(RECORD_KEY, {}).update(self.records)
+
+    def flat_metadata(self) -> dict[str, Any]:
+        """The metadata the update writes, keyed as ``read_metadata(flatten=True)`` keys it."""
+        out = {f"meta.{path}": value for path, value in self.values.items()}
+        _flatten(out, f"meta.{RECORD_KEY}", self.records)
+        return out
+
+
+def _flatten(out: dict, prefix: str, value) -> None:
+    # As stdatamodels flattens a tree: mappings by key, lists by position.
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _flatten(out, f"{prefix}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            _flatten(out, f"{prefix}.{position}", item)
+    else:
+        out[prefix] = value
+
+
+def write_updates(library, updates: Mapping[int, ModelUpdate]) -> None:
+    """Write each exposure's update into ``library``.
+
+    A library in memory is updated now.  An on-disk library is updated as
+    each model is next borrowed, until that model is shelved with
+    ``modify=True`` (then its temporary file holds the update); its
+    ``read_metadata`` shows the updates meanwhile, and stpipe's closing pass
+    stamps each model as it is borrowed rather than opening and saving them
+    all (see the module's docstring).  Input files are never written.
+
+    Parameters
+    ----------
+    library : ModelLibrary
+        The step's library.
+    updates : mapping
+        :class:`ModelUpdate` by member index.
+    """
+    if not getattr(library, "_on_disk", False):
+        for index, model in each_model(library, modify=True, validate=False):
+            if index in updates:
+                updates[index].apply(model)
+        return
+    _UpdatesOnBorrow(library, updates)
+
+
+class _UpdatesOnBorrow:
+    """Per-instance wrappers of an on-disk library's borrow, shelve, read_metadata and closing pass.
+
+    Wrappers of later steps wrap earlier ones, so updates apply in the order
+    the steps ran.  Once every update is saved they pass calls straight through.
+    """
+
+    def __init__(self, library, updates: Mapping[int, ModelUpdate]) -> None:
+        self.pending = dict(updates)
+        self.stamps: list[tuple[Any, list]] = []
+        self.lent: dict[int, int] = {}  # id(model) -> index, for shelve(model) without an index
+        self._borrow = library.borrow
+        self._shelve = library.shelve
+        library.borrow = self.borrow
+        library.shelve = self.shelve
+        if hasattr(library, "read_metadata"):
+            self._read_metadata = library.read_metadata
+            library.read_metadata = self.read_metadata
+        self._library = library
+        library.finalize_result = self.finalize_result
+        log.debug("%d exposure update(s) wait for the models to be borrowed.", len(self.pending))
+
+    def finalize_result(self, step, reference_files_used) -> None:
+        # stpipe's closing pass: its per-model stamps go on as models are
+        # borrowed; a model whose update is saved already is stamped now.
+        library = self._library
+        if vars(library).get("finalize_result") == self.finalize_result:
+            del library.finalize_result
+        self.stamps.append((step, list(reference_files_used)))
+        saved = [index for index in range(len(library)) if index not in self.pending]
+        if saved:
+            with library:
+                for index in saved:
+                    model = library.borrow(index)
+                    step.finalize_result(model, reference_files_used)
+                    library.shelve(model, index)
+
+    def borrow(self, index):
+        model = self._borrow(index)
+        update = self.pending.get(index)
+        if update is not None:
+            try:
+                update.apply(model)
+                for step, references in self.stamps:
+                    step.finalize_result(model, references)
+            except BaseException:
+                self._shelve(model, index, modify=False)
+                raise
+            self.lent[id(model)] = index
+        return model
+
+    def shelve(self, model, index=None, modify=True):
+        lent = self.lent.get(id(model))
+        self._shelve(model, index, modify)
+        self.lent.pop(id(model), None)
+        if modify:
+            self.pending.pop(lent if index is None else index, None)
+
+    def read_metadata(self, idx, flatten=True):
+        meta = self._read_metadata(idx, flatten=flatten)
+        update = self.pending.get(idx)
+        if update is not None:
+            for key, value in update.flat_metadata().items():
+                if flatten:
+                    meta[key] = value
+                else:
+                    *parents, leaf = key.split(".")
+                    node = meta
+                    for name in parents:
+                        node = node.setdefault(name, {})
+                    node[leaf] = value
+        return meta
