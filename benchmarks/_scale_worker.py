@@ -155,6 +155,8 @@ def main() -> int:
         result = SkyMatchStep.call(asn, skymethod="match")
     elif method == "ours":
         result = PixelSkyMatchStep.call(asn, n_workers=workers)
+    elif method == "ours-default":
+        result = PixelSkyMatchStep.call(asn)
     elif method == "ours-disk":
         result = PixelSkyMatchStep.call(asn, in_memory=False, n_workers=workers)
     elif method == "ours-dask":

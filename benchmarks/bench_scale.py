@@ -6,7 +6,12 @@ in fresh processes, one at a time:
 ``stock``
     jwst's SkyMatchStep (skymethod='match'), as calwebb_image3 runs it.
 ``ours``
-    PixelSkyMatchStep with its defaults (in memory, like the stock step).
+    PixelSkyMatchStep serially (``n_workers=1``), otherwise with its
+    defaults: in memory, like the stock step, unless the exposures exceed
+    the memory budget.
+``ours-default``
+    PixelSkyMatchStep with every default: ``n_workers=0`` starts a worker
+    per usable core (at most 4) for runs of 8 Mpix or more.
 ``ours-Nw``
     ``ours`` with ``n_workers=N`` local processes (``--workers``).
 ``ours-disk``
@@ -142,6 +147,7 @@ def slope(ns, ts):
 METHODS = {
     "stock": ("stock", False, None),
     "ours": ("ours", False, None),
+    "ours-default": ("ours-default", False, "ours"),
     "ours-Nw": ("ours", True, "ours"),
     "ours-disk": ("ours-disk", False, "ours"),
     "ours-disk-Nw": ("ours-disk", True, "ours-disk"),

@@ -325,3 +325,38 @@ def test_worker_processes_tune_their_allocator():
     with ProcessExecutor(2) as executor:
         assert all(executor.imap(_allocator_tuned, [()] * 4))
     assert not _allocator_tuned()  # the main process keeps its own settings
+
+
+def test_automatic_workers_follow_cores_and_size(monkeypatch):
+    """n_workers=0: every usable core (at most 4) for a large run; serial for small ones, one core or a daemon."""
+    import multiprocessing
+
+    from jwst_skymatch_plus.core import execution
+
+    big, small = 500 * 1024 * 1032, 4 * 96 * 96
+    monkeypatch.setattr(execution, "usable_cores", lambda: 2)
+    assert execution.auto_workers(big) == (2, "2 usable cores")
+    assert execution.auto_workers(None)[0] == 2
+    n, reason = execution.auto_workers(small)
+    assert n == 1 and "Mpix" in reason
+    monkeypatch.setattr(execution, "usable_cores", lambda: 16)
+    assert execution.auto_workers(big) == (4, "16 usable cores, at most 4 workers")
+    monkeypatch.setattr(execution, "usable_cores", lambda: 1)
+    assert execution.auto_workers(big) == (1, "one usable core")
+    monkeypatch.setattr(execution, "usable_cores", lambda: 8)
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    n, reason = execution.auto_workers(big)
+    assert n == 1 and "daemonic" in reason
+
+
+def test_default_run_says_how_many_workers(small_mosaic, caplog):
+    """The default (n_workers=0) logs its choice; a small mosaic runs serially."""
+    from conftest import copy_models
+
+    from jwst_skymatch_plus import PixelSkyMatchStep
+
+    assert PixelSkyMatchStep().n_workers == 0
+    with caplog.at_level("INFO", logger="jwst_skymatch_plus"):
+        PixelSkyMatchStep.call(copy_models(small_mosaic))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("n_workers=0")]
+    assert line.startswith("n_workers=0: serial (") and "Mpix" in line

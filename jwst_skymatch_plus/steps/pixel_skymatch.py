@@ -10,7 +10,7 @@ import numpy as np
 from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
-from ..core.execution import ExecutionSettings, default_workers
+from ..core.execution import ExecutionSettings, auto_workers
 from ..core.finalize import FinalBackgrounds, Gauge, finalize, global_sky, residual_sky, review_alignment
 from ..core.grouping import exposure_label, group_exposures, sky_units
 from ..core.matching import (
@@ -120,7 +120,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         min_shift_correlation = float(min=0.0, max=1.0, default=0.5) # shifts measured with a weaker correlation (too little structure) are not trusted
         offsets_table = string(default='') # path of the offsets table (ECSV); '' writes one next to saved outputs; 'none' never
         diagnostic_plot = string(default='') # path of a diagnostic PNG (overlap graph, thumbnails); '' none; 'auto' next to the table
-        n_workers = integer(default=1) # local worker processes (0: all cores but one, at most 4)
+        n_workers = integer(default=0) # local worker processes; 1: serial; 0: every usable core (at most 4) when the exposures hold 8 Mpix or more, else serial
         scheduler = string(default='') # Dask scheduler address (tcp://host:port); overrides n_workers
         memory_budget = float(min=0.0, default=None) # GiB the exposures and resampled images may hold in memory; input files above it stay on disk as with in_memory=False, images above what is left wait on disk (default: a quarter of the available memory, 1-3 GiB)
     """  # noqa: E501
@@ -192,9 +192,8 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 )
             return self._global_only(library, settings, previous)
         # Match, then finalize: the free constants, the global sky, planes on the detectors.
-        execution = self._execution(held_bytes)
         sources, result = self._match(
-            input_models, library, metas, names, units, fallback, settings, execution
+            input_models, library, metas, names, units, fallback, settings, held_bytes
         )
         final = finalize(
             result,
@@ -211,7 +210,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
         return library
 
     # -- pieces ----------------------------------------------------------------
-    def _match(self, input_models, library, metas, names, units, fallback, settings, execution):
+    def _match(self, input_models, library, metas, names, units, fallback, settings, held_bytes):
         """Exposure sources and their matching result; the alignment of overlaps reviewed."""
         log.info(
             "Pixel sky matching of %d exposures in %d sky group(s) (grouping=%r, match_within_groups=%s, "
@@ -234,6 +233,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                 # is loaded by this process anyway, to be returned.)
                 for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
                     source.portable_load = load
+            execution = self._execution(held_bytes, sum(s.shape[0] * s.shape[1] for s in sources))
             if self.fit_type == "auto":
                 result, choice = match_auto(sources, units, config, fallback=fallback, execution=execution)
                 self._fit_choice = choice.reason
@@ -274,8 +274,16 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             thumbnail_size=800 if self.diagnostic_plot else 0,
         )
 
-    def _execution(self, held_bytes: float = 0.0) -> ExecutionSettings:
-        n_workers = self.n_workers if self.n_workers and self.n_workers > 0 else default_workers()
+    def _execution(self, held_bytes: float = 0.0, n_pixels: float | None = None) -> ExecutionSettings:
+        n_workers = self.n_workers
+        if n_workers <= 0 and not self.scheduler:
+            n_workers, reason = auto_workers(n_pixels)
+            log.info(
+                "n_workers=%d: %s (%s).",
+                self.n_workers,
+                f"{n_workers} worker processes" if n_workers > 1 else "serial",
+                reason,
+            )
         return ExecutionSettings(
             n_workers=n_workers,
             scheduler=self.scheduler or None,
