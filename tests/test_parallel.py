@@ -190,7 +190,9 @@ def test_default_memory_budget_is_within_its_documented_range():
 
 def test_on_disk_run_writes_levels_as_models_are_borrowed(tmp_path, monkeypatch):
     """On disk, the step and stpipe's closing pass save nothing; each model carries its level when borrowed."""
+    import gc
     import hashlib
+    from pathlib import Path
 
     from stpipe.library import AbstractModelLibrary
 
@@ -238,6 +240,12 @@ def test_on_disk_run_writes_levels_as_models_are_borrowed(tmp_path, monkeypatch)
         on_disk.shelve(model, 0, modify=False)
     np.testing.assert_array_equal(recorded_levels(on_disk), expected)
     assert [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in sim.filenames] == digests
+    # Nothing keeps the library (and its temporary folder) alive once dropped.
+    folder = Path(on_disk._temp_path).resolve()
+    assert folder.is_dir()
+    del on_disk, model
+    gc.collect()  # stpipe's own step-library references form cycles
+    assert not folder.exists()
 
 
 def test_on_disk_subtraction_applies_once_per_saved_model(tmp_path):

@@ -14,6 +14,7 @@ save) opens each of them anyway.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -119,25 +120,34 @@ class _UpdatesOnBorrow:
     the steps ran.  Once every update is saved they pass calls straight through.
     """
 
+    _WRAPPED = ("borrow", "shelve", "read_metadata")
+
     def __init__(self, library, updates: Mapping[int, ModelUpdate]) -> None:
         self.pending = dict(updates)
         self.stamps: list[tuple[Any, list]] = []
         self.lent: dict[int, int] = {}  # id(model) -> index, for shelve(model) without an index
-        self._borrow = library.borrow
-        self._shelve = library.shelve
-        library.borrow = self.borrow
-        library.shelve = self.shelve
-        if hasattr(library, "read_metadata"):
-            self._read_metadata = library.read_metadata
-            library.read_metadata = self.read_metadata
-        self._library = library
+        # Weak: the library holds this object through the wrappers, and a
+        # reference cycle would delay the removal of its temporary folder.
+        self._library = weakref.ref(library)
+        # An earlier step's wrapper, else None for the library's own method.
+        self._inner = {name: vars(library).get(name) for name in self._WRAPPED}
+        for name in self._WRAPPED:
+            if hasattr(library, name):
+                setattr(library, name, getattr(self, name))
         library.finalize_result = self.finalize_result
         log.debug("%d exposure update(s) wait for the models to be borrowed.", len(self.pending))
+
+    def _next(self, name: str):
+        inner = self._inner[name]
+        if inner is not None:
+            return inner
+        library = self._library()
+        return getattr(type(library), name).__get__(library)
 
     def finalize_result(self, step, reference_files_used) -> None:
         # stpipe's closing pass: its per-model stamps go on as models are
         # borrowed; a model whose update is saved already is stamped now.
-        library = self._library
+        library = self._library()
         if vars(library).get("finalize_result") == self.finalize_result:
             del library.finalize_result
         self.stamps.append((step, list(reference_files_used)))
@@ -150,7 +160,7 @@ class _UpdatesOnBorrow:
                     library.shelve(model, index)
 
     def borrow(self, index):
-        model = self._borrow(index)
+        model = self._next("borrow")(index)
         update = self.pending.get(index)
         if update is not None:
             try:
@@ -158,20 +168,20 @@ class _UpdatesOnBorrow:
                 for step, references in self.stamps:
                     step.finalize_result(model, references)
             except BaseException:
-                self._shelve(model, index, modify=False)
+                self._next("shelve")(model, index, modify=False)
                 raise
             self.lent[id(model)] = index
         return model
 
     def shelve(self, model, index=None, modify=True):
         lent = self.lent.get(id(model))
-        self._shelve(model, index, modify)
+        self._next("shelve")(model, index, modify)
         self.lent.pop(id(model), None)
         if modify:
             self.pending.pop(lent if index is None else index, None)
 
     def read_metadata(self, idx, flatten=True):
-        meta = self._read_metadata(idx, flatten=flatten)
+        meta = self._next("read_metadata")(idx, flatten=flatten)
         update = self.pending.get(idx)
         if update is not None:
             for key, value in update.flat_metadata().items():
