@@ -88,12 +88,14 @@ def test_step_results_do_not_depend_on_worker_count(small_mosaic):
     np.testing.assert_array_equal(one, two)
 
 
-def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypatch):
-    """An on-disk run of an association: each worker opens its exposures by path.
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypatch, in_memory):
+    """A parallel run of an association: each worker opens its exposures by path.
 
     The parent process never loads a member's pixels for matching (the
     workers do, from the files), and the levels equal the serial in-memory
-    run's bit for bit.
+    run's bit for bit.  An in-memory library reads each model, and writes
+    its level in, when the model is first borrowed.
     """
     from jwst_skymatch_plus import PixelSkyMatchStep
     from jwst_skymatch_plus.core import model_choice
@@ -115,10 +117,22 @@ def test_workers_read_files_themselves_with_identical_results(tmp_path, monkeypa
 
     monkeypatch.setattr(pixel_skymatch, "match_exposures", watched)
     monkeypatch.setattr(model_choice, "match_exposures", watched)  # fit_type='auto' matches through it
-    parallel = recorded_levels(PixelSkyMatchStep.call(str(asn), n_workers=2, in_memory=False))
+    result = PixelSkyMatchStep.call(str(asn), n_workers=2, in_memory=in_memory)
+    assert result._on_disk is not in_memory
+    if in_memory:
+        assert result._loaded_models == {}  # not even stpipe's closing pass loaded one
+        assert result.read_metadata(0)["meta.background.level"] == serial[0]
+    parallel = recorded_levels(result)
     np.testing.assert_array_equal(serial, parallel)
     assert portable == [True] * len(sim.filenames)
     assert parent_loads == []
+    if in_memory:
+        assert len(result._loaded_models) == len(sim.filenames)
+        np.testing.assert_array_equal(recorded_levels(result), serial)  # kept, not updated twice
+        with result:
+            model = result.borrow(1)
+            assert model.meta.calibration_software_version  # stpipe's closing stamps
+            result.shelve(model, 1)
 
 
 def test_memory_budget_spills_resampled_images_to_disk(miri_mosaic, serial, tmp_path, caplog):
@@ -189,7 +203,7 @@ def test_default_memory_budget_is_within_its_documented_range():
 
 
 def test_on_disk_run_writes_levels_as_models_are_borrowed(tmp_path, monkeypatch):
-    """On disk, the step and stpipe's closing pass save nothing; each model carries its level when borrowed."""
+    """On disk, neither the step nor stpipe's closing pass saves; a model has its level when borrowed."""
     import gc
     import hashlib
     from pathlib import Path
@@ -248,24 +262,25 @@ def test_on_disk_run_writes_levels_as_models_are_borrowed(tmp_path, monkeypatch)
     assert not folder.exists()
 
 
-def test_on_disk_subtraction_applies_once_per_saved_model(tmp_path):
-    """subtract=True on disk: the data a borrower sees are the in-memory run's, however often it borrows."""
+@pytest.mark.parametrize("in_memory, n_workers", [(False, 1), (True, 2)])
+def test_subtraction_on_borrow_applies_once(tmp_path, in_memory, n_workers):
+    """subtract=True, models updated as borrowed: the data are the serial run's, however often borrowed."""
     from jwst_skymatch_plus import PixelSkyMatchStep
     from jwst_skymatch_plus.simulate import simulate_mosaic, write_association
 
     sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=24)
     asn = write_association(sim.filenames, tmp_path, "subtract")
-    in_memory = PixelSkyMatchStep.call(str(asn), subtract=True)
-    on_disk = PixelSkyMatchStep.call(str(asn), subtract=True, in_memory=False)
-    with in_memory, on_disk:
-        for index in range(len(on_disk)):
-            expected = in_memory.borrow(index)
+    serial = PixelSkyMatchStep.call(str(asn), subtract=True, n_workers=1)
+    result = PixelSkyMatchStep.call(str(asn), subtract=True, in_memory=in_memory, n_workers=n_workers)
+    with serial, result:
+        for index in range(len(result)):
+            expected = serial.borrow(index)
             for modify in (False, True, False):
-                model = on_disk.borrow(index)
+                model = result.borrow(index)
                 np.testing.assert_array_equal(model.data, expected.data)
                 assert model.meta.background.subtracted
-                on_disk.shelve(model, index, modify=modify)
-            in_memory.shelve(expected, index, modify=False)
+                result.shelve(model, index, modify=modify)
+            serial.shelve(expected, index, modify=False)
 
 
 def test_on_disk_steps_in_a_row_apply_their_updates_in_order(tmp_path):
@@ -336,7 +351,7 @@ def test_worker_processes_tune_their_allocator():
 
 
 def test_automatic_workers_follow_cores_and_size(monkeypatch):
-    """n_workers=0: every usable core (at most 4) for a large run; serial for small ones, one core or a daemon."""
+    """n_workers=0: a worker per usable core (at most 4) for large runs; serial if small, 1 core or daemon."""
     import multiprocessing
 
     from jwst_skymatch_plus.core import execution

@@ -612,7 +612,8 @@ def file_loads(library, input_models, mask: Callable, names: Sequence[str]) -> l
 
     Only files the library has not yet changed qualify: this is called
     before anything is written, and only for an association or a list of
-    file names (models in memory may differ from any file).
+    file names (models in memory may differ from any file).  A member an
+    in-memory library has loaded already gets None: its arrays are at hand.
     """
     from_files = isinstance(input_models, (str, os.PathLike)) or (
         isinstance(input_models, (list, tuple))
@@ -621,10 +622,12 @@ def file_loads(library, input_models, mask: Callable, names: Sequence[str]) -> l
     asn_dir = getattr(library, "_asn_dir", None)
     if not from_files or asn_dir is None:
         return [None] * len(names)
+    loaded = () if getattr(library, "_on_disk", False) else getattr(library, "_loaded_models", {})
     out = []
     for index, name in enumerate(names):
         path = member_path(library, index)
-        out.append(None if path is None else FileLoad(os.path.join(asn_dir, path), mask, name))
+        usable = path is not None and index not in loaded
+        out.append(FileLoad(os.path.join(asn_dir, path), mask, name) if usable else None)
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..inputs import each_model
+from ..inputs import borrowed
 
 __all__ = ["RECORD_KEY", "ModelUpdate", "write_updates"]
 
@@ -91,12 +91,15 @@ def _flatten(out: dict, prefix: str, value) -> None:
 def write_updates(library, updates: Mapping[int, ModelUpdate]) -> None:
     """Write each exposure's update into ``library``.
 
-    A library in memory is updated now.  An on-disk library is updated as
-    each model is next borrowed, until that model is shelved with
-    ``modify=True`` (then its temporary file holds the update); its
-    ``read_metadata`` shows the updates meanwhile, and stpipe's closing pass
-    stamps each model as it is borrowed rather than opening and saving them
-    all (see the module's docstring).  Input files are never written.
+    Models in memory are updated now.  A model still in its file (every
+    model of an on-disk library; a model of an in-memory library built from
+    an association that nobody has borrowed yet) is updated as it is next
+    borrowed: an on-disk library's until that model is shelved with
+    ``modify=True`` (then its temporary file holds the update), an in-memory
+    library's once (it then keeps the model).  ``read_metadata`` shows the
+    updates meanwhile, and stpipe's closing pass stamps such models as they
+    are borrowed rather than opening them all (see the module's docstring).
+    Input files are never written.
 
     Parameters
     ----------
@@ -105,25 +108,34 @@ def write_updates(library, updates: Mapping[int, ModelUpdate]) -> None:
     updates : mapping
         :class:`ModelUpdate` by member index.
     """
-    if not getattr(library, "_on_disk", False):
-        for index, model in each_model(library, modify=True, validate=False):
-            if index in updates:
-                updates[index].apply(model)
-        return
-    _UpdatesOnBorrow(library, updates)
+    on_disk = getattr(library, "_on_disk", False)
+    loaded = getattr(library, "_loaded_models", None)
+    if not on_disk and loaded is None:  # not stpipe's library as we know it
+        loaded = range(len(library))
+    now = {} if on_disk else {i: u for i, u in updates.items() if i in loaded}
+    later = {i: u for i, u in updates.items() if i not in now}
+    for index, update in sorted(now.items()):
+        with borrowed(library, index, modify=True, validate=False) as model:
+            update.apply(model)
+    if later:
+        _UpdatesOnBorrow(library, later, keep=not on_disk)
 
 
 class _UpdatesOnBorrow:
-    """Per-instance wrappers of an on-disk library's borrow, shelve, read_metadata and closing pass.
+    """Per-instance wrappers of a library's borrow, shelve, read_metadata and closing pass.
 
-    Wrappers of later steps wrap earlier ones, so updates apply in the order
-    the steps ran.  Once every update is saved they pass calls straight through.
+    With ``keep`` (an in-memory library, which keeps a model once loaded) an
+    update is done with at the model's first borrow; otherwise when the
+    model is shelved with ``modify=True``.  Wrappers of later steps wrap
+    earlier ones, so updates apply in the order the steps ran.  Once every
+    update is done they pass calls straight through.
     """
 
     _WRAPPED = ("borrow", "shelve", "read_metadata")
 
-    def __init__(self, library, updates: Mapping[int, ModelUpdate]) -> None:
+    def __init__(self, library, updates: Mapping[int, ModelUpdate], keep: bool = False) -> None:
         self.pending = dict(updates)
+        self.keep = keep
         self.stamps: list[tuple[Any, list]] = []
         self.lent: dict[int, int] = {}  # id(model) -> index, for shelve(model) without an index
         # Weak: the library holds this object through the wrappers, and a
@@ -170,7 +182,10 @@ class _UpdatesOnBorrow:
             except BaseException:
                 self._next("shelve")(model, index, modify=False)
                 raise
-            self.lent[id(model)] = index
+            if self.keep:
+                del self.pending[index]
+            else:
+                self.lent[id(model)] = index
         return model
 
     def shelve(self, model, index=None, modify=True):

@@ -228,11 +228,10 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
                 sources = exposure_sources(library, mask, names)
-            if getattr(library, "_on_disk", False):
-                # Workers read these files themselves.  (An in-memory library
-                # is loaded by this process anyway, to be returned.)
-                for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
-                    source.portable_load = load
+            # Workers read files themselves; this process loads none of them
+            # for matching, and a model is loaded when it is next borrowed.
+            for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
+                source.portable_load = load
             execution = self._execution(held_bytes, sum(s.shape[0] * s.shape[1] for s in sources))
             if self.fit_type == "auto":
                 result, choice = match_auto(sources, units, config, fallback=fallback, execution=execution)
