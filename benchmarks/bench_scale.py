@@ -164,7 +164,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10, 50, 100, 500])
     parser.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/skymatch_plus_bench"))
     parser.add_argument("--quick", action="store_true", help="256 x 256 detectors (same as --shape 256)")
-    parser.add_argument("--shape", type=int, help="square detectors of this many pixels a side (default: full frame)")
+    parser.add_argument(
+        "--shape", type=int, help="square detectors of this many pixels a side (default: full frame)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="workers of the parallel rows (1: skip them)")
     parser.add_argument("--naive-max", type=int, default=100, help="largest size run with the naive method")
     parser.add_argument("--stock-max", type=int, default=500, help="largest size run with the stock step")
