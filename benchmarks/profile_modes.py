@@ -32,9 +32,9 @@ from pathlib import Path
 os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
 
 MODES = {
-    "serial": {},
+    "serial": {"n_workers": 1},
     "workers-2": {"n_workers": 2},
-    "disk": {"in_memory": False},
+    "disk": {"in_memory": False, "n_workers": 1},
     "disk+workers-2": {"in_memory": False, "n_workers": 2},
 }
 
@@ -105,7 +105,7 @@ def profile_one(asn: str, mode: str) -> dict:
                 continue
             total += cumulative
         out[stage] = total
-    if not MODES[mode].get("n_workers"):
+    if MODES[mode]["n_workers"] == 1:
         out["waiting"] = 0.0
     else:
         out["resample"] = out["pairs"] = 0.0

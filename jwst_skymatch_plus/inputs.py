@@ -77,8 +77,8 @@ class Inputs:
         for a ``ModelLibrary`` input, taken as it is.
     held_bytes : float
         Estimated memory the library's exposures take while they are held
-        in memory (0 for an on-disk library, and for a ``ModelLibrary``
-        input, whose size is not looked into).
+        in memory (0 for an on-disk library; for a ``ModelLibrary`` input,
+        the arrays of the models it has loaded).
     """
 
     library: Any
@@ -174,7 +174,10 @@ def open_exposures(
     from jwst.datamodels import ModelLibrary
 
     if isinstance(input_data, ModelLibrary):
-        return Inputs(input_data, read_all_metadata(input_data))
+        # Taken as it is; the models it holds in memory count against the budget.
+        loaded = {} if getattr(input_data, "_on_disk", False) else getattr(input_data, "_loaded_models", {})
+        held = float(sum(_model_bytes(m) for m in loaded.values()))
+        return Inputs(input_data, read_all_metadata(input_data), held_bytes=held)
     rule = rule or BackgroundRule()
     asn, entries = _entries(input_data)
     exposures = _classified(entries, rule)

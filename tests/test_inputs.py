@@ -45,6 +45,11 @@ def test_a_library_is_taken_as_it_is(written):
     opened = open_exposures(library)
     assert opened.library is library and opened.exposures is None
     assert len(opened.metas) == len(library)
+    # Nothing loaded, nothing held; loaded models count what their arrays take.
+    assert opened.held_bytes == 0
+    in_memory = ModelLibrary([m.copy() for m in written[0].models])
+    expected = sum(m.data.nbytes + m.dq.nbytes + m.err.nbytes for m in written[0].models)
+    assert open_exposures(in_memory).held_bytes >= expected
 
 
 def test_only_science_and_background_members_are_read_by_the_steps_too(written):
