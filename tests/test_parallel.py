@@ -383,3 +383,19 @@ def test_default_run_says_how_many_workers(small_mosaic, caplog):
         PixelSkyMatchStep.call(copy_models(small_mosaic))
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("n_workers=0")]
     assert line.startswith("n_workers=0: serial (") and "Mpix" in line
+
+
+def test_level_match_results_do_not_depend_on_worker_count(small_mosaic):
+    """LevelMatchStep in worker processes: the same corrected data, bit for bit."""
+    from conftest import copy_models
+
+    from jwst_skymatch_plus import LevelMatchStep
+
+    runs = [LevelMatchStep.call(copy_models(small_mosaic), n_workers=n) for n in (1, 2)]
+    with runs[0], runs[1]:
+        for index in range(len(runs[0])):
+            a, b = runs[0].borrow(index), runs[1].borrow(index)
+            assert a.meta.instance["skymatch_plus"]["level_match"]["corrections"]
+            np.testing.assert_array_equal(a.data, b.data)
+            runs[0].shelve(a, index, modify=False)
+            runs[1].shelve(b, index, modify=False)

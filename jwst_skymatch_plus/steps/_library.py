@@ -23,7 +23,7 @@ from stdatamodels.jwst.datamodels.dqflags import pixel
 from .._atomic import place, staging_folder
 from .._signals import sigterm_raises
 from ..background import Exposure, background_times, format_times
-from ..core.execution import memory_budget_bytes
+from ..core.execution import ExecutionSettings, auto_workers, memory_budget_bytes
 from ..core.keys import lyot_region
 from ..core.matching import ExposureSource
 from ..core.regions import describe_region, region_misses
@@ -39,6 +39,7 @@ __all__ = [
     "check_parameters",
     "check_single_configuration",
     "check_wcs",
+    "execution_settings",
     "exposure_sources",
     "good_pixel_mask",
     "open_library",
@@ -208,6 +209,31 @@ def pass_background_times(exposures: Sequence[Exposure] | None, steps: Sequence)
             len(times),
             ", ".join(step.name for step in taken),
         )
+
+
+def execution_settings(step, sources: Sequence[ExposureSource], held_bytes: float = 0.0) -> ExecutionSettings:
+    """A step's ``n_workers``, ``scheduler``, ``in_memory`` and ``memory_budget`` as core settings.
+
+    ``n_workers=0`` (or less) is decided here from the exposures' pixels
+    (:func:`~jwst_skymatch_plus.core.execution.auto_workers`), and the log
+    says what was chosen and why.
+    """
+    n_workers = step.n_workers
+    if n_workers <= 0 and not step.scheduler:
+        n_workers, reason = auto_workers(float(sum(s.shape[0] * s.shape[1] for s in sources)))
+        log.info(
+            "n_workers=%d: %s (%s).",
+            step.n_workers,
+            f"{n_workers} worker processes" if n_workers > 1 else "serial",
+            reason,
+        )
+    return ExecutionSettings(
+        n_workers=n_workers,
+        scheduler=step.scheduler or None,
+        store="memory" if step.in_memory else "disk",
+        memory_budget=step.memory_budget,
+        held_bytes=held_bytes,
+    )
 
 
 def report_base(step, library, default: str = "output") -> tuple[Path, str]:

@@ -11,7 +11,6 @@ from astropy.table import Table
 from jwst.stpipe import Step
 
 from .._atomic import atomic_path
-from ..core.execution import ExecutionSettings
 from ..core.grouping import exposure_label
 from ..core.keys import lyot_region
 from ..core.matching import MatchConfig
@@ -23,6 +22,7 @@ from ._library import (
     MaskSettings,
     check_parameters,
     check_single_configuration,
+    execution_settings,
     exposure_sources,
     good_pixel_mask,
     open_library_with_metadata,
@@ -88,6 +88,8 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # good DQ bits
         table = string(default='') # path of the corrections table (ECSV); '' next to saved outputs; 'none' never
         in_memory = boolean(default=True) # keep exposures in memory
+        n_workers = integer(default=0) # local worker processes; 1: serial; 0: every usable core (at most 4) when the exposures hold 8 Mpix or more, else serial
+        scheduler = string(default='') # Dask scheduler address (tcp://host:port); overrides n_workers
         memory_budget = float(min=0.0, default=None) # GiB the exposures and resampled images may hold in memory; input files above it stay on disk as with in_memory=False, images above what is left wait on disk (default: a quarter of the available memory, 1-3 GiB)
     """  # noqa: E501
 
@@ -166,13 +168,9 @@ class LevelMatchStep(AtomicSaveMixin, Step):
         background_times = [float(v) for v in self.background_times.replace(",", " ").split()]
         log.info("Level matching of %d exposures, stages: %s.", len(library), ", ".join(stages))
         config = self._config()
-        execution = ExecutionSettings(
-            store="memory" if self.in_memory else "disk",
-            memory_budget=self.memory_budget,
-            held_bytes=held_bytes,
-        )
         with library:
             sources = exposure_sources(library, mask, names)
+            execution = execution_settings(self, sources, held_bytes)
             outcomes = run_stages(
                 sources,
                 metas,

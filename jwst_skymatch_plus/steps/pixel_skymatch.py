@@ -10,7 +10,6 @@ import numpy as np
 from jwst.skymatch import SkyMatchStep
 from stcal.skymatch.skystatistics import SkyStats
 
-from ..core.execution import ExecutionSettings, auto_workers
 from ..core.finalize import FinalBackgrounds, Gauge, finalize, global_sky, residual_sky, review_alignment
 from ..core.grouping import exposure_label, group_exposures, sky_units
 from ..core.matching import (
@@ -30,6 +29,7 @@ from ._library import (
     MaskSettings,
     check_parameters,
     check_single_configuration,
+    execution_settings,
     exposure_sources,
     file_loads,
     good_pixel_mask,
@@ -232,7 +232,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             # for matching, and a model is loaded when it is next borrowed.
             for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
                 source.portable_load = load
-            execution = self._execution(held_bytes, sum(s.shape[0] * s.shape[1] for s in sources))
+            execution = execution_settings(self, sources, held_bytes)
             if self.fit_type == "auto":
                 result, choice = match_auto(sources, units, config, fallback=fallback, execution=execution)
                 self._fit_choice = choice.reason
@@ -271,24 +271,6 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             source_dilate=self.source_dilate,
             check_alignment=self.alignment_check != "off",
             thumbnail_size=800 if self.diagnostic_plot else 0,
-        )
-
-    def _execution(self, held_bytes: float = 0.0, n_pixels: float | None = None) -> ExecutionSettings:
-        n_workers = self.n_workers
-        if n_workers <= 0 and not self.scheduler:
-            n_workers, reason = auto_workers(n_pixels)
-            log.info(
-                "n_workers=%d: %s (%s).",
-                self.n_workers,
-                f"{n_workers} worker processes" if n_workers > 1 else "serial",
-                reason,
-            )
-        return ExecutionSettings(
-            n_workers=n_workers,
-            scheduler=self.scheduler or None,
-            store="memory" if self.in_memory else "disk",
-            memory_budget=self.memory_budget,
-            held_bytes=held_bytes,
         )
 
     def _previous_level(self, meta: dict, name: str) -> float:
