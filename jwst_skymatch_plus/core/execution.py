@@ -72,10 +72,11 @@ def usable_cores() -> int:
 
 
 #: Input pixels (all exposures together) from which ``n_workers=0`` starts
-#: worker processes.  Below it a run takes a few seconds serially and
-#: workers save less than they cost: 10 full MIRI frames (10 Mpix) ran in
-#: 1.9 s on 2 workers against 2.9 s serially, 4 frames of 96 x 96 in 0.4 s
-#: against 0.3 s.
+#: worker processes.  Measured on 2 cores: 4 MIRI frames of 96 x 96 took
+#: 0.2 s serially and 0.28 s on 2 workers; 8 of 512 x 512 (2 Mpix) 0.86 s
+#: and 0.68 s; 8 full frames (8 Mpix) 2.15 s and 1.5 s.  Below this
+#: threshold workers save a fraction of a second at best, not worth
+#: starting processes for; above it they save seconds to minutes.
 AUTO_WORKERS_MIN_PIXELS = 8 * 2**20
 
 #: Most worker processes ``n_workers=0`` starts: each holds one group's
