@@ -245,7 +245,7 @@ def test_on_disk_run_writes_levels_as_models_are_borrowed(tmp_path, monkeypatch)
             assert model.meta.cal_step.skymatch == "COMPLETE"
             assert model.meta.calibration_software_version  # stpipe's closing stamps
             on_disk.shelve(model, index, modify=index == 0)
-    # Exposure 0 was saved with its level, and is not updated a second time.
+    # Exposure 0 was saved with its level (re-applying is covered with subtract=True below).
     assert sum(saves) == 1
     with on_disk:
         model = on_disk.borrow(0)
@@ -284,18 +284,25 @@ def test_subtraction_on_borrow_applies_once(tmp_path, in_memory, n_workers):
 
 
 def test_on_disk_steps_in_a_row_apply_their_updates_in_order(tmp_path):
-    """LevelMatchStep then PixelSkyMatchStep on one on-disk library: same data and levels as in memory."""
+    """LevelMatchStep, then PixelSkyMatchStep twice, on one on-disk library: the same as in memory.
+
+    The second sky matching adds to the first one's level: applied in the
+    wrong order, the first one's level would win.
+    """
     from jwst_skymatch_plus import LevelMatchStep, PixelSkyMatchStep
     from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
 
     sim = simulate_mosaic("miri", shape=(96, 96), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=25)
     asn = write_association(sim.filenames, tmp_path, "chain")
-    runs = {}
+    runs, firsts = {}, {}
     for in_memory in (True, False):
         matched = LevelMatchStep.call(str(asn), in_memory=in_memory)
         assert matched._on_disk is not in_memory
-        runs[in_memory] = PixelSkyMatchStep.call(matched, subtract=True, in_memory=in_memory)
+        first = PixelSkyMatchStep.call(matched, subtract=True, in_memory=in_memory)
+        firsts[in_memory] = recorded_levels(first)
+        runs[in_memory] = PixelSkyMatchStep.call(first, subtract=True, in_memory=in_memory)
     np.testing.assert_array_equal(recorded_levels(runs[False]), recorded_levels(runs[True]))
+    assert not np.array_equal(recorded_levels(runs[False]), firsts[False])
     with runs[True], runs[False]:
         for index in range(len(sim.filenames)):
             a, b = runs[True].borrow(index), runs[False].borrow(index)
@@ -303,17 +310,80 @@ def test_on_disk_steps_in_a_row_apply_their_updates_in_order(tmp_path):
             assert set(b.meta.instance["skymatch_plus"]) == {"level_match", "pixel_skymatch"}
             runs[True].shelve(a, index, modify=False)
             runs[False].shelve(b, index, modify=False)
-    # read_metadata keys the pending records as a saved file's would be keyed.
+    # read_metadata shows the pending updates as a saved file shows them,
+    # flat and nested (lists stay lists; a replaced record keeps no old keys).
     pending = runs[False].read_metadata(0)
+    pending_tree = runs[False].read_metadata(0, flatten=False)["meta"]
     with runs[False]:
         model = runs[False].borrow(0)
         runs[False].shelve(model, 0)
     saved = runs[False].read_metadata(0)
-    ours = {k: v for k, v in saved.items() if k.startswith(("meta.skymatch_plus", "meta.background"))}
-    # (Floats as the FITS header keeps them: to about 16 digits.)
-    assert ours and set(ours) <= set(pending)
-    for key, value in ours.items():
+    saved_tree = runs[False].read_metadata(0, flatten=False)["meta"]
+
+    def ours(meta):
+        return {k: v for k, v in meta.items() if k.startswith(("meta.skymatch_plus", "meta.background"))}
+
+    assert ours(saved) and set(ours(saved)) == set(ours(pending))
+    for key, value in ours(saved).items():
+        # (Floats as the FITS header keeps them: to about 16 digits.)
         assert pending[key] == (pytest.approx(value, rel=1e-15) if isinstance(value, float) else value), key
+    assert pending_tree["skymatch_plus"] == saved_tree["skymatch_plus"]
+    assert isinstance(pending_tree["skymatch_plus"]["level_match"]["stages"], list)
+    assert pending_tree["background"]["level"] == pytest.approx(saved_tree["background"]["level"], rel=1e-15)
+
+
+def test_a_failed_update_is_not_applied_twice(tmp_path, monkeypatch):
+    """In memory, an update that fails at a borrow leaves no half-updated model behind."""
+    from jwst.datamodels import ModelLibrary
+
+    from jwst_skymatch_plus.simulate import simulate_mosaic, write_association
+    from jwst_skymatch_plus.steps._updates import ModelUpdate, write_updates
+
+    sim = simulate_mosaic("miri", shape=(64, 64), tiles=(1, 1), dithers=2, out_dir=tmp_path, seed=26)
+    asn = write_association(sim.filenames, tmp_path, "fail")
+    reference = ModelLibrary(str(asn), on_disk=False)
+    with reference:
+        model = reference.borrow(0)
+        original = model.data.copy()
+        reference.shelve(model, 0, modify=False)
+    library = ModelLibrary(str(asn), on_disk=False)  # nothing borrowed yet
+    write_updates(library, {0: ModelUpdate({"background.level": 1.0}, corrections=(1.0,))})
+    calls = []
+    apply = ModelUpdate.apply
+
+    def flaky(self, model):
+        apply(self, model)  # the data are changed, then something fails, once
+        calls.append(model)
+        if len(calls) == 1:
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ModelUpdate, "apply", flaky)
+    with library:
+        with pytest.raises(RuntimeError):
+            library.borrow(0)
+        model = library.borrow(0)
+        np.testing.assert_array_equal(model.data, original - 1.0)
+        assert model.meta.background.level == 1.0
+        library.shelve(model, 0)
+    assert len(calls) == 2
+
+
+def test_a_copied_library_updates_its_own_models(tmp_path):
+    """deepcopy of an on-disk result with pending updates: the copy lends its own models, updated."""
+    import copy
+
+    from jwst_skymatch_plus import PixelSkyMatchStep
+    from jwst_skymatch_plus.simulate import recorded_levels, simulate_mosaic, write_association
+
+    sim = simulate_mosaic("miri", shape=(64, 64), tiles=(2, 1), dithers=2, out_dir=tmp_path, seed=27)
+    asn = write_association(sim.filenames, tmp_path, "copy")
+    result = PixelSkyMatchStep.call(str(asn), in_memory=False)
+    twin = copy.deepcopy(result)
+    np.testing.assert_array_equal(recorded_levels(twin), recorded_levels(result))
+    with twin:
+        model = twin.borrow(0)  # the original library is closed: this is the copy's own
+        assert model.meta.cal_step.skymatch == "COMPLETE"
+        twin.shelve(model, 0, modify=False)
 
 
 def test_chunked_submission_keeps_tasks_in_order():

@@ -13,6 +13,7 @@ save) opens each of them anyway.
 
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 from collections.abc import Mapping
@@ -48,18 +49,18 @@ class ModelUpdate:
         Entries of the step's record under ``meta.skymatch_plus``, by name
         (``{"pixel_skymatch": {...}}``).
     corrections : tuple
-        Surfaces (objects with ``evaluate(shape)``) subtracted from the data,
-        in order.
+        Subtracted from the data, in order: surfaces (objects with
+        ``evaluate(shape)``) or constants.
     """
 
     values: Mapping[str, Any] = field(default_factory=dict)
     records: Mapping[str, Mapping] = field(default_factory=dict)
-    corrections: tuple[_Surface, ...] = ()
+    corrections: tuple[_Surface | float, ...] = ()
 
     def apply(self, model) -> None:
         """Write the update into an open model."""
         for surface in self.corrections:
-            model.data -= surface.evaluate(model.data.shape)
+            model.data -= surface if isinstance(surface, float) else surface.evaluate(model.data.shape)
         for path, value in self.values.items():
             *parents, leaf = path.split(".")
             node = model.meta
@@ -74,6 +75,26 @@ class ModelUpdate:
         out = {f"meta.{path}": value for path, value in self.values.items()}
         _flatten(out, f"meta.{RECORD_KEY}", self.records)
         return out
+
+    def overlay(self, meta: dict, flatten: bool) -> None:
+        """Show the update in ``read_metadata``'s output ``meta`` (flat or nested), in place."""
+        if flatten:
+            # A record is replaced whole: keys of the old one go.
+            for name in self.records:
+                prefix = f"meta.{RECORD_KEY}.{name}."
+                for key in [k for k in meta if k.startswith(prefix)]:
+                    del meta[key]
+            meta.update(self.flat_metadata())
+            return
+        tree = meta.setdefault("meta", {})
+        for path, value in self.values.items():
+            *parents, leaf = path.split(".")
+            node = tree
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = value
+        if self.records:
+            tree.setdefault(RECORD_KEY, {}).update(copy.deepcopy(dict(self.records)))
 
 
 def _flatten(out: dict, prefix: str, value) -> None:
@@ -181,6 +202,10 @@ class _UpdatesOnBorrow:
                     step.finalize_result(model, references)
             except BaseException:
                 self._next("shelve")(model, index, modify=False)
+                if self.keep:
+                    # An in-memory library kept the half-updated model: drop
+                    # it, so the next borrow reads the file and starts over.
+                    getattr(self._library(), "_loaded_models", {}).pop(index, None)
                 raise
             if self.keep:
                 del self.pending[index]
@@ -199,13 +224,29 @@ class _UpdatesOnBorrow:
         meta = self._next("read_metadata")(idx, flatten=flatten)
         update = self.pending.get(idx)
         if update is not None:
-            for key, value in update.flat_metadata().items():
-                if flatten:
-                    meta[key] = value
-                else:
-                    *parents, leaf = key.split(".")
-                    node = meta
-                    for name in parents:
-                        node = node.setdefault(name, {})
-                    node[leaf] = value
+            update.overlay(meta, flatten)
         return meta
+
+    # Copying and pickling a wrapped library: the copy's wrappers must act on
+    # the copied library (held weakly like the original), not the original.
+    def __deepcopy__(self, memo: dict) -> _UpdatesOnBorrow:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.pending = copy.deepcopy(self.pending, memo)
+        new.keep = self.keep
+        new.stamps = list(self.stamps)  # the same steps stamp the copies
+        new.lent = {}
+        new._inner = copy.deepcopy(self._inner, memo)
+        new._library = weakref.ref(copy.deepcopy(self._library(), memo))
+        return new
+
+    def __getstate__(self) -> dict:
+        # Steps do not travel: an unpickled library's models miss stpipe's stamps.
+        state = {**vars(self), "stamps": [], "lent": {}}
+        state["_library"] = self._library()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        library = state.pop("_library")
+        vars(self).update(state)
+        self._library = weakref.ref(library)

@@ -21,7 +21,6 @@ from ..core.matching import (
 )
 from ..core.model_choice import match_auto
 from ..core.pairs import DifferenceStatistic
-from ..core.planes import DetectorPlane
 from ..inputs import each_model
 from ._library import (
     PACKAGE_LOGGERS,
@@ -452,7 +451,7 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
                         "cal_step.skymatch": "COMPLETE",
                     },
                     {"pixel_skymatch": record},
-                    (DetectorPlane(gsky, 0.0, 0.0, 0.0, 0.0),) if self.subtract else (),
+                    (gsky,) if self.subtract else (),
                 )
                 for index in range(n)
             },
