@@ -227,8 +227,9 @@ class PixelSkyMatchStep(AtomicSaveMixin, SkyMatchStep):
             if sources is None:
                 # Headers lack S_REGION or FITS WCS keywords: read every WCS.
                 sources = exposure_sources(library, mask, names)
-            # Workers read files themselves; this process loads none of them
-            # for matching, and a model is loaded when it is next borrowed.
+            # Worker processes read files themselves (this process then loads
+            # none; each model is loaded when next borrowed).  A serial run
+            # loads each model here, into the library it returns.
             for source, load in zip(sources, file_loads(library, input_models, mask, names), strict=True):
                 source.portable_load = load
             execution = execution_settings(self, sources, held_bytes)
